@@ -1,0 +1,70 @@
+# The README's two commands: `make demo` and `make test`. Everything else builds on them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= notebooks,test
+KERNEL_NAME := workbench
+
+# The shared datasets folder beside the checkout is used when present; set
+# WORKBENCH_DATA_DIR yourself to point elsewhere.
+ifeq ($(origin WORKBENCH_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/datasets/MANIFEST.md),)
+    export WORKBENCH_DATA_DIR := $(abspath ../shared/datasets)
+  endif
+endif
+
+# A Python >= 3.12: $(PYTHON) if given, else python3.12/python3.13/python3 on PATH
+# (pyenv shims included, with PYENV_VERSION=3.12.1 tried), else pyenv's versions folder.
+ifndef PYTHON
+PYTHON := $(shell for c in python3.12 python3.13 python3; do \
+    for env in "" "PYENV_VERSION=3.12.1"; do \
+      p=$$(env $$env $$c -c 'import sys; print(sys.executable if sys.version_info >= (3, 12) else "")' 2>/dev/null); \
+      if [ -n "$$p" ]; then echo "$$p"; exit 0; fi; \
+    done; done; \
+  r=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
+  for p in $$(ls -d $$r/versions/3.1[2-9]* 2>/dev/null | sort -V -r); do \
+    if [ -x $$p/bin/python3 ]; then echo $$p/bin/python3; exit 0; fi; done)
+endif
+
+.PHONY: help env demo test lab notebooks bench clean
+help:
+	@echo "make demo       set up .venv if missing, then run notebooks/00_quickstart.ipynb -> runs/quickstart/"
+	@echo "make test       set up .venv if missing, then run the test suite"
+	@echo "make lab        JupyterLab with the '$(KERNEL_NAME)' kernel"
+	@echo "make notebooks  run every notebook at its default (CPU) scale -> runs/<notebook>/"
+	@echo "make bench      model and kernel benchmarks (tables printed, JSON under runs/bench/)"
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: no Python >= 3.12 found. Looked for python3.12, python3.13 and python3 on PATH" >&2; \
+	  echo "       (also with PYENV_VERSION=3.12.1) and under \$$(pyenv root)/versions/3.12*." >&2; \
+	  echo "       Install Python 3.12 (e.g. 'pyenv install 3.12.1') or run 'make PYTHON=/path/to/python3.12 ...'." >&2; \
+	  exit 1; fi
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (workbench)" > /dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m workbench.notebook_runner 00_quickstart --out runs/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+notebooks: $(STAMP)
+	$(PY) -m workbench.notebook_runner all
+
+bench: $(STAMP)
+	$(PY) -m workbench.benchmarks.run --out runs/bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

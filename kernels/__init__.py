@@ -1,0 +1,1 @@
+"""The project's own Pallas attention kernels, imported as `workbench.kernels`."""
