@@ -1,0 +1,117 @@
+"""What both Pallas kernels share outside the kernel body: support checks, the mask in the
+form the kernels take (per-example scalars, never a dense T x T mask), padding, and the
+`jax.custom_vjp` wrapper whose backward recomputes from the saved log-sum-exp.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from workbench.attention.mask import AttentionMask
+from workbench.attention.reference import check_shapes
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+
+
+class KernelMask(NamedTuple):
+    """The mask as the kernels read it. Scalars are [B] int32; segment ids are padded."""
+
+    prefix: jax.Array  # [B] keys before it are visible to every query
+    kv_len: jax.Array  # [B] keys at or after it are padding (already capped at Tk)
+    q_offset: jax.Array  # [B] absolute position of query 0
+    q_segment_ids: Optional[jax.Array]  # [B, Tq_pad] or None
+    kv_segment_ids: Optional[jax.Array]  # [B, Tk_pad] or None
+
+
+def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
+    """None when the kernels handle this case, else the reason (shared by every adapter)."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        return f"q, k, v must be rank 4 [B, T, H, D]; got shapes {q.shape}, {k.shape}, {v.shape}"
+    head_dim = q.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+        return (f"head_dim must be one of {SUPPORTED_HEAD_DIMS} for q, k and v; got "
+                f"{q.shape[-1]}, {k.shape[-1]}, {v.shape[-1]}")
+    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
+    if len(dtypes) != 1 or dtypes.pop() not in SUPPORTED_DTYPES:
+        return f"q, k, v must share one dtype out of bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.shape[2] % k.shape[2]:
+        return f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})"
+    return None
+
+
+def check_supported(q, k, v, mask: AttentionMask) -> None:
+    """Raise a ValueError saying what is supported when the kernels cannot run this case."""
+    check_shapes(q, k, v)
+    reason = why_not_supported(q, k, v, mask)
+    if reason is not None:
+        raise ValueError(f"Pallas flash attention cannot run this case: {reason}. "
+                         f"Use workbench.attention.attention(..., impl='auto') to fall back.")
+    mask.validate(q.shape[0], q.shape[1], k.shape[1])
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_axis(x: jax.Array, axis: int, length: int) -> jax.Array:
+    """Zero-pad `axis` of x up to `length` (no copy when it already has that length)."""
+    extra = length - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def kernel_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int,
+                q_len_padded: int, kv_len_padded: int) -> KernelMask:
+    zeros = jnp.zeros((batch,), jnp.int32)
+    prefix = zeros if mask.prefix_len is None else mask.prefix_len.astype(jnp.int32)
+    lengths = jnp.full((batch,), kv_len, jnp.int32)
+    if mask.kv_lengths is not None:
+        lengths = jnp.clip(mask.kv_lengths.astype(jnp.int32), 0, kv_len)
+    offset = zeros if mask.q_offset is None else mask.q_offset.astype(jnp.int32)
+    q_seg = kv_seg = None
+    if mask.has_segments:
+        q_seg = pad_axis(mask.q_segment_ids.astype(jnp.int32), 1, q_len_padded)
+        kv_seg = pad_axis(mask.kv_segment_ids.astype(jnp.int32), 1, kv_len_padded)
+    return KernelMask(prefix, lengths, offset, q_seg, kv_seg)
+
+
+# forward(q, k, v, kmask) -> (out [B,Tq,H,D], lse2 [B,H,Tq] float32, base 2)
+ForwardFn = Callable[..., tuple[jax.Array, jax.Array]]
+# backward(q, k, v, kmask, lse2, delta, do) -> (dq, dk, dv)
+BackwardFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def flash_with_vjp(forward: ForwardFn, backward: BackwardFn):
+    """Differentiable attention(q, k, v, kmask) from a forward and a backward kernel.
+
+    Saves q, k, v, the output and the log-sum-exp; the backward recomputes the scores
+    tile by tile. delta = rowsum(out * d_out) is a cheap elementwise pass left to XLA.
+    """
+
+    @jax.custom_vjp
+    def flash(q, k, v, kmask):
+        return forward(q, k, v, kmask)[0]
+
+    def flash_fwd(q, k, v, kmask):
+        out, lse2 = forward(q, k, v, kmask)
+        return out, (q, k, v, kmask, out, lse2)
+
+    def flash_bwd(residuals, d_out):
+        q, k, v, kmask, out, lse2 = residuals
+        delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32))
+        dq, dk, dv = backward(q, k, v, kmask, lse2, delta, d_out.astype(q.dtype))
+        return dq, dk, dv, None
+
+    flash.defvjp(flash_fwd, flash_bwd)
+    return flash
