@@ -1,0 +1,23 @@
+"""Transformer models of the AR2Diff study (Flax NNX)."""
+
+from workbench.models.config import PRESETS, ModelConfig, flops_per_token, get_preset, param_count
+from workbench.models.transformer import (
+    DecoderOnly,
+    EncoderDecoder,
+    build_model,
+    count_params,
+    with_attention,
+)
+
+__all__ = [
+    "PRESETS",
+    "DecoderOnly",
+    "EncoderDecoder",
+    "ModelConfig",
+    "build_model",
+    "count_params",
+    "flops_per_token",
+    "get_preset",
+    "param_count",
+    "with_attention",
+]

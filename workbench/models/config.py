@@ -1,0 +1,130 @@
+"""Model configs: one frozen dataclass, named presets, and a closed-form parameter count.
+
+Shapes of the paper-sized presets follow T5.1.1 (the paper leaves layer sizes unstated;
+these reproduce its parameter counts with a tied 256K vocabulary: ~280M / ~570M / ~1.7B
+for decoder-only models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+Arch = Literal["decoder", "encoder_decoder"]
+AttentionKind = Literal["causal", "prefix_lm", "bidirectional", "prefix_diffusion"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Transformer of the AR2Diff family.
+
+    `attention` is the self-attention mask of the decoder stack (the encoder of an
+    encoder-decoder model is always bidirectional). Changing it is how an AR model
+    becomes a diffusion model on the same parameters (AR2Diff).
+    """
+
+    vocab_size: int
+    d_model: int = 512
+    num_layers: int = 6
+    num_heads: int = 8
+    num_kv_heads: Optional[int] = None  # None: same as num_heads (multi-head attention)
+    d_ff: int = 1408  # hidden width of the gated MLP
+    arch: Arch = "decoder"
+    num_encoder_layers: Optional[int] = None  # encoder_decoder only; None: num_layers
+    max_len: int = 1024
+    attention: AttentionKind = "causal"
+    tie_embeddings: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    dtype: str = "bfloat16"  # compute dtype; parameters are always float32
+    remat: bool = False  # rematerialise each layer in the backward pass
+    attention_impl: str = "auto"  # see workbench.attention.attention
+
+    def __post_init__(self):
+        if self.vocab_size <= 0:
+            raise ValueError(f"vocab_size={self.vocab_size} must be positive; take it from the tokenizer")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide d_model={self.d_model}; "
+                f"choose num_heads among the divisors of d_model (head_dim = d_model / num_heads)"
+            )
+        if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
+                f"(grouped-query attention shares each key/value head among a group of query heads)"
+            )
+        if self.arch not in ("decoder", "encoder_decoder"):
+            raise ValueError(f"arch={self.arch!r}; expected 'decoder' or 'encoder_decoder'")
+        if self.attention not in ("causal", "prefix_lm", "bidirectional", "prefix_diffusion"):
+            raise ValueError(
+                f"attention={self.attention!r}; expected 'causal', 'prefix_lm', 'bidirectional' "
+                f"or 'prefix_diffusion'"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.dtype not in ("bfloat16", "float32", "float16"):
+            raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16', 'float32' or 'float16'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# name -> shape (vocab_size comes from the tokenizer unless the preset is paper-sized)
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, num_layers=2, num_heads=4, d_ff=192, max_len=256),
+    "small": dict(d_model=384, num_layers=8, num_heads=6, d_ff=1536, max_len=512),
+    "base": dict(d_model=768, num_layers=12, num_heads=12, d_ff=2048, max_len=1024),
+    "paper_base": dict(d_model=768, num_layers=12, num_heads=12, d_ff=2048, max_len=1024, vocab_size=256_000),
+    "paper_large": dict(d_model=1024, num_layers=24, num_heads=16, d_ff=2816, max_len=1024, vocab_size=256_000),
+    "paper_xl": dict(d_model=2048, num_layers=24, num_heads=32, d_ff=5120, max_len=1024, vocab_size=256_000),
+}
+
+
+def get_preset(name: str, vocab_size: Optional[int] = None, **overrides) -> ModelConfig:
+    """A preset by name; `vocab_size` (from the tokenizer) overrides the preset's own."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    fields = dict(PRESETS[name])
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    if "vocab_size" not in fields:
+        raise ValueError(f"preset {name!r} needs vocab_size: pass tokenizer.vocab_size")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def param_count(config: ModelConfig) -> dict[str, int]:
+    """Closed-form parameter count by part, and the total."""
+    d, hd = config.d_model, config.head_dim
+    attn = d * config.num_heads * hd * 2 + d * config.kv_heads * hd * 2  # q, o and k, v
+    mlp = 3 * d * config.d_ff  # gate, up, down
+    block = attn + mlp + 2 * d  # two RMSNorm scales
+    embed = config.vocab_size * d * (1 if config.tie_embeddings else 2)
+    counts = {"embedding": embed}
+    if config.arch == "decoder":
+        counts["decoder"] = config.num_layers * block + d
+    else:
+        counts["encoder"] = config.encoder_layers * block + d
+        counts["decoder"] = config.num_layers * (block + attn + d) + d  # + cross-attention and its norm
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Forward+backward FLOPs per trained token (6N plus attention), for MFU estimates."""
+    n = param_count(config)["total"] - config.vocab_size * config.d_model * (0 if config.tie_embeddings else 1)
+    layers = config.num_layers + (config.encoder_layers if config.arch == "encoder_decoder" else 0)
+    attention = 12 * layers * config.d_model * seq_len  # QK^T and PV, fwd+bwd, dense upper bound
+    return 6.0 * n + attention
