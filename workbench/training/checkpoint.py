@@ -1,0 +1,89 @@
+"""Orbax checkpoints of model parameters, optimizer state and step.
+
+Orbax writes each step into a temporary directory and renames it only when complete, so a
+checkpoint half-written when the process dies is never listed, let alone loaded. The model
+config travels beside the weights (`model_config.json`), so `load_model(dir)` needs nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from workbench.config import from_dict, load_json, save_json
+from workbench.models import ModelConfig, build_model
+
+MODEL_CONFIG = "model_config.json"
+
+
+class CheckpointStore:
+    """Checkpoints under `<run_dir>/checkpoints/<step>/`, keeping the newest `keep`."""
+
+    def __init__(self, run_dir: Path | str, keep: int = 3):
+        self.directory = Path(run_dir).resolve() / "checkpoints"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None) -> None:
+        save_json(self.directory.parent / MODEL_CONFIG, model.config)
+        item = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+        if optimizer is not None:
+            item["optimizer"] = nnx.to_pure_dict(nnx.state(optimizer))
+        self.manager.save(step, args=ocp.args.StandardSave(item), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None, step: Optional[int] = None) -> int:
+        """Load `step` (default: the latest complete one) into model (and optimizer) in place."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint under {self.directory}")
+        model_state = nnx.state(model, nnx.Param)
+        target = {"model": nnx.to_pure_dict(model_state)}
+        if optimizer is not None:
+            target["optimizer"] = nnx.to_pure_dict(nnx.state(optimizer))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        nnx.replace_by_pure_dict(model_state, restored["model"])
+        nnx.update(model, model_state)
+        if optimizer is not None:
+            opt_state = nnx.state(optimizer)
+            nnx.replace_by_pure_dict(opt_state, restored["optimizer"])
+            nnx.update(optimizer, opt_state)
+        return step
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def load_model(run_dir: Path | str, step: Optional[int] = None, **config_changes):
+    """Rebuild a run's model from its saved config and load its weights (latest step by default).
+
+    `config_changes` (e.g. attention="bidirectional") apply to the config before the weights
+    are loaded; they cannot change any parameter shape.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / MODEL_CONFIG
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {run_dir} holds no workbench checkpoint")
+    config = from_dict(ModelConfig, load_json(config_path)).replace(**config_changes)
+    model = nnx.eval_shape(lambda: build_model(config, 0))
+    # eval_shape gives abstract arrays; materialise zeros of the right shapes, then restore.
+    state = nnx.state(model)
+    nnx.update(model, jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), state))
+    store = CheckpointStore(run_dir)
+    try:
+        loaded = store.restore(model, step=step)
+    finally:
+        store.close()
+    return model, loaded
