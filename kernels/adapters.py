@@ -1,5 +1,60 @@
-"""Adapters that plug the Pallas kernels into `workbench.attention.attention`."""
+"""Adapters that plug the Pallas kernels into `workbench.attention.attention`.
+
+`pallas_gpu` (Triton lowering) and `pallas_tpu` (Mosaic) run on their accelerators; the
+`*_interpret` variants run the same kernels in Pallas interpret mode on CPU, with small
+tiles so that short test sequences still span several tiles. They exist for tests and
+are far too slow for anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
 
 from workbench.attention.dispatch import AttentionImpl
+from workbench.attention.mask import AttentionMask
+from workbench.kernels.common import why_not_supported
+from workbench.kernels.flash_gpu import GpuBlockSizes, flash_attention_gpu
+from workbench.kernels.flash_tpu import TpuBlockSizes, flash_attention_tpu
 
-IMPLS: list[AttentionImpl] = []
+_INTERPRET_GPU_BLOCKS = GpuBlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32,
+                                      block_q_dq=32, block_k_dq=16)
+_INTERPRET_TPU_BLOCKS = TpuBlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32,
+                                      block_q_dq=32, block_k_dq=16)
+
+
+def _why_not_on(required_platform: str):
+    def why_not(q, k, v, mask: AttentionMask, platform: str) -> Optional[str]:
+        if platform != required_platform:
+            return f"runs on platform {required_platform!r}, not {platform!r}"
+        return why_not_supported(q, k, v, mask)
+
+    return why_not
+
+
+IMPLS: list[AttentionImpl] = [
+    AttentionImpl(
+        "pallas_gpu",
+        flash_attention_gpu,
+        _why_not_on("gpu"),
+        "Pallas flash attention lowered through Triton (any CUDA GPU): every mask, GQA, head_dim 64/128",
+    ),
+    AttentionImpl(
+        "pallas_tpu",
+        flash_attention_tpu,
+        _why_not_on("tpu"),
+        "Pallas Mosaic TPU flash attention with scalar-prefetched mask lengths: every mask, GQA, head_dim 64/128",
+    ),
+    AttentionImpl(
+        "pallas_gpu_interpret",
+        functools.partial(flash_attention_gpu, block_sizes=_INTERPRET_GPU_BLOCKS, interpret=True),
+        _why_not_on("cpu"),
+        "the pallas_gpu kernels in Pallas interpret mode on CPU (tests only; slow)",
+    ),
+    AttentionImpl(
+        "pallas_tpu_interpret",
+        functools.partial(flash_attention_tpu, block_sizes=_INTERPRET_TPU_BLOCKS, interpret=True),
+        _why_not_on("cpu"),
+        "the pallas_tpu kernels in TPU interpret mode on CPU (tests only; slow)",
+    ),
+]

@@ -72,6 +72,7 @@ class _Plan:
     segmented: bool
     blocks: TpuBlockSizes
     interpret: bool
+    simulate_tpu_memory: bool
 
     @property
     def group(self) -> int:
@@ -81,14 +82,20 @@ class _Plan:
     def qk_scale(self) -> float:
         return self.scale * tile_math.LOG2E
 
+    def _interpret_option(self):
+        if not self.interpret:
+            return False
+        return pltpu.InterpretParams() if self.simulate_tpu_memory else True
+
     def call_options(self, dimension_semantics) -> dict:
         return dict(
             compiler_params=pltpu.CompilerParams(dimension_semantics=dimension_semantics),
-            interpret=pltpu.InterpretParams() if self.interpret else False,
+            interpret=self._interpret_option(),
         )
 
 
-def _make_plan(q, k, mask: AttentionMask, scale, blocks: TpuBlockSizes, interpret: bool) -> _Plan:
+def _make_plan(q, k, mask: AttentionMask, scale, blocks: TpuBlockSizes, interpret: bool,
+               simulate_tpu_memory: bool) -> _Plan:
     blocks.check(interpret)
     batch, q_len, num_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
@@ -103,7 +110,7 @@ def _make_plan(q, k, mask: AttentionMask, scale, blocks: TpuBlockSizes, interpre
     return _Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                  round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
                  float(head_dim**-0.5 if scale is None else scale), mask.causal,
-                 mask.has_segments, fitted, interpret)
+                 mask.has_segments, fitted, interpret, simulate_tpu_memory)
 
 
 def _head_major(x: jax.Array, length: int) -> jax.Array:
@@ -438,15 +445,19 @@ def flash_attention_tpu(
     scale: Optional[float] = None,
     block_sizes: TpuBlockSizes = TpuBlockSizes(),
     interpret: bool = False,
+    simulate_tpu_memory: bool = True,
 ) -> jax.Array:
     """Masked flash attention as Mosaic TPU kernels; differentiable (custom VJP).
 
     Same contract as `flash_attention_gpu`: q [B, Tq, H, D], k and v [B, Tk, Hkv, D],
     D in (64, 128), bf16 or f32, any `AttentionMask`, lengths padded internally.
-    `interpret=True` runs in TPU interpret mode on CPU.
+    `interpret=True` runs on CPU: in TPU interpret mode (`pltpu.InterpretParams`, which
+    simulates VMEM/SMEM and fills fresh scratch with NaN) by default, or with
+    `simulate_tpu_memory=False` in the generic Pallas interpreter, which runs the same
+    kernel bodies and index maps about 50x faster (for wide randomized tests).
     """
     check_supported(q, k, v, mask)
-    plan = _make_plan(q, k, mask, scale, block_sizes, interpret)
+    plan = _make_plan(q, k, mask, scale, block_sizes, interpret, simulate_tpu_memory)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
     flash = flash_with_vjp(functools.partial(_forward, plan=plan),
