@@ -54,6 +54,8 @@ class TokenizerConfig:
     num_sentinels: int = 32
     split_digits: bool = True
     character_coverage: float = 0.9995
+    # Single pieces for French letters and punctuation too rare to pass character_coverage.
+    required_chars: str = "«»’“”…œŒæÆàâçéèêëîïôùûüÿÀÂÇÉÈÊËÎÏÔÙÛÜ€"
     max_piece_length: int = 16
     seed: int = 0
     num_threads: int = 2
@@ -293,6 +295,7 @@ def train_tokenizer(config: TokenizerConfig, out_dir: str | Path, data_dir: Opti
             max_sentencepiece_length=config.max_piece_length,
             max_sentence_length=4 * config.max_sentence_chars + 4,
             character_coverage=config.character_coverage,
+            required_chars=config.required_chars,
             input_sentence_size=0,
             shuffle_input_sentence=False,
             num_threads=config.num_threads,
