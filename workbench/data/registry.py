@@ -58,7 +58,7 @@ def _features(**extra) -> datasets.Features:
 
 _SPECS = (
     DatasetSpec(text.TEXT, text.SPLITS, _features(source=_STR), text.build_text, text.text_files, text.build_text_from_hub, True),
-    DatasetSpec(text.TINY_TEXT, text.SPLITS, _features(source=_STR), text.build_tiny, text.tiny_files, text.tiny_from_hub, True),
+    DatasetSpec(text.TINY_TEXT, text.SPLITS, _features(source=_STR), text.build_tiny, text.tiny_files, None, True),
     DatasetSpec(
         python_code.PYTHON_CODE, python_code.CODE_SPLITS, _features(source=_STR),
         python_code.build_code, python_code.code_files, None, False,
@@ -110,7 +110,10 @@ def _check_split(spec: DatasetSpec, split: str) -> None:
 def _data_dir_for(spec: DatasetSpec, data_dir: Optional[str | Path]) -> Optional[Path]:
     resolved = resolve_data_dir(data_dir)
     if resolved is None and spec.needs_data_dir and spec.hub is None:
-        raise DataError(f"dataset {spec.name!r} needs a data directory; set WORKBENCH_DATA_DIR or pass data_dir=")
+        raise DataError(
+            f"dataset {spec.name!r} needs a data directory and has no hub fallback; "
+            f"set WORKBENCH_DATA_DIR or pass data_dir= (the folder laid out like shared/datasets)"
+        )
     return resolved
 
 

@@ -123,5 +123,6 @@ def build_from_hub(split: str, limit: Optional[int]) -> tuple[dict, LoadStats]:
         answers = list(row["answers"]["text"])
         if not answers:
             raise MalformedRecordError(f"hub dataset {path} question {row['id']}: no gold answers")
-        _append(columns, row["id"], row["question"], row["context"], row["title"], answers, answers[0])
+        # XQuAD on the hub has no titles and one answer per question (dev-v1.1 has ~3).
+        _append(columns, row["id"], row["question"], row["context"], row.get("title", ""), answers, answers[0])
     return columns, LoadStats(source=f"hf-hub:{path}/{config or 'default'}/{hub_split}")

@@ -17,14 +17,13 @@ Both hold out a validation split by a stable hash of the document id.
 from __future__ import annotations
 
 import functools
-import io
 import re
 import tarfile
 import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from workbench.data.files import DataError, LoadStats, bucket, hash_files, read_text, require_file
+from workbench.data.files import LoadStats, bucket, hash_files, read_text, require_file
 
 TEXT, TINY_TEXT = "text", "tiny_text"
 SPLITS = ("train", "validation")
@@ -248,9 +247,3 @@ def build_text_from_hub(split: str, limit: Optional[int]) -> tuple[dict, LoadSta
         columns["source"].append("c4")
     return columns, LoadStats(source=f"hf-hub:allenai/c4/en/{split}[:{count}] (streamed)")
 
-
-def tiny_from_hub(split: str, limit: Optional[int]) -> tuple[dict, LoadStats]:
-    raise DataError(
-        f"dataset {TINY_TEXT!r} has no hub fallback; set WORKBENCH_DATA_DIR (or pass data_dir=) "
-        f"to a data directory that contains {TINY}"
-    )
