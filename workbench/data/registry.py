@@ -138,7 +138,8 @@ def load_dataset(
 ) -> datasets.Dataset:
     """The named dataset split (see the module docstring); `limit` keeps its first `limit` rows.
 
-    Load stats (source, records skipped per reason, notes) are in `load_stats(ds)`.
+    Load stats (source, records skipped per reason, notes) are in `load_stats(ds)`. The result is
+    cached and shared between callers: use `ds.with_format(...)` (a copy), not `ds.set_format(...)`.
     """
     spec = get_spec(name)
     _check_split(spec, split)
