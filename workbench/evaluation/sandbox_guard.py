@@ -6,7 +6,7 @@ because the program runs in a fresh isolated interpreter (`python -I`).
 
 In order, it:
 1. sets resource limits (CPU seconds, address space, file size, no core dumps,
-   and for non-root users a cap on new processes), then makes `resource.setrlimit`
+   and for non-root users at most `max_processes` new tasks), then makes `resource.setrlimit`
    unusable so the candidate cannot lift them (root could raise hard limits);
 2. if the kernel has Landlock, forbids writing, creating, renaming or deleting
    anything outside the sandbox directory (reads stay allowed), blocks TCP
@@ -53,10 +53,20 @@ def _workbench_guard(
     set_limit(resource.RLIMIT_FSIZE, int(file_bytes))
     set_limit(resource.RLIMIT_CORE, 0)
     if os.geteuid() != 0:
-        # RLIMIT_NPROC counts all tasks of this user (root is exempt), so allow
-        # `max_processes` more than the machine runs now: an upper bound that still stops a fork bomb.
-        with open("/proc/loadavg") as handle:
-            tasks_now = int(handle.read().split()[3].split("/")[1])
+        # RLIMIT_NPROC bounds the tasks (processes and threads) of this user, counted per user
+        # namespace; root is exempt. In the harness's own user namespace only unshare and this
+        # interpreter count; otherwise every task the user already runs does.
+        with open("/proc/self/uid_map") as handle:
+            own_namespace = handle.read().split() != ["0", "0", "4294967295"]
+        tasks_now = 2
+        if not own_namespace:
+            uid, tasks_now = os.getuid(), 0
+            for entry in os.listdir("/proc"):
+                try:
+                    if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                        tasks_now += len(os.listdir(f"/proc/{entry}/task"))
+                except OSError:
+                    pass  # the process ended while we looked
         set_limit(resource.RLIMIT_NPROC, tasks_now + int(max_processes))
 
     # 2. Landlock (Linux >= 5.13): kernel-enforced write and network restrictions.
@@ -148,25 +158,28 @@ def _workbench_guard(
         resolved = resolve(path, dir_fd, follow)
         return resolved == root or resolved.startswith(root + os.sep) or resolved == "/dev/null"
 
-    def confine(module, name, path_args=1, follow=True):
+    def confine(module, name, positions=(0,), follow=True):
         original = getattr(module, name, None)
         if original is None:
             return
 
         def confined(*args, **kwargs):
             dir_fd = kwargs.get("dir_fd", kwargs.get("src_dir_fd"))
-            for path in args[:path_args]:
-                if not inside(path, dir_fd, follow):
-                    raise PermissionError(f"{module.__name__}.{name}({path!r}) is outside the workbench sandbox")
+            for position in positions:
+                if position < len(args) and not inside(args[position], dir_fd, follow):
+                    raise PermissionError(
+                        f"{module.__name__}.{name}({args[position]!r}) is outside the workbench sandbox"
+                    )
             return original(*args, **kwargs)
 
         setattr(module, name, confined)
 
     for module in (os, posix):
-        for name in ("remove", "unlink", "rmdir", "removedirs", "mkdir", "makedirs", "mkfifo", "mknod", "symlink"):
+        for name in ("remove", "unlink", "rmdir", "removedirs", "mkdir", "makedirs", "mkfifo", "mknod"):
             confine(module, name, follow=False)
         for name in ("rename", "renames", "replace", "link"):
-            confine(module, name, path_args=2, follow=False)
+            confine(module, name, positions=(0, 1), follow=False)
+        confine(module, "symlink", positions=(1,), follow=False)  # where the link is made, not what it names
         for name in ("truncate", "chmod", "lchmod", "chown", "lchown", "utime"):
             confine(module, name)
 
