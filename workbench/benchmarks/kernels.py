@@ -1,0 +1,277 @@
+"""Attention kernel benchmark: TFLOP/s of each implementation on each mask, forward and
+forward+backward, with each implementation's error against the float32 reference.
+
+Only unmasked work counts: forward FLOPs are 4 * B * H * Tq * Tk * D * density, and
+forward+backward is counted as 3.5x the forward. Timings are the median of `repeats`
+runs after `warmup` runs, each ending in `block_until_ready`.
+
+    python -m workbench.benchmarks.kernels --out runs/bench
+
+On a GPU the default shape is B=4, T=4096, H=16, bf16 at head_dim 128 and 64. On CPU the
+Pallas kernels run in interpret mode on a tiny shape: those numbers check that the
+benchmark works and say nothing about speed (the table says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.attention import dispatch
+from workbench.attention.mask import AttentionMask
+from workbench.attention.reference import xla_attention
+from workbench.config import save_json
+from workbench.runs import write_run_info
+
+MASKS = ("bidirectional", "causal", "prefix_lm", "padded")
+PREFIX_FRACTIONS = (0.1, 0.3, 0.5, 0.7)  # per-example prefixes; density ~0.61 at B=4
+PADDED_FRACTIONS = (1.0, 0.75, 0.5, 0.875)  # per-example kv lengths for the padded mask
+BACKWARD_FACTOR = 3.5
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    batch: int
+    seq_len: int
+    heads: int
+    kv_heads: int
+    head_dims: tuple[int, ...]
+    dtype: str
+    warmup: int
+    repeats: int
+    masks: tuple[str, ...] = MASKS
+    impls: Optional[tuple[str, ...]] = None  # None: every impl available on this platform
+    seed: int = 0
+
+
+def default_config(platform: str) -> BenchConfig:
+    if platform == "cpu":
+        return BenchConfig(batch=2, seq_len=64, heads=2, kv_heads=2, head_dims=(64,),
+                           dtype="float32", warmup=1, repeats=3)
+    return BenchConfig(batch=4, seq_len=4096, heads=16, kv_heads=16, head_dims=(128, 64),
+                       dtype="bfloat16", warmup=3, repeats=10)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchImpl:
+    name: str
+    fn: Callable  # (q, k, v, mask) -> out
+    why_not: Callable  # (q, k, v, mask) -> None | reason
+
+
+def _per_example(fractions: Sequence[float], batch: int, length: int) -> jax.Array:
+    return jnp.array([int(fractions[i % len(fractions)] * length) for i in range(batch)], jnp.int32)
+
+
+def make_mask(name: str, batch: int, length: int) -> AttentionMask:
+    if name == "bidirectional":
+        return AttentionMask.bidirectional()
+    if name == "causal":
+        return AttentionMask.causal_mask()
+    if name == "prefix_lm":
+        return AttentionMask.prefix_lm(_per_example(PREFIX_FRACTIONS, batch, length))
+    if name == "padded":
+        return AttentionMask.bidirectional(kv_lengths=_per_example(PADDED_FRACTIONS, batch, length))
+    raise ValueError(f"unknown benchmark mask {name!r}; expected one of {MASKS}")
+
+
+def _jax_nn_xla(q, k, v, mask: AttentionMask):
+    """jax.nn.dot_product_attention in XLA with the mask as a dense boolean (input dtype)."""
+    dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=dense, implementation="xla")
+
+
+def _tokamax_impls(platform: str) -> list[BenchImpl]:
+    try:
+        import tokamax
+    except ImportError:
+        return []
+
+    def make(implementation: str):
+        def fn(q, k, v, mask: AttentionMask):
+            if mask.prefix_len is not None or mask.has_segments:
+                dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
+                return tokamax.dot_product_attention(q, k, v, mask=dense, implementation=implementation)
+            return tokamax.dot_product_attention(
+                q, k, v, is_causal=mask.causal, key_value_seq_lengths=mask.kv_lengths,
+                implementation=implementation)
+        return fn
+
+    def why_not(q, k, v, mask):
+        if platform != "gpu":
+            return "benchmarked on GPUs only"
+        if mask.q_offset is not None:
+            return "query offsets are not passed to tokamax"
+        return None
+
+    return [BenchImpl(f"tokamax_{name}", make(name), why_not) for name in ("mosaic", "triton")]
+
+
+def available_impls(platform: str) -> list[BenchImpl]:
+    """The workbench's registered impls for this platform, plus jax.nn XLA and tokamax."""
+    impls = []
+    for name in dispatch.available_impls():
+        registered = dispatch._REGISTRY[name]
+        if name.endswith("_interpret") and platform != "cpu":
+            continue
+        impls.append(BenchImpl(
+            name,
+            lambda q, k, v, mask, _fn=registered.fn: _fn(q, k, v, mask),
+            lambda q, k, v, mask, _why=registered.why_not: _why(q, k, v, mask, platform)))
+    impls.append(BenchImpl("jax_nn_xla", _jax_nn_xla, lambda q, k, v, mask: None))
+    return impls + _tokamax_impls(platform)
+
+
+def _median_seconds(fn: Callable, args, warmup: int, repeats: int):
+    result = None
+    for _ in range(warmup):
+        result = jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _forward(fn):
+    return jax.jit(lambda q, k, v, mask: fn(q, k, v, mask))
+
+
+def _forward_backward(fn):
+    def step(q, k, v, mask, d_out):
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask), q, k, v)
+        return out, vjp(d_out.astype(out.dtype))
+    return jax.jit(step)
+
+
+def _max_abs_err(xs, refs) -> float:
+    return max(float(jnp.max(jnp.abs(x.astype(jnp.float32) - r))) for x, r in zip(xs, refs))
+
+
+def _bench_case(impl: BenchImpl, q, k, v, mask, d_out, reference, flops: float, config: BenchConfig):
+    """Rows for one impl on one (mask, head_dim): forward and forward+backward."""
+    reason = impl.why_not(q, k, v, mask)
+    rows = []
+    for pass_name, make, factor in (("fwd", _forward, 1.0), ("fwd+bwd", _forward_backward, BACKWARD_FACTOR)):
+        row = dict(impl=impl.name, phase=pass_name, status="ok", time_ms=None, tflops=None, max_abs_err=None)
+        if reason is not None:
+            row["status"] = f"unsupported: {reason}"
+            rows.append(row)
+            continue
+        args = (q, k, v, mask) if pass_name == "fwd" else (q, k, v, mask, d_out)
+        try:
+            seconds, result = _median_seconds(make(impl.fn), args, config.warmup, config.repeats)
+        except Exception as err:  # a failing impl is reported in its row, the others still run
+            row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            rows.append(row)
+            continue
+        outputs = [result] if pass_name == "fwd" else [result[0], *result[1]]
+        row.update(time_ms=seconds * 1e3, tflops=flops * factor / seconds / 1e12,
+                   max_abs_err=_max_abs_err(outputs, reference[:len(outputs)]))
+        rows.append(row)
+    return rows
+
+
+def run(out_dir: Path | str, config: Optional[BenchConfig] = None) -> list[dict]:
+    """Benchmark every available impl; print the table and write results.json to out_dir."""
+    platform = jax.default_backend()
+    config = config or default_config(platform)
+    interpret = platform == "cpu"
+    impls = [i for i in available_impls(platform) if config.impls is None or i.name in config.impls]
+    dtype = jnp.dtype(config.dtype)
+    b, t, h, hkv = config.batch, config.seq_len, config.heads, config.kv_heads
+    rows, skipped = [], {}
+    for head_dim in config.head_dims:
+        keys = jax.random.split(jax.random.key(config.seed), 4)
+        q = jax.random.normal(keys[0], (b, t, h, head_dim), dtype)
+        k = jax.random.normal(keys[1], (b, t, hkv, head_dim), dtype)
+        v = jax.random.normal(keys[2], (b, t, hkv, head_dim), dtype)
+        d_out = jax.random.normal(keys[3], q.shape, jnp.float32)
+        masks = {name: make_mask(name, b, t) for name in config.masks}
+        reasons = {i.name: [i.why_not(q, k, v, m) for m in masks.values()] for i in impls}
+        for name, why in reasons.items():  # impls for another platform stay out of the table
+            if all(reason is not None for reason in why):
+                skipped[name] = why[0]
+        for mask_name, mask in masks.items():
+            density = float(mask.density(b, t, t))
+            flops = 4.0 * b * h * t * t * head_dim * density
+            upcast = [x.astype(jnp.float32) for x in (q, k, v)]
+            ref_out, ref_vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), *upcast)
+            reference = [ref_out, *ref_vjp(d_out)]
+            for impl in (i for i in impls if i.name not in skipped):
+                for row in _bench_case(impl, q, k, v, mask, d_out, reference, flops, config):
+                    rows.append(dict(row, mask=mask_name, density=density, head_dim=head_dim))
+            del reference, ref_out, ref_vjp
+    result = dict(platform=platform, device=str(jax.devices()[0].device_kind),
+                  interpret_mode=interpret, config=dataclasses.asdict(config), rows=rows,
+                  skipped_impls=skipped)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_json(out_dir / "results.json", result)
+    write_run_info(out_dir, config=config, seed=config.seed)
+    print(format_table(result))
+    return rows
+
+
+def format_table(result: dict) -> str:
+    config = result["config"]
+    lines = [f"Attention kernels on {result['device']} ({result['platform']}): B={config['batch']} "
+             f"T={config['seq_len']} H={config['heads']} Hkv={config['kv_heads']} {config['dtype']}; "
+             f"TFLOP/s of unmasked work (fwd+bwd = {BACKWARD_FACTOR}x fwd)"]
+    if result["interpret_mode"]:
+        lines.append("CPU: Pallas kernels run in INTERPRET MODE on a tiny shape; the speeds are not meaningful.")
+    header = f"{'D':>4} {'mask':<14} {'density':>7} {'impl':<22} {'fwd':>9} {'fwd+bwd':>9} {'max err':>9}  note"
+    lines += [header, "-" * len(header)]
+    by_case: dict[tuple, dict] = {}
+    for row in result["rows"]:
+        by_case.setdefault((row["head_dim"], row["mask"], row["impl"]), {})[row["phase"]] = row
+    for (head_dim, mask_name, impl), passes in by_case.items():
+        fwd, both = passes.get("fwd", {}), passes.get("fwd+bwd", {})
+        fmt = lambda r: f"{r['tflops']:9.3g}" if r.get("tflops") is not None else f"{'-':>9}"  # noqa: E731
+        errs = [r["max_abs_err"] for r in (fwd, both) if r.get("max_abs_err") is not None]
+        err = f"{max(errs):9.2e}" if errs else f"{'-':>9}"
+        notes = sorted({r["status"] for r in (fwd, both) if r and r["status"] != "ok"})
+        density = (fwd or both)["density"]
+        lines.append(f"{head_dim:>4} {mask_name:<14} {density:7.3f} {impl:<22} {fmt(fwd)} {fmt(both)} "
+                     f"{err}  {'; '.join(notes)}")
+    for name, reason in result["skipped_impls"].items():
+        lines.append(f"not run: {name} ({reason})")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
+    platform = jax.default_backend()
+    defaults = default_config(platform)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/bench", help="output folder for results.json")
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    parser.add_argument("--heads", type=int, default=defaults.heads)
+    parser.add_argument("--kv-heads", type=int, default=defaults.kv_heads)
+    parser.add_argument("--head-dims", type=int, nargs="+", default=list(defaults.head_dims))
+    parser.add_argument("--dtype", default=defaults.dtype, choices=("bfloat16", "float32"))
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--masks", nargs="+", default=list(MASKS), choices=MASKS)
+    parser.add_argument("--impls", nargs="+", default=None, help="subset of impl names (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = BenchConfig(
+        batch=args.batch, seq_len=args.seq_len, heads=args.heads, kv_heads=args.kv_heads,
+        head_dims=tuple(args.head_dims), dtype=args.dtype, warmup=args.warmup,
+        repeats=args.repeats, masks=tuple(args.masks),
+        impls=None if args.impls is None else tuple(args.impls), seed=args.seed)
+    return run(args.out, config)
+
+
+if __name__ == "__main__":
+    main()
