@@ -37,10 +37,10 @@ class CheckpointStore:
 
     def save(self, step: int, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None) -> None:
         save_json(self.directory.parent / MODEL_CONFIG, model.config)
-        item = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+        items = {"model": ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
         if optimizer is not None:
-            item["optimizer"] = nnx.to_pure_dict(nnx.state(optimizer))
-        self.manager.save(step, args=ocp.args.StandardSave(item), force=True)
+            items["optimizer"] = ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer)))
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
     def restore(self, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None, step: Optional[int] = None) -> int:
@@ -52,8 +52,9 @@ class CheckpointStore:
         target = {"model": nnx.to_pure_dict(model_state)}
         if optimizer is not None:
             target["optimizer"] = nnx.to_pure_dict(nnx.state(optimizer))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        items = {name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+                 for name, tree in target.items()}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         nnx.replace_by_pure_dict(model_state, restored["model"])
         nnx.update(model, model_state)
         if optimizer is not None:

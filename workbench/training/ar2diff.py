@@ -1,0 +1,50 @@
+"""AR2Diff: turn an AR checkpoint into a diffusion model.
+
+1. pretrain a decoder-only AR model (causal attention, prefix-LM objective);
+2. load it, switch attention to bidirectional (or prefix_diffusion), and continue
+   pretraining on the same corpus with the diffusion loss for N steps (N = 0 allowed);
+3. fine-tune as a diffusion model (any `train` call on a task source).
+
+At the start of stage 2 the parameters equal the AR checkpoint bitwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from workbench.training.checkpoint import load_model
+from workbench.training.trainer import TrainConfig, TrainResult, train
+
+DIFFUSION_ATTENTION = ("bidirectional", "prefix_diffusion")
+
+
+def ar2diff(
+    ar_run_dir: Path | str,
+    out_dir: Path | str,
+    source,
+    config: TrainConfig,
+    *,
+    attention: str = "bidirectional",
+    ar_step: Optional[int] = None,
+    eval_fn=None,
+    data_info: Optional[dict] = None,
+) -> TrainResult:
+    """Stage 2: load `ar_run_dir` (latest or `ar_step`), switch attention, train `config.steps`
+    diffusion steps into `out_dir` (checkpoint step 0 is the unchanged AR model)."""
+    if attention not in DIFFUSION_ATTENTION:
+        raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
+    if config.loss.kind == "ar":
+        raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set config.loss.kind to "
+                         "'diffusion' (the paper) or 'masked_diffusion'")
+    model, loaded_step = load_model(ar_run_dir, step=ar_step, attention=attention)
+    extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
+                         "adaptation_steps": config.steps}}
+    return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra)
+
+
+def adaptation_config(base: TrainConfig, steps: int) -> TrainConfig:
+    """The stage-2 config for AR2Diff_N: the diffusion loss for `steps` steps."""
+    loss = base.loss if base.loss.kind != "ar" else dataclasses.replace(base.loss, kind="diffusion")
+    return dataclasses.replace(base, steps=steps, loss=loss)
