@@ -65,6 +65,15 @@ def test_passing_program_and_fresh_directory():
 
 @pytest.mark.parametrize(
     "code",
+    ['print("no newline", end="")', "import io, sys\nsys.stdout = io.StringIO()\nprint('swallowed')"],
+    ids=["no-trailing-newline", "stdout-swapped"],
+)
+def test_output_quirks_still_pass(code):
+    assert sandbox.run_program(code, timeout_s=10).status == "passed"
+
+
+@pytest.mark.parametrize(
+    "code",
     [
         "assert 1 == 2",
         "import sys\nsys.exit(0)\nassert False",  # exits "successfully" before the asserts

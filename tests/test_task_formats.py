@@ -104,3 +104,16 @@ def test_count_too_long_reports_without_cutting():
     assert records[2]["targets"] == "un deux trois quatre cinq"  # untouched
     with pytest.raises(ValueError, match="field='labels'"):
         tasks.count_too_long(records, "wmt14_enfr", WordTokenizer(), 2, field="labels")
+
+
+@pytest.mark.skipif(not MBPP_FILE.exists(), reason="shared datasets not present")
+@pytest.mark.parametrize("name", tasks.TASK_NAMES)
+def test_formats_accept_the_data_module_records(name):
+    data = pytest.importorskip("workbench.data")
+    spec = tasks.get_task(name)
+    splits = data.dataset_splits(spec.dataset)
+    assert spec.eval_split in splits and (spec.train_split is None or spec.train_split in splits)
+    for record in data.load_dataset(spec.dataset, spec.eval_split, data_dir=MBPP_FILE.parents[1], limit=3):
+        inputs, targets = spec.format_example(record)
+        assert inputs.strip() and targets.strip()
+        assert spec.postprocess(targets, record).strip()

@@ -239,8 +239,9 @@ def run_program(
             f"del _workbench_guard\n"
             f"{code}\n"
             f"import sys as _workbench_sys\n"
-            f"_workbench_sys.stdout.write({marker!r} + '\\n')\n"
-            f"_workbench_sys.stdout.flush()\n"
+            # On a line of its own even after print(..., end=""); to the real stdout even if sys.stdout was swapped.
+            f"_workbench_sys.__stdout__.write('\\n' + {marker!r} + '\\n')\n"
+            f"_workbench_sys.__stdout__.flush()\n"
         )
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as handle:
             handle.write(program)
