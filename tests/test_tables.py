@@ -59,7 +59,7 @@ def test_paper_results_long_table():
 
 @pytest.mark.parametrize(
     "raw, canonical",
-    [("AR", "AR"), ("AR2Diff_0", "AR2Diff_0"), ("AR2Diff_10000", "AR2Diff_10K"), ("AR2Diff_100K", "AR2Diff_100K"),
+    [("AR", "AR"), ("ar", "AR"), ("diffusion", "Diffusion"), ("ar2diff_10k", "AR2Diff_10K"), ("AR2Diff_0", "AR2Diff_0"), ("AR2Diff_10000", "AR2Diff_10K"), ("AR2Diff_100K", "AR2Diff_100K"),
      ("AR2Diff_1500", "AR2Diff_1500"), ("AR2Diff_2000000", "AR2Diff_2M")],
 )  # fmt: skip
 def test_canonical_method(raw, canonical):
@@ -150,3 +150,21 @@ def test_html_marks_project_cells(tmp_path):
     assert "1M pretraining steps" in page
     paper_only = tables.to_html(tables.compare(3), "Table 3")
     assert 'class="project"' not in paper_only and "<caption>Table 3</caption>" in paper_only
+
+
+def test_runner_summary_form_becomes_one_entry_per_score(tmp_path):
+    summary = {
+        "task": "squad_v1", "split": "test", "method": "diffusion", "metric": "squad", "exact_match": 25.0,
+        "f1": 40.5, "num_examples": 1190, "details": {}, "model_preset": "tiny", "params": 12_300_000,
+        "train_steps": 2000, "num_steps": 10, "num_samples": 8,
+    }  # fmt: skip
+    entries = tables.load_run(_run(tmp_path, "runner", summary))
+    assert [(e["method"], e["metric"], e["score"]) for e in entries] == [
+        ("Diffusion", "exact_match", 25.0), ("Diffusion", "f1", 40.5),
+    ]  # fmt: skip
+    no_scores = {k: v for k, v in summary.items() if k not in ("exact_match", "f1")}
+    with pytest.raises(tables.MetricsSchemaError, match="no 'score' key and no score keys"):
+        tables.load_run(_run(tmp_path, "empty", no_scores))
+    missing = {k: v for k, v in summary.items() if k != "params"}
+    with pytest.raises(tables.MetricsSchemaError, match="missing key 'params'"):
+        tables.load_run(_run(tmp_path, "missing", missing))

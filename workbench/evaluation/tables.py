@@ -21,6 +21,9 @@ Each run directory holds `metrics.json`: one JSON object, or a list of them, wit
 | architecture | str, optional | "decoder_only" (default) or "encoder_decoder" |
 | objective | str, optional | "prefix_lm" (default) or "span_corruption" |
 
+Instead of `metric` and `score`, an entry may carry one key per score, as the evaluation
+runner's summary does (`{"f1": 71.2, "exact_match": 60.1, ...}` or `{"pass@1": ..., "pass@80": ...}`);
+it then counts as one entry per score key. `method` is case-insensitive ("ar" = "AR").
 Other keys are allowed and ignored. Runs that share a table row and column are averaged
 (the long table from `load_runs` keeps each one).
 """
@@ -42,6 +45,7 @@ TASK_LABELS = {"wmt14_enfr": "WMT14 En-Fr", "squad_v1": "SQuAD", "mbpp": "MBPP",
 ARCHITECTURES = ("decoder_only", "encoder_decoder")
 OBJECTIVES = ("prefix_lm", "span_corruption")
 _METHOD = re.compile(r"^(AR|Diffusion|AR2Diff_(\d+)([KM]?))$")
+_METHOD_CASE = {"ar": "AR", "diffusion": "Diffusion", "ar2diff": "AR2Diff"}
 _METRIC = re.compile(r"^(bleu|f1|exact_match|chrf|pass@[1-9]\d*)$")
 
 # Paper setting (docs/paper.md): sizes, pretraining and per-task fine-tuning steps.
@@ -86,12 +90,14 @@ class MetricsSchemaError(ValueError):
 
 
 def canonical_method(method: str) -> str:
-    """'AR2Diff_10000' and 'AR2Diff_10K' both become 'AR2Diff_10K' (the paper's spelling)."""
-    match = _METHOD.match(method)
+    """The paper's spelling: 'AR2Diff_10000', 'ar2diff_10k' and 'AR2Diff_10K' all become 'AR2Diff_10K'; 'ar' -> 'AR'."""
+    head, separator, tail = method.partition("_")
+    spelled = _METHOD_CASE.get(head.lower(), head) + separator + tail.upper()
+    match = _METHOD.match(spelled)
     if match is None:
         raise MetricsSchemaError(f"method={method!r}; expected 'AR', 'Diffusion' or 'AR2Diff_<N>' such as 'AR2Diff_10K'")
     if match.group(2) is None:
-        return method
+        return spelled
     steps = int(match.group(2)) * {"": 1, "K": 1_000, "M": 1_000_000}[match.group(3)]
     for unit, size in (("M", 1_000_000), ("K", 1_000)):
         if steps and steps % size == 0:
@@ -214,7 +220,24 @@ def load_run(run_dir: str | Path) -> list[dict]:
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise MetricsSchemaError(f"{path}: an empty list; write at least one result")
-    return [validate_entry(entry, f"{path} entry {i}") for i, entry in enumerate(entries)]
+    validated = []
+    for i, entry in enumerate(entries):
+        where = f"{path} entry {i}"
+        for one in _expand_summary(entry, where) if isinstance(entry, dict) and "score" not in entry else [entry]:
+            validated.append(validate_entry(one, where))
+    return validated
+
+
+def _expand_summary(summary: dict, where: str) -> list[dict]:
+    """A summary with one key per score ({"f1": 71.2, "exact_match": 60.1, ...}, as the evaluation
+    runner writes) becomes one entry per score key."""
+    keys = [k for k in summary if _METRIC.match(k) and isinstance(summary[k], (int, float))]
+    if not keys:
+        raise MetricsSchemaError(
+            f"{where}: no 'score' key and no score keys (bleu, f1, exact_match, chrf, pass@<k>); "
+            "see workbench.evaluation.tables for the schema"
+        )
+    return [{**summary, "metric": key, "score": summary[key]} for key in keys]
 
 
 def load_runs(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
