@@ -65,10 +65,15 @@ def test_passing_program_and_fresh_directory():
 
 @pytest.mark.parametrize(
     "code",
-    ['print("no newline", end="")', "import io, sys\nsys.stdout = io.StringIO()\nprint('swallowed')"],
-    ids=["no-trailing-newline", "stdout-swapped"],
+    [
+        'print("no newline", end="")',
+        "import io, sys\nsys.stdout = io.StringIO()\nprint('swallowed')",
+        "from __future__ import annotations\ndef f(x: Undefined) -> int:\n    return 1\nassert f(0) == 1",
+        "_workbench_sys = None\nif __name__ == '__main__':\n    print('main')",
+    ],
+    ids=["no-trailing-newline", "stdout-swapped", "future-import", "harness-names"],
 )
-def test_output_quirks_still_pass(code):
+def test_legitimate_quirks_still_pass(code):
     assert sandbox.run_program(code, timeout_s=10).status == "passed"
 
 

@@ -21,10 +21,10 @@ Limits and isolation, from the kernel outwards (see `detect_isolation`):
 - output: stdout and stderr are read in chunks; only the last `tail_bytes` are kept,
   and a program that writes more than `max_output_bytes` in total is killed.
 
-Pass rule: the harness appends a line that prints a random per-run marker after the
-program (after the tests). A program passes only if it runs to the end, prints that
-marker as its last stdout line and exits with status 0; `sys.exit(0)` or
-`os._exit(0)` before the asserts therefore counts as failed.
+Pass rule: the harness runs the program (its code and tests, from `candidate.py`, as
+`__main__`) and then prints a random per-run marker. A program passes only if it runs
+to the end, the marker is the last stdout line and the exit status is 0;
+`sys.exit(0)` or `os._exit(0)` before the asserts therefore counts as failed.
 
 This stops accidents (infinite loops, fork bombs, memory hogs, stray file writes,
 floods of output) in generated code. It is not a security boundary against code
@@ -212,9 +212,10 @@ def run_program(
     isolation: Optional[Isolation] = None,
 ) -> ExecResult:
     """Run one program in the sandbox; it passes if it runs to its end (see module docstring)."""
-    if timeout_s <= 0 or memory_mb <= 0 or max_output_bytes <= 0:
+    if min(timeout_s, memory_mb, max_output_bytes, max_processes, file_mb, tail_bytes) <= 0:
         raise ValueError(
-            f"timeout_s={timeout_s}, memory_mb={memory_mb}, max_output_bytes={max_output_bytes} must all be positive"
+            f"timeout_s={timeout_s}, memory_mb={memory_mb}, max_output_bytes={max_output_bytes}, "
+            f"max_processes={max_processes}, file_mb={file_mb}, tail_bytes={tail_bytes} must all be positive"
         )
     isolation = detect_isolation() if isolation is None else isolation
     marker = f"__workbench_passed_{secrets.token_hex(8)}__"
@@ -229,6 +230,10 @@ def run_program(
             f"memory_bytes={memory_mb << 20}, file_bytes={file_mb << 20}, max_processes={max_processes}, "
             f"landlock_abi={isolation.landlock_abi}, network_isolated={isolation.network_isolated})"
         )
+        # The candidate runs from its own file via exec(), so `from __future__` imports work, traceback
+        # line numbers are its own, and its names cannot clobber the harness's.
+        with open(os.path.join(workdir, "candidate.py"), "w", encoding="utf-8") as handle:
+            handle.write(code)
         program = (
             f"{_GUARD_SOURCE}\n"
             f"try:\n    {guard_call}\n"
@@ -237,8 +242,10 @@ def run_program(
             f"    print(f'workbench sandbox guard failed: {{_error!r}}', file=_sys.stderr, flush=True)\n"
             f"    _os._exit({GUARD_FAILED_EXIT})\n"
             f"del _workbench_guard\n"
-            f"{code}\n"
             f"import sys as _workbench_sys\n"
+            f"with open('candidate.py', encoding='utf-8') as _workbench_file:\n"
+            f"    _workbench_code = compile(_workbench_file.read(), 'candidate.py', 'exec')\n"
+            f"exec(_workbench_code, {{'__name__': '__main__', '__builtins__': __builtins__}})\n"
             # On a line of its own even after print(..., end=""); to the real stdout even if sys.stdout was swapped.
             f"_workbench_sys.__stdout__.write('\\n' + {marker!r} + '\\n')\n"
             f"_workbench_sys.__stdout__.flush()\n"
@@ -288,7 +295,11 @@ def _remove_cgroup(cgroup: Path) -> None:
         except FileNotFoundError:
             return
         except OSError:
-            for pid in (cgroup / "cgroup.procs").read_text().split():
+            try:
+                members = (cgroup / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                return
+            for pid in members:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
