@@ -2,6 +2,7 @@
 MBPP's 974 reference programs must pass their own tests (about a minute on 2 cores, run in parallel)."""
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 from workbench.evaluation import sandbox
 
-MBPP_FILE = Path("/work/shared/datasets/code_eval/mbpp.jsonl")
+DATA_DIR = Path(os.environ.get("WORKBENCH_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+MBPP_FILE = DATA_DIR / "code_eval" / "mbpp.jsonl"
 
 # MBPP task ids whose reference code fails its own tests in this sandbox. None do.
 # Task 123 (amicable numbers up to 9,999) is the slowest, ~8.5 s of CPU: near the 10 s default

@@ -9,7 +9,7 @@ import pytest
 
 from workbench.evaluation import tables
 
-PAPER_MD = Path("/work/shared/docs/paper.md")
+PAPER_MD = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper.md"
 
 
 def _run(tmp_path, name, entries):

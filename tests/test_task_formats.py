@@ -2,13 +2,15 @@
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from workbench.evaluation import tasks
 
-MBPP_FILE = Path("/work/shared/datasets/code_eval/mbpp.jsonl")
+DATA_DIR = Path(os.environ.get("WORKBENCH_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+MBPP_FILE = DATA_DIR / "code_eval" / "mbpp.jsonl"
 
 
 class WordTokenizer:
@@ -53,6 +55,7 @@ def test_squad_format_from_fields_or_preformatted_inputs():
         spec.format_example({"id": "q2", "inputs": "Who won?", "answers": ["x"]})
 
 
+@pytest.mark.skipif(not MBPP_FILE.exists(), reason=f"{MBPP_FILE} not present (set WORKBENCH_DATA_DIR)")
 def test_mbpp_format_on_a_real_record():
     spec = tasks.get_task("mbpp")
     record = json.loads(MBPP_FILE.read_text().splitlines()[10])  # task 11
@@ -113,7 +116,7 @@ def test_formats_accept_the_data_module_records(name):
     spec = tasks.get_task(name)
     splits = data.dataset_splits(spec.dataset)
     assert spec.eval_split in splits and (spec.train_split is None or spec.train_split in splits)
-    for record in data.load_dataset(spec.dataset, spec.eval_split, data_dir=MBPP_FILE.parents[1], limit=3):
+    for record in data.load_dataset(spec.dataset, spec.eval_split, data_dir=DATA_DIR, limit=3):
         inputs, targets = spec.format_example(record)
         assert inputs.strip() and targets.strip()
         assert spec.postprocess(targets, record).strip()
