@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_json
 from workbench.data import data_files, load_dataset
-from workbench.evaluation import metrics as M
+from workbench.evaluation.scoring import score
 from workbench.evaluation.tasks import get_task
+from workbench.models import param_count
 from workbench.models.decoding import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
 from workbench.runs import write_run_info
@@ -94,33 +95,26 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     return outputs, report
 
 
-def score(task: str, records: list[dict], outputs: list[list[str]]) -> dict:
-    """Task metric over the records that were decoded (those with outputs)."""
+def score_outputs(task: str, records: list[dict], outputs: list[list[str]]) -> dict:
+    """The task metric over the records that were decoded (those with outputs)."""
     spec = get_task(task)
     kept = [(r, o) for r, o in zip(records, outputs) if o]
     if not kept:
-        raise ValueError(f"no example of {task} was decoded: every input is longer than input_len")
-    records, outputs = [r for r, _ in kept], [o for _, o in kept]
-    if spec.metric == "pass_at_k":
-        from workbench.evaluation.sandbox import evaluate_code
-
-        result = evaluate_code(spec, records, outputs, ks=(1, 10, 80))
-        result.pop("per_problem", None)
-        return result
-    first = [spec.postprocess(o[0], r) for r, o in zip(records, outputs)]
-    refs = [spec.format_example(r)[1] for r in records]
-    if spec.metric == "bleu":
-        s = M.bleu(first, refs)
-        return {"bleu": s.score, "signature": s.signature, "num_examples": len(first)}
-    if spec.metric == "squad":
-        return M.squad(first, [list(r["answers"]) for r in records])
-    return {"exact_match": M.code_exact_match(first, refs), "chrf": M.chrf(first, refs).score,
-            "num_examples": len(first)}
+        raise ValueError(f"no example of {task} was decoded: every input is longer than input_len; raise input_len")
+    records = [r for r, _ in kept]
+    predictions = [o if spec.metric == "pass_at_k" else o[0] for _, o in kept]
+    result = score(spec, records, predictions)
+    result.pop("per_problem", None)
+    result.setdefault("num_examples", len(records))
+    return result
 
 
 def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_dir=None, extra: Optional[dict] = None,
              progress: bool = True) -> dict:
-    """Decode and score one task; write metrics.json, predictions.jsonl and run_info.json."""
+    """Decode and score one task; write metrics.json, predictions.jsonl and run_info.json.
+
+    `extra` adds fields to metrics.json, e.g. {"method": "AR2Diff_10K", "model_preset": "small",
+    "train_steps": 5000} for the paper-table builder (workbench.evaluation.tables)."""
     spec = get_task(config.task)
     split = config.split or spec.eval_split
     dataset = load_dataset(spec.dataset, split, data_dir=data_dir)
@@ -129,13 +123,18 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
     started = time.perf_counter()
     outputs, report = predict(model, tokenizer, records, config, progress=progress)
     decode_s = time.perf_counter() - started
-    result = score(config.task, records, outputs)
+    result = score_outputs(config.task, records, outputs)
     out_dir = Path(out_dir)
-    summary = {"task": config.task, "split": split, "method": config.method, "metric": spec.metric,
+    diffusion = config.method == "diffusion"
+    summary = {"task": config.task, "split": split, "metric": spec.metric, "decoding": config.method,
+               "method": "Diffusion" if diffusion else "AR",  # callers label AR2Diff_N runs via `extra`
+               "params": param_count(model.config)["total"],
+               "num_steps": config.diffusion.num_steps if diffusion else None,
+               "num_samples": config.diffusion.num_samples if diffusion else None,
                **{k: v for k, v in result.items() if not isinstance(v, (dict, list))},
                "details": {k: v for k, v in result.items() if isinstance(v, (dict, list))},
                "lengths": report, "decode_seconds": decode_s, "model_attention": model.config.attention,
-               **(extra or {})}
+               **{k: v for k, v in (extra or {}).items() if k not in ("task", "split", "metric", "decoding")}}
     save_json(out_dir / "metrics.json", summary)
     with open(out_dir / "predictions.jsonl", "w") as handle:
         for record, outs in zip(records, outputs):

@@ -131,6 +131,8 @@ def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_le
     def body(state):
         t, canvas, traj, probs, changed, _ = state
         logits = denoise(canvas).astype(jnp.float32)
+        if config.method == "masked":  # never "reveal" the mask token itself
+            logits = logits.at[..., config.mask_id].set(-jnp.inf)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
         draw = _draw(step_keys, logits, config.temperature)
         p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), draw[..., None], axis=-1)[..., 0]
