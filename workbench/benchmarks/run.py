@@ -1,0 +1,24 @@
+"""`make bench`: the model, kernel and decode-speed benchmarks, each printing its table and
+writing JSON under --out."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Optional, Sequence
+
+BENCHMARKS = ("models", "kernels", "decode_speed")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
+    args = parser.parse_args(argv)
+    for name in args.only:
+        print(f"\n== {name} ==", flush=True)
+        importlib.import_module(f"workbench.benchmarks.{name}").main(["--out", args.out])
+
+
+if __name__ == "__main__":
+    main()
