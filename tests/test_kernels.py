@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from workbench.attention.dispatch import attention, supporting_impls
@@ -60,13 +60,30 @@ SHAPES = (
 
 
 def _rel_err(x, ref) -> float:
+    """||x - ref|| / ||ref||, with ||ref|| floored at the norm of an all-0.1 array.
+
+    Inputs are unit normal, so outputs and gradients are ~0.1-1 per element; the floor keeps
+    gradients that are zero analytically (a query that sees a single key has dq = 0) from
+    dividing rounding noise by ~0.
+    """
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-3))
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 0.1 * np.sqrt(ref.size)))
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(kernel: str, shape: Shape, dtype, causal: bool, segmented: bool):
-    """jit(kernel and reference: output and the three gradients) for one static config."""
+# LLVM optimizations off: the interpreted kernels build ~3x faster and run as fast at
+# these sizes; the numerics are XLA's either way.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _compile(fn, *args):
+    return jax.jit(fn).lower(*args).compile(_FAST_COMPILE)
+
+
+_EXECUTABLES: dict[tuple, object] = {}
+
+
+def _kernel_and_reference(kernel: str, shape: Shape, dtype, causal: bool, segmented: bool, *args):
+    """Kernel and reference (output and the three gradients), compiled once per static config."""
 
     def run(q, k, v, d_out, prefix, kv_lengths, q_offset, q_seg, kv_seg):
         mask = AttentionMask(causal=causal, prefix_len=prefix, kv_lengths=kv_lengths,
@@ -78,7 +95,10 @@ def _compiled(kernel: str, shape: Shape, dtype, causal: bool, segmented: bool):
             outs.append((out, *vjp(d_out.astype(out.dtype))))
         return outs
 
-    return jax.jit(run)
+    key = (kernel, shape, jnp.dtype(dtype).name, causal, segmented)
+    if key not in _EXECUTABLES:
+        _EXECUTABLES[key] = _compile(run, *args)
+    return _EXECUTABLES[key](*args)
 
 
 def _inputs(shape: Shape, dtype, seed: int):
@@ -100,9 +120,10 @@ def _segments(boundaries, length: int) -> np.ndarray:
 def _check(kernel, shape, dtype, causal, segmented, seed, prefix, kv_lengths, q_offset,
            q_seg, kv_seg):
     q, k, v, d_out = _inputs(shape, dtype, seed)
-    got, want = _compiled(kernel, shape, dtype, causal, segmented)(
-        q, k, v, d_out, jnp.asarray(prefix, jnp.int32), jnp.asarray(kv_lengths, jnp.int32),
-        jnp.asarray(q_offset, jnp.int32), jnp.asarray(q_seg), jnp.asarray(kv_seg))
+    got, want = _kernel_and_reference(
+        kernel, shape, dtype, causal, segmented, q, k, v, d_out, jnp.asarray(prefix, jnp.int32),
+        jnp.asarray(kv_lengths, jnp.int32), jnp.asarray(q_offset, jnp.int32),
+        jnp.asarray(q_seg, jnp.int32), jnp.asarray(kv_seg, jnp.int32))
     for name, x, ref in zip(("out", "dq", "dk", "dv"), got, want):
         assert x.dtype == ref.dtype and x.shape == ref.shape, name
         assert bool(jnp.isfinite(x).all()), f"{kernel}: non-finite {name}"
@@ -112,8 +133,8 @@ def _check(kernel, shape, dtype, causal, segmented, seed, prefix, kv_lengths, q_
 
 
 @st.composite
-def _cases(draw, dtype):
-    shape = draw(st.sampled_from(SHAPES))
+def _cases(draw, dtype, shapes=SHAPES, causal=st.booleans(), segmented=st.booleans()):
+    shape = draw(st.sampled_from(shapes))
     b, tq, tk = shape.batch, shape.q_len, shape.kv_len
     per_example = lambda strategy: draw(st.lists(strategy, min_size=b, max_size=b))  # noqa: E731
     boundaries = lambda length: st.lists(st.integers(1, length - 1), max_size=3)  # noqa: E731
@@ -121,8 +142,8 @@ def _cases(draw, dtype):
         kernel=draw(st.sampled_from(sorted(KERNELS))),
         shape=shape,
         dtype=dtype,
-        causal=draw(st.booleans()),
-        segmented=draw(st.booleans()),
+        causal=draw(causal),
+        segmented=draw(segmented),
         seed=draw(st.integers(0, 2**31 - 1)),
         prefix=per_example(st.sampled_from([0, tq, tk]) | st.integers(0, max(tq, tk))),
         kv_lengths=per_example(st.sampled_from([0, tk]) | st.integers(0, tk)),
@@ -137,9 +158,10 @@ def test_matches_reference_float32(case):
     _check(**case)
 
 
-@settings(max_examples=6)
-@given(_cases(jnp.bfloat16))
+@given(_cases(jnp.bfloat16, shapes=(Shape(2, 48, 40, 4, 2, 128),), causal=st.just(True),
+              segmented=st.just(True)))
 def test_matches_reference_bfloat16(case):
+    """One static config per kernel (GQA, D=128, Tq != Tk, segments): only the data vary."""
     _check(**case)
 
 
@@ -180,11 +202,12 @@ def test_hidden_tiles_are_never_read(kernel):
     mask = AttentionMask.prefix_lm(jnp.array([5]), kv_lengths=jnp.array([32]))
 
     def loss(fn, q, k, v):
-        return jnp.sum(fn(q, k, v, mask) * d_out)
+        return jnp.sum(fn(q, k, v, mask, scale=0.3) * d_out)  # a non-default scale, too
 
-    got = jax.jit(jax.value_and_grad(functools.partial(loss, KERNELS[kernel]), (0, 1, 2)))(
-        q, k_nan, v_nan)
-    want = jax.jit(jax.value_and_grad(functools.partial(loss, xla_attention), (0, 1, 2)))(q, k, v)
+    grads = lambda fn, *args: _compile(  # noqa: E731
+        jax.value_and_grad(functools.partial(loss, fn), (0, 1, 2)), *args)(*args)
+    got = grads(KERNELS[kernel], q, k_nan, v_nan)
+    want = grads(xla_attention, q, k, v)
     assert bool(jnp.isfinite(got[0]))
     assert _rel_err(got[0], want[0]) <= 1e-5
     for g, ref in zip(got[1], want[1]):
@@ -203,8 +226,9 @@ def test_dispatch_runs_interpret_impls(impl):
     def loss(impl, q, k, v):
         return jnp.sum(attention(q, k, v, mask, impl=impl) * d_out)
 
-    got = jax.jit(jax.value_and_grad(functools.partial(loss, impl), (0, 1, 2)))(q, k, v)
-    want = jax.jit(jax.value_and_grad(functools.partial(loss, "xla"), (0, 1, 2)))(q, k, v)
+    grads = lambda name: _compile(  # noqa: E731
+        jax.value_and_grad(functools.partial(loss, name), (0, 1, 2)), q, k, v)(q, k, v)
+    got, want = grads(impl), grads("xla")
     for x, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert _rel_err(x, ref) <= 1e-5
 
