@@ -460,6 +460,12 @@ def flash_attention_tpu(
     plan = _make_plan(q, k, mask, scale, block_sizes, interpret, simulate_tpu_memory)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
+    return _flash(q, k, v, kmask, plan=plan)
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _flash(q, k, v, kmask: KernelMask, plan: _Plan):
+    """Jitted per static plan, so eager calls re-use compiled kernels."""
     flash = flash_with_vjp(functools.partial(_forward, plan=plan),
                            functools.partial(_backward, plan=plan))
     return flash(q, k, v, kmask)
