@@ -153,6 +153,22 @@ def _visibility(plan: _Plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_
     return visible
 
 
+def _column(stat_ref) -> jax.Array:
+    """[bq, 1] from lane-replicated [bq, 128] statistics (a lane reduction; exact)."""
+    return jnp.max(stat_ref[...], axis=1, keepdims=True)
+
+
+def _lanes_to_width(ids: jax.Array, width: int) -> jax.Array:
+    """Lane-replicated [rows, 128] ids -> [rows, width], comparable elementwise with a tile.
+
+    On a TPU tiles are multiples of 128 and this is a lane tile (as in splash attention);
+    interpret-mode tests use narrower tiles.
+    """
+    if width % LANES == 0:
+        return jnp.tile(ids, (1, width // LANES))
+    return ids[:, :width]
+
+
 def _last_visible(index, count):
     """Clamp a grid index into [0, count - 1] so hidden steps re-use a fetched block."""
     return jnp.minimum(index, jnp.maximum(count - 1, 0))
@@ -182,11 +198,11 @@ def _forward_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, *
             shape = (block_q, block_k)
             q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 1)
-            q_seg = q_seg_ref[...][:, :1] if plan.segmented else None
-            kv_seg = kv_seg_ref[...][:1, :] if plan.segmented else None
+            q_seg = _lanes_to_width(q_seg_ref[...], block_k) if plan.segmented else None
+            kv_seg = kv_seg_ref[:1, :] if plan.segmented else None
             s2 = tile_math.apply_mask(
                 s2, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
-        m, l, acc = tile_math.softmax_step(s2, v_ref[...], m_ref[...][:, :1], l_ref[...][:, :1],
+        m, l, acc = tile_math.softmax_step(s2, v_ref[...], _column(m_ref), _column(l_ref),
                                            acc_ref[...], may_be_empty=masked)
         m_ref[...] = jnp.broadcast_to(m, m_ref.shape)
         l_ref[...] = jnp.broadcast_to(l, l_ref.shape)
@@ -197,7 +213,7 @@ def _forward_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, *
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
-        out, lse2 = tile_math.softmax_finish(m_ref[...][:, :1], l_ref[...][:, :1], acc_ref[...])
+        out, lse2 = tile_math.softmax_finish(_column(m_ref), _column(l_ref), acc_ref[...])
         out_ref[...] = out.astype(out_ref.dtype)
         lse_ref[...] = jnp.broadcast_to(lse2, lse_ref.shape)
 
@@ -272,8 +288,8 @@ def _dq_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, do_ref
             shape = (block_q, block_k)
             q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 1)
-            q_seg = q_seg_ref[...][:, :1] if plan.segmented else None
-            kv_seg = kv_seg_ref[...][:1, :] if plan.segmented else None
+            q_seg = _lanes_to_width(q_seg_ref[...], block_k) if plan.segmented else None
+            kv_seg = kv_seg_ref[:1, :] if plan.segmented else None
             s2 = tile_math.apply_mask(
                 s2, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
         lse2 = lse_ref[0][:, None]
@@ -357,8 +373,8 @@ def _dkv_kernel(prefix_ref, kv_len_ref, q_offset_ref, k_ref, v_ref, q_ref, do_re
             shape = (block_k, block_q)
             q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 1)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 0)
-            q_seg = q_seg_ref[...][:1, :] if plan.segmented else None
-            kv_seg = kv_seg_ref[...][:, :1] if plan.segmented else None
+            q_seg = q_seg_ref[:1, :] if plan.segmented else None
+            kv_seg = _lanes_to_width(kv_seg_ref[...], block_q) if plan.segmented else None
             s2_t = tile_math.apply_mask(
                 s2_t, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
         dk, dv = tile_math.dkv_step(s2_t, q, do_ref[...], v_ref[...], lse_ref[...], delta_ref[...])

@@ -256,3 +256,21 @@ def test_block_sizes_are_validated():
     q = jnp.zeros((1, 8, 2, 64), jnp.float32)
     with pytest.raises(ValueError, match="multiple of 128"):
         flash_attention_tpu(q, q, q, AttentionMask.causal_mask(), block_sizes=TpuBlockSizes(block_q=64))
+
+
+def test_tpu_kernel_with_lane_width_tiles():
+    """Real-TPU tiles (128) take the lane-tiled segment-id path; check it numerically too."""
+    shape = Shape(1, 200, 200, 2, 1, 64)
+    q, k, v, d_out = _inputs(shape, jnp.float32, seed=4)
+    seg = jnp.asarray(_segments([70, 150], 200))[None]
+    mask = AttentionMask.prefix_lm(jnp.array([30]), kv_lengths=jnp.array([190]),
+                                   q_segment_ids=seg, kv_segment_ids=seg)
+    kernel = functools.partial(flash_attention_tpu, interpret=True, simulate_tpu_memory=False)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v, mask) * d_out)
+
+    grads = lambda fn: _compile(  # noqa: E731
+        jax.value_and_grad(functools.partial(loss, fn), (0, 1, 2)), q, k, v)(q, k, v)
+    for x, ref in zip(jax.tree.leaves(grads(kernel)), jax.tree.leaves(grads(xla_attention))):
+        assert _rel_err(x, ref) <= 1e-5
