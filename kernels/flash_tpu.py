@@ -119,12 +119,12 @@ def _head_major(x: jax.Array, length: int) -> jax.Array:
 
 
 def _column_ids(ids: jax.Array) -> jax.Array:
-    """[B, T] -> [B, T, 128]: ids down the sublanes, read as a [tile, 1] column."""
+    """[B, T] -> [B, T, 128]: ids down the sublanes, replicated across the lanes."""
     return jax.lax.broadcast_in_dim(ids, (*ids.shape, LANES), (0, 1))
 
 
 def _row_ids(ids: jax.Array) -> jax.Array:
-    """[B, T] -> [B, 8, T]: ids along the lanes, read as a [1, tile] row."""
+    """[B, T] -> [B, 8, T]: ids along the lanes (read as a [1, tile] row)."""
     return jax.lax.broadcast_in_dim(ids, (ids.shape[0], SUBLANES, ids.shape[1]), (0, 2))
 
 
