@@ -37,6 +37,18 @@ def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
         )
 
 
+def _masked_scores(q, k, mask: AttentionMask, scale: Optional[float], precision):
+    """Scaled scores [B, Hkv, G, Tq, Tk] in float32, masked entries set to _NEG, and the mask."""
+    check_shapes(q, k, k)
+    batch, q_len, num_heads, head_dim = q.shape
+    kv_len, num_kv_heads = k.shape[1], k.shape[2]
+    scale = head_dim**-0.5 if scale is None else scale
+    q32 = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q32, k.astype(jnp.float32), precision=precision) * scale
+    allowed = mask.dense(batch, q_len, kv_len)[:, None, None, :, :]  # [B,1,1,Tq,Tk]
+    return jnp.where(allowed, scores, _NEG), allowed
+
+
 def xla_attention(
     q: jax.Array,
     k: jax.Array,
@@ -48,39 +60,20 @@ def xla_attention(
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v, computed in float32, returned in q's dtype."""
     check_shapes(q, k, v)
-    batch, q_len, num_heads, head_dim = q.shape
-    kv_len, num_kv_heads = k.shape[1], k.shape[2]
-    scale = head_dim**-0.5 if scale is None else scale
-    group = num_heads // num_kv_heads
-
-    q32 = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, group, head_dim)
-    k32 = k.astype(jnp.float32)
-    v32 = v.astype(jnp.float32)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q32, k32, precision=precision) * scale
-    allowed = mask.dense(batch, q_len, kv_len)[:, None, None, :, :]  # [B,1,1,Tq,Tk]
-    scores = jnp.where(allowed, scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(allowed, probs, 0.0)  # fully masked rows -> all-zero weights
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v32, precision=precision)
-    return out.reshape(batch, q_len, num_heads, head_dim).astype(q.dtype)
+    scores, allowed = _masked_scores(q, k, mask, scale, precision)
+    probs = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0)  # fully masked rows -> all-zero weights
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32), precision=precision)
+    return out.reshape(q.shape).astype(q.dtype)
 
 
 def xla_attention_lse(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, scale: Optional[float] = None
 ) -> jax.Array:
-    """Log-sum-exp of the masked scores, [B, H, Tq] float32 (-inf-free: masked rows give _NEG).
+    """Log-sum-exp of the masked scores, [B, H, Tq] float32 (fully masked rows give about _NEG).
 
     Kernels save this for their backward pass; tests compare against it.
     """
     check_shapes(q, k, v)
-    batch, q_len, num_heads, head_dim = q.shape
-    kv_len, num_kv_heads = k.shape[1], k.shape[2]
-    scale = head_dim**-0.5 if scale is None else scale
-    group = num_heads // num_kv_heads
-    q32 = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, group, head_dim)
-    scores = jnp.einsum(
-        "bqhgd,bkhd->bhgqk", q32, k.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
-    ) * scale
-    allowed = mask.dense(batch, q_len, kv_len)[:, None, None, :, :]
-    lse = jax.nn.logsumexp(jnp.where(allowed, scores, _NEG), axis=-1)
-    return lse.reshape(batch, num_heads, q_len)
+    scores, _ = _masked_scores(q, k, mask, scale, jax.lax.Precision.HIGHEST)
+    batch, q_len, num_heads, _ = q.shape
+    return jax.nn.logsumexp(scores, axis=-1).reshape(batch, num_heads, q_len)

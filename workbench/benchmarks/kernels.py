@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -28,6 +26,7 @@ import numpy as np
 from workbench.attention import dispatch
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
+from workbench.benchmarks.timing import median_seconds
 from workbench.config import save_json
 from workbench.runs import write_run_info
 
@@ -130,18 +129,6 @@ def available_impls(platform: str) -> list[BenchImpl]:
     return impls + _tokamax_impls(platform)
 
 
-def _median_seconds(fn: Callable, args, warmup: int, repeats: int):
-    result = None
-    for _ in range(warmup):
-        result = jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def _forward(fn):
     return jax.jit(lambda q, k, v, mask: fn(q, k, v, mask))
 
@@ -169,7 +156,7 @@ def _bench_case(impl: BenchImpl, q, k, v, mask, d_out, reference, flops: float, 
             continue
         args = (q, k, v, mask) if pass_name == "fwd" else (q, k, v, mask, d_out)
         try:
-            seconds, result = _median_seconds(make(impl.fn), args, config.warmup, config.repeats)
+            seconds, result = median_seconds(make(impl.fn), args, config.warmup, config.repeats)
         except Exception as err:  # a failing impl is reported in its row, the others still run
             row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
             rows.append(row)
