@@ -6,6 +6,7 @@ from workbench.attention.dispatch import (
     attention,
     available_impls,
     choose_impl,
+    get_impl,
     supporting_impls,
 )
 from workbench.attention.mask import MASK_KINDS, AttentionMask
@@ -19,6 +20,7 @@ __all__ = [
     "attention",
     "available_impls",
     "choose_impl",
+    "get_impl",
     "supporting_impls",
     "xla_attention",
     "xla_attention_lse",

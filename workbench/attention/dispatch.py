@@ -46,6 +46,14 @@ def register(impl: AttentionImpl) -> None:
     _REGISTRY[impl.name] = impl
 
 
+def get_impl(name: str) -> AttentionImpl:
+    """The registered adapter called `name`."""
+    _load_kernel_adapters()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention impl {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def available_impls() -> tuple[str, ...]:
     _load_kernel_adapters()
     return tuple(_REGISTRY)

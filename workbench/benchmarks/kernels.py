@@ -118,7 +118,7 @@ def available_impls(platform: str) -> list[BenchImpl]:
     """The workbench's registered impls for this platform, plus jax.nn XLA and tokamax."""
     impls = []
     for name in dispatch.available_impls():
-        registered = dispatch._REGISTRY[name]
+        registered = dispatch.get_impl(name)
         if name.endswith("_interpret") and platform != "cpu":
             continue
         impls.append(BenchImpl(
