@@ -1,0 +1,244 @@
+"""Decode speed at equal output length: KV-cached AR decoding against diffusion decoding.
+
+The paper's Figure 3 compares wall-clock time to produce L tokens. Here both methods use
+the same parameters and batch: AR runs the compiled, KV-cached `generate` loop for exactly
+L tokens (no early EOS); diffusion runs `diffusion_sample` on an L-token canvas for
+`num_steps` steps with `num_samples` samples per example (full recomputation each step
+under bidirectional attention, as in the paper; `prefix_diffusion` caches the prompt).
+Each shape is compiled and run `warmup` times before timing, then timed `repeats` times
+with `block_until_ready`; the median is reported.
+
+    python -m workbench.benchmarks.decode_speed --out runs/bench
+    python -m workbench.benchmarks.decode_speed --preset small --lengths 64 128 256 512 1024 2048 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+from workbench.config import save_json
+from workbench.models import build_model, get_preset, param_count
+from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.objectives.batch import seq2seq_batch
+from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
+
+COLUMNS = ["method", "label", "length", "num_steps", "num_samples", "batch_size", "seconds", "seconds_min",
+           "seconds_max", "ms_per_token", "ms_per_step", "speedup_vs_ar", "status"]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpeedConfig:
+    preset: str = "tiny"
+    vocab_size: int = 1024  # used when no model is given (random weights: speed does not depend on them)
+    lengths: tuple[int, ...] = (16, 32, 64)  # the paper: up to 4,000 tokens
+    num_steps: tuple[int, ...] = (10, 20, 50)  # Figure 3's curves
+    num_samples: tuple[int, ...] = (1, 8)
+    batch_size: int = 1
+    prompt_len: int = 16
+    repeats: int = 3
+    warmup: int = 2  # the first calls compile (a model's first call may compile twice)
+    diffusion_attention: str = "bidirectional"  # or "prefix_diffusion" (prompt keys/values computed once)
+    max_case_seconds: float = 120.0  # a method's longer lengths are skipped once one case takes longer
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.lengths or min(self.lengths) < 1:
+            raise ValueError(f"lengths={self.lengths} must be positive output lengths")
+        if min(self.num_steps, default=0) < 1 or min(self.num_samples, default=0) < 1:
+            raise ValueError(f"num_steps={self.num_steps} and num_samples={self.num_samples} must be >= 1")
+        if self.repeats < 1 or self.warmup < 1 or self.batch_size < 1 or self.prompt_len < 1:
+            raise ValueError("repeats, warmup, batch_size and prompt_len must be >= 1")
+        if self.diffusion_attention not in ("bidirectional", "prefix_diffusion"):
+            raise ValueError(f"diffusion_attention={self.diffusion_attention!r}; expected 'bidirectional' or "
+                             f"'prefix_diffusion'")
+
+
+def _rebuild(model, **changes):
+    """The same parameters under a changed config (attention, max_len: no parameter shape changes)."""
+    config = model.config.replace(**changes)
+    _, state = nnx.split(model)
+    new = nnx.eval_shape(lambda: build_model(config, 0))
+    nnx.update(new, jax.tree.map(lambda x: x, state))
+    return new
+
+
+def _time(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def benchmark_model(config: DecodeSpeedConfig, model=None):
+    """The model the benchmark times: `model` (its weights) or a random one of `config.preset`."""
+    needed = config.prompt_len + max(config.lengths)
+    if model is None:
+        model = build_model(get_preset(config.preset, vocab_size=config.vocab_size, max_len=needed,
+                                       attention="prefix_lm"), config.seed)
+    if model.config.arch != "decoder":
+        raise ValueError("the decode-speed benchmark times decoder-only models; got arch="
+                         f"{model.config.arch!r}")
+    return _rebuild(model, max_len=max(model.config.max_len, needed))
+
+
+def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
+                     out_dir: Optional[Path | str] = None, progress: bool = True) -> pd.DataFrame:
+    """Median decode seconds per (method, length, num_steps, num_samples); writes decode_speed.json to out_dir."""
+    model = benchmark_model(config, model)
+    ar_model = _rebuild(model, attention="prefix_lm")
+    diffusion_model = _rebuild(model, attention=config.diffusion_attention)
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(config.seed)
+    prompts = rng.integers(4, vocab, size=(config.batch_size, config.prompt_len)).astype(np.int32)
+    prompt_lengths = np.full(config.batch_size, config.prompt_len, np.int32)
+    key = jax.random.key(config.seed)
+    rows: list[dict] = []
+    stopped: set[str] = set()
+
+    def record(method, label, length, steps, samples, times=None, status="ok"):
+        row = {"method": method, "label": label, "length": length, "num_steps": steps, "num_samples": samples,
+               "batch_size": config.batch_size, "status": status}
+        if times:
+            median = statistics.median(times)
+            row.update(seconds=median, seconds_min=min(times), seconds_max=max(times),
+                       ms_per_token=1e3 * median / length, ms_per_step=1e3 * median / (steps or length))
+        rows.append(row)
+        if progress:
+            shown = f"{row['seconds'] * 1e3:9.1f} ms" if times else status
+            print(f"{label:<34} length {length:>5}: {shown}", file=sys.stderr, flush=True)
+        if times and statistics.median(times) > config.max_case_seconds:
+            stopped.add(label)
+
+    def run_case(method, label, length, steps, samples, fn):
+        if label in stopped:
+            return record(method, label, length, steps, samples, status="skipped (slower than max_case_seconds)")
+        try:
+            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats))
+        except Exception as error:  # noqa: BLE001 - out-of-memory is a result here, anything else is re-raised
+            if not _is_oom(error):
+                raise
+            stopped.add(label)
+            record(method, label, length, steps, samples, status="out of memory")
+
+    for length in sorted(config.lengths):
+        ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=0)
+        run_case("ar", "AR (KV cache)", length, None, 1,
+                 lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens)
+        batch = seq2seq_batch(prompts.tolist(), [[] for _ in range(config.batch_size)], input_len=config.prompt_len,
+                              target_len=length, pad_id=0, pad_targets=True)
+        batch = jax.tree.map(jnp.asarray, batch)
+        for steps in config.num_steps:
+            for samples in config.num_samples:
+                sampling = DiffusionSamplingConfig(num_samples=samples, num_steps=steps, early_exit=False)
+                label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
+                run_case("diffusion", label, length, steps, samples,
+                         lambda s=sampling: diffusion_sample(diffusion_model, batch, s, key).tokens)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    ar_times = table[table["method"] == "ar"].set_index("length")["seconds"]
+    table["speedup_vs_ar"] = [ar_times.get(length, np.nan) / s if method == "diffusion" else np.nan
+                              for method, length, s in zip(table["method"], table["length"], table["seconds"])]
+    if out_dir is not None:
+        write_results(table, config, model, out_dir)
+    return table
+
+
+def write_results(table: pd.DataFrame, config: DecodeSpeedConfig, model, out_dir: Path | str) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    payload = {
+        "config": dataclasses.asdict(config),
+        "model": {**dataclasses.asdict(model.config), "params": param_count(model.config)["total"]},
+        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "jax": jax.__version__,
+        "rows": json.loads(table.to_json(orient="records")),
+    }
+    path = out_dir / "decode_speed.json"
+    save_json(path, payload)
+    return path
+
+
+def speed_figure(table: pd.DataFrame, title: str = "Decode time at equal output length"):
+    """Figure 3 of the paper: seconds vs output length (log-log), and diffusion's speed-up over AR."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("wall-clock decode time", "speed-up over AR (KV cache)"),
+                        horizontal_spacing=0.12)
+    import plotly.colors
+
+    done = table[table["status"] == "ok"]
+    palette = plotly.colors.qualitative.Plotly
+    for i, (label, part) in enumerate(done.groupby("label", sort=False)):
+        is_ar = part["method"].iloc[0] == "ar"
+        dash = "solid" if part["num_samples"].iloc[0] == 1 else "dot"
+        style = {"color": "black", "width": 3} if is_ar else {"color": palette[i % len(palette)], "dash": dash}
+        fig.add_trace(go.Scatter(x=part["length"], y=part["seconds"], mode="lines+markers", name=label, line=style,
+                                 legendgroup=label, hovertemplate="%{x} tokens: %{y:.4f} s<extra>" + label + "</extra>"),
+                      row=1, col=1)
+        if not is_ar:
+            fig.add_trace(go.Scatter(x=part["length"], y=part["speedup_vs_ar"], mode="lines+markers", name=label,
+                                     line=style, legendgroup=label, showlegend=False,
+                                     hovertemplate="%{x} tokens: %{y:.2f}x<extra>" + label + "</extra>"),
+                          row=1, col=2)
+    fig.add_hline(y=1.0, line={"color": "grey", "dash": "dash"}, row=1, col=2)
+    fig.update_xaxes(type="log", title_text="output length (tokens)")
+    fig.update_yaxes(type="log", title_text="seconds (median)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="AR seconds / diffusion seconds", row=1, col=2)
+    fig.update_layout(title=title, height=480, width=1100, legend={"font": {"size": 11}})
+    return fig
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    defaults = DecodeSpeedConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/bench", help="folder for decode_speed.json and decode_speed.html")
+    parser.add_argument("--preset", default=defaults.preset)
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths))
+    parser.add_argument("--num-steps", type=int, nargs="+", default=list(defaults.num_steps))
+    parser.add_argument("--num-samples", type=int, nargs="+", default=list(defaults.num_samples))
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--prompt-len", type=int, default=defaults.prompt_len)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--diffusion-attention", default=defaults.diffusion_attention,
+                        choices=("bidirectional", "prefix_diffusion"))
+    parser.add_argument("--max-case-seconds", type=float, default=defaults.max_case_seconds)
+    args = parser.parse_args(argv)
+    config = DecodeSpeedConfig(preset=args.preset, lengths=tuple(args.lengths), num_steps=tuple(args.num_steps),
+                               num_samples=tuple(args.num_samples), batch_size=args.batch_size,
+                               prompt_len=args.prompt_len, repeats=args.repeats,
+                               diffusion_attention=args.diffusion_attention, max_case_seconds=args.max_case_seconds)
+    table = run_decode_speed(config, out_dir=args.out)
+    out = Path(args.out)
+    speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[["label", "length", "seconds", "ms_per_token", "ms_per_step", "speedup_vs_ar", "status"]]
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {out / 'decode_speed.json'} and {out / 'decode_speed.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

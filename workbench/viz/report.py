@@ -1,0 +1,99 @@
+"""What the notebooks show and record: loss curves, example picking, metrics.json entries.
+
+`metrics_entry` writes one result in the schema of `workbench.evaluation.tables` (task,
+method, metric, score, model_preset, params, train_steps, num_steps, num_samples), so the
+paper-tables notebook can lay every notebook's results beside the paper's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+import plotly.graph_objects as go
+
+# The number each task's table column reports (runner summary key; all in percent).
+PRIMARY_METRIC = {"python_functions": "chrf", "mbpp": "pass@1", "humaneval": "pass@1", "squad_v1": "f1",
+                  "wmt14_enfr": "bleu"}  # fmt: skip
+
+
+def setup_plotly() -> str:
+    """In a plain Jupyter kernel, also embed plotly.js once, so figures survive nbconvert's HTML export offline.
+
+    Elsewhere (Colab, VS Code, ...) plotly's own choice is kept. Returns the renderer in use.
+    """
+    import plotly.io as pio
+
+    if pio.renderers.default == "plotly_mimetype":
+        pio.renderers.default = "plotly_mimetype+notebook"
+    return pio.renderers.default
+
+
+def last_metric(run_dir: Path | str, key: str) -> float:
+    """The last logged value of `key` in a training run (fresh or resumed: read from its metrics.jsonl)."""
+    from workbench.training.logging import read_metrics
+
+    records = read_metrics(run_dir, key)
+    if not records:
+        raise KeyError(f"{run_dir} has no logged {key!r}; did its training run log any step?")
+    return float(records[-1][key])
+
+
+def loss_curves(runs: Mapping[str, Path | str], keys: tuple[str, ...] = ("loss", "eval_loss"),
+                title: str = "training loss") -> go.Figure:
+    """One line per (run, key) from the runs' metrics.jsonl; held-out values as markers."""
+    from workbench.training.logging import read_metrics
+
+    fig = go.Figure()
+    for name, run_dir in runs.items():
+        for key in keys:
+            records = read_metrics(run_dir, key)
+            if records:
+                fig.add_trace(go.Scatter(
+                    x=[r["step"] for r in records], y=[r[key] for r in records], name=f"{name} {key}",
+                    mode="lines+markers" if key.startswith("eval") else "lines",
+                ))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss (nats per target token)", height=380,
+                      width=900)
+    return fig
+
+
+def primary_score(summary: Mapping) -> tuple[str, float]:
+    """(metric name, score in percent) of an `evaluate(...)` summary, as the tables report it."""
+    task = summary["task"]
+    if task not in PRIMARY_METRIC:
+        raise ValueError(f"task {task!r} has no table metric; expected one of {sorted(PRIMARY_METRIC)}")
+    metric = PRIMARY_METRIC[task]
+    if metric not in summary:
+        raise KeyError(f"the {task} summary has no {metric!r} (keys: {sorted(summary)}); for code tasks decode "
+                       f"at least as many candidates as k")
+    return metric, float(summary[metric])
+
+
+def metrics_entry(summary: Mapping, *, method: str, model_preset: str, params: int, train_steps: int,
+                  num_steps: Optional[int] = None, num_samples: Optional[int] = None, **fields) -> dict:
+    """One result for metrics.json in the tables schema; `fields` add architecture, objective or anything else."""
+    metric, score = primary_score(summary)
+    return {"task": summary["task"], "method": method, "metric": metric, "score": score,
+            "model_preset": model_preset, "params": int(params), "train_steps": int(train_steps),
+            "num_steps": num_steps, "num_samples": num_samples, **fields}  # fmt: skip
+
+
+def fitting_examples(tokenizer, task: str, *, input_len: int, target_len: int, count: int, split: Optional[str] = None,
+                     data_dir=None) -> list[tuple[str, str]]:
+    """The first `count` (inputs, targets) pairs of a task split whose inputs and targets (with EOS) fit."""
+    from workbench.data import load_dataset
+    from workbench.evaluation.tasks import get_task
+
+    spec = get_task(task)
+    dataset = load_dataset(spec.dataset, split or spec.eval_split, data_dir=data_dir)
+    found = []
+    for record in dataset:
+        source, target = spec.format_example(dict(record))
+        if 0 < len(tokenizer.encode(source)) <= input_len and len(tokenizer.encode(target)) + 1 <= target_len:
+            found.append((source, target))
+            if len(found) == count:
+                break
+    if not found:
+        raise ValueError(f"no {task} example fits input_len={input_len}, target_len={target_len}; raise them")
+    return found
