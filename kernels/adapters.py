@@ -3,7 +3,8 @@
 `pallas_gpu` (Triton lowering) and `pallas_tpu` (Mosaic) run on their accelerators; the
 `*_interpret` variants run the same kernels in Pallas interpret mode on CPU, with small
 tiles so that short test sequences still span several tiles. They exist for tests and
-are far too slow for anything else.
+are far too slow for anything else. `pallas_mosaic_gpu` (Mosaic GPU, Hopper only) comes
+first in the GPU auto order; it declines every case it does not compute exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from workbench.attention.mask import AttentionMask
 from workbench.kernels.common import why_not_supported
 from workbench.kernels.flash_gpu import GpuBlockSizes, flash_attention_gpu
 from workbench.kernels.flash_tpu import TpuBlockSizes, flash_attention_tpu
+from workbench.kernels import hopper
 
 _INTERPRET_GPU_BLOCKS = GpuBlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32,
                                       block_q_dq=32, block_k_dq=16)
@@ -32,7 +34,27 @@ def _why_not_on(required_platform: str):
     return why_not
 
 
+def _why_not_hopper(q, k, v, mask: AttentionMask, platform: str) -> Optional[str]:
+    if platform != "gpu":
+        return f"runs on platform 'gpu' (an sm_90 GPU), not {platform!r}"
+    hopper_gpu, kind = hopper.local_gpu_is_hopper()
+    if not hopper_gpu:
+        return f"needs a Hopper (sm_90) GPU such as the H100/H200; found {kind}"
+    return hopper.why_not_supported(q, k, v, mask)
+
+
+def _flash_attention_hopper(q, k, v, mask: AttentionMask, *, scale=None):
+    return hopper.flash_attention_hopper(q, k, v, mask, scale=scale)
+
+
 IMPLS: list[AttentionImpl] = [
+    AttentionImpl(
+        "pallas_mosaic_gpu",
+        _flash_attention_hopper,
+        _why_not_hopper,
+        "Pallas Mosaic GPU flash attention for Hopper (TMA, wgmma, warp specialisation): "
+        "bf16/fp16, head_dim 64/128, GQA, prefix/kv-length/offset masks (no segment ids)",
+    ),
     AttentionImpl(
         "pallas_gpu",
         flash_attention_gpu,

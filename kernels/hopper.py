@@ -174,6 +174,15 @@ def is_hopper(device) -> bool:
     return any(name in kind for name in ("H100", "H200", "H800", "GH200"))
 
 
+def local_gpu_is_hopper() -> tuple[bool, str]:
+    """(whether the first local GPU is sm_90, its device kind or why there is none)."""
+    try:
+        device = jax.devices("gpu")[0]
+    except RuntimeError as err:
+        return False, f"no GPU backend ({err})"
+    return is_hopper(device), device.device_kind
+
+
 def scalars_operand(kmask: KernelMask) -> jax.Array:
     """[3, B] int32: prefix length, key length, query offset (read inside the kernels)."""
     return jnp.stack([kmask.prefix, kmask.kv_len, kmask.q_offset]).astype(jnp.int32)
@@ -268,6 +277,84 @@ def _matmul_add(acc, a, b):
 
 
 _COMPILER_PARAMS = plgpu.CompilerParams(approx_math=True)
+
+
+# -- shared memory -------------------------------------------------------------------
+
+SMEM_LIMIT_BYTES = 227 * 1024  # per block on sm_90 (the CPU lowering does not check it)
+
+
+def _forward_scratch(plan: Plan):
+    c, d, stages = plan.config, plan.head_dim, plan.config.stages
+    return [
+        _smem_tiles((COMPUTE_WGS, c.block_q, d), plan.dtype),  # q, then the output
+        _smem_tiles((stages, c.block_kv, d), plan.dtype),
+        _smem_tiles((stages, c.block_kv, d), plan.dtype),
+        plgpu.SMEM((COMPUTE_WGS, c.block_q), jnp.float32),
+        plgpu.Barrier(num_barriers=stages),  # key tile ready
+        plgpu.Barrier(num_barriers=stages),  # value tile ready
+        plgpu.Barrier(num_barriers=COMPUTE_WGS),  # q ready
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # key buffer free
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # value buffer free
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS),  # schedule (tensor-core turns)
+    ]
+
+
+def _dkv_scratch(plan: Plan):
+    c, d, stages = plan.config, plan.head_dim, plan.config.stages
+    bq, bk = c.block_q_bwd, c.block_kv_bwd
+    scratch = [
+        _smem_tiles((COMPUTE_WGS, bk, d), plan.dtype),  # k, then dk
+        _smem_tiles((COMPUTE_WGS, bk, d), plan.dtype),  # v, then dv
+        _smem_tiles((stages, bq, d), plan.dtype),
+        _smem_tiles((stages, bq, d), plan.dtype),
+        plgpu.SMEM((stages, bq), jnp.float32),
+        plgpu.SMEM((stages, bq), jnp.float32),
+    ]
+    if c.dq_mode == "atomic":
+        scratch += [_smem_tiles((COMPUTE_WGS, bk, bq), plan.dtype),  # dS^T
+                    plgpu.SMEM((COMPUTE_WGS, bq, d), jnp.float32)]  # dq partial
+    return scratch + [
+        plgpu.Barrier(num_barriers=(2, COMPUTE_WGS)),  # k, v ready
+        *[plgpu.Barrier(num_barriers=stages) for _ in range(4)],  # q, lse2, dO, delta ready
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # slot free
+    ]
+
+
+def _dq_scratch(plan: Plan):
+    c, d, stages = plan.config, plan.head_dim, plan.config.stages
+    bq, bk = c.block_q_dq, c.block_kv_dq
+    return [
+        _smem_tiles((COMPUTE_WGS, bq, d), plan.dtype),  # q, then dq
+        _smem_tiles((COMPUTE_WGS, bq, d), plan.dtype),
+        plgpu.SMEM((COMPUTE_WGS, bq), jnp.float32),
+        plgpu.SMEM((COMPUTE_WGS, bq), jnp.float32),
+        _smem_tiles((stages, bk, d), plan.dtype),
+        _smem_tiles((stages, bk, d), plan.dtype),
+        plgpu.Barrier(num_barriers=(4, COMPUTE_WGS)),  # q, dO, lse2, delta ready
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
+    ]
+
+
+def _scratch_bytes(scratch) -> int:
+    total = 0
+    for item in scratch:
+        if isinstance(item, plgpu.Barrier):
+            total += 8 * math.prod(item.num_barriers)  # one mbarrier is 8 bytes
+        else:
+            total += math.prod(item.shape) * jnp.dtype(item.dtype).itemsize
+    return total
+
+
+def smem_bytes(plan: Plan) -> dict[str, int]:
+    """Shared memory each kernel of this plan allocates (checked against SMEM_LIMIT_BYTES)."""
+    sizes = {"forward": _scratch_bytes(_forward_scratch(plan)),
+             "dkv": _scratch_bytes(_dkv_scratch(plan))}
+    if plan.config.dq_mode == "separate":
+        sizes["dq"] = _scratch_bytes(_dq_scratch(plan))
+    return sizes
 
 
 # -- forward -------------------------------------------------------------------------
@@ -400,28 +487,14 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
 
 def forward(q, k, v, kmask: KernelMask, plan: Plan):
     """(out [B, Tq, H, D], lse2 [B, H, Tq] float32) for unpadded q, k, v."""
-    c = plan.config
     q_p = pad_axis(q, 1, plan.q_len_padded)
     k_p = pad_axis(k, 1, plan.kv_len_padded)
     v_p = pad_axis(v, 1, plan.kv_len_padded)
-    d, stages = plan.head_dim, c.stages
-    scratch = [
-        _smem_tiles((COMPUTE_WGS, c.block_q, d), plan.dtype),  # q, then the output
-        _smem_tiles((stages, c.block_kv, d), plan.dtype),
-        _smem_tiles((stages, c.block_kv, d), plan.dtype),
-        plgpu.SMEM((COMPUTE_WGS, c.block_q), jnp.float32),
-        plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_barriers=COMPUTE_WGS),
-        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=COMPUTE_WGS),
-    ]
     out, lse2 = plgpu.kernel(
         functools.partial(_forward_kernel, plan=plan),
         out_type=[jax.ShapeDtypeStruct(q_p.shape, plan.dtype),
                   jax.ShapeDtypeStruct((plan.batch, plan.num_heads, plan.q_len_padded), jnp.float32)],
-        scratch_types=scratch,
+        scratch_types=_forward_scratch(plan),
         grid=(plan.num_heads, plan.num_q_ctas, plan.batch),
         grid_names=("heads", "q_seq", "batch"),
         num_threads=COMPUTE_WGS + 1,
@@ -555,33 +628,18 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
 
 def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
     """(dk, dv, dq_accumulator or None); dq_accumulator is float32 and lacks the scale."""
-    c = plan.config
-    bq, bk, stages, d = c.block_q_bwd, c.block_kv_bwd, c.stages, plan.head_dim
-    atomic = c.dq_mode == "atomic"
-    scratch = [
-        _smem_tiles((COMPUTE_WGS, bk, d), plan.dtype),
-        _smem_tiles((COMPUTE_WGS, bk, d), plan.dtype),
-        _smem_tiles((stages, bq, d), plan.dtype),
-        _smem_tiles((stages, bq, d), plan.dtype),
-        plgpu.SMEM((stages, bq), jnp.float32),
-        plgpu.SMEM((stages, bq), jnp.float32),
-    ]
-    if atomic:
-        scratch += [_smem_tiles((COMPUTE_WGS, bk, bq), plan.dtype),
-                    plgpu.SMEM((COMPUTE_WGS, bq, d), jnp.float32)]
-    scratch += [plgpu.Barrier(num_barriers=(2, COMPUTE_WGS))]
-    scratch += [plgpu.Barrier(num_barriers=stages) for _ in range(4)]
-    scratch += [plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages)]
+    atomic = plan.config.dq_mode == "atomic"
     operands = [q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars]
     dq_acc = None
     if atomic:
-        dq_acc = jax.new_ref(jnp.zeros((plan.batch, plan.q_len_padded, plan.num_heads, d), jnp.float32))
+        dq_acc = jax.new_ref(
+            jnp.zeros((plan.batch, plan.q_len_padded, plan.num_heads, plan.head_dim), jnp.float32))
         operands.append(dq_acc)
     dk, dv = plgpu.kernel(
         functools.partial(_dkv_kernel, plan=plan),
         out_type=[jax.ShapeDtypeStruct(k_p.shape, plan.dtype),
                   jax.ShapeDtypeStruct(v_p.shape, plan.dtype)],
-        scratch_types=scratch,
+        scratch_types=_dkv_scratch(plan),
         grid=(plan.num_kv_heads, plan.num_kv_ctas, plan.batch),
         grid_names=("heads", "kv_seq", "batch"),
         num_threads=COMPUTE_WGS + 1,
@@ -673,24 +731,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_
 
 
 def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
-    c = plan.config
-    bq, bk, stages, d = c.block_q_dq, c.block_kv_dq, c.stages, plan.head_dim
-    scratch = [
-        _smem_tiles((COMPUTE_WGS, bq, d), plan.dtype),  # q, then dq
-        _smem_tiles((COMPUTE_WGS, bq, d), plan.dtype),
-        plgpu.SMEM((COMPUTE_WGS, bq), jnp.float32),
-        plgpu.SMEM((COMPUTE_WGS, bq), jnp.float32),
-        _smem_tiles((stages, bk, d), plan.dtype),
-        _smem_tiles((stages, bk, d), plan.dtype),
-        plgpu.Barrier(num_barriers=(4, COMPUTE_WGS)),
-        plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
-    ]
     return plgpu.kernel(
         functools.partial(_dq_kernel, plan=plan),
         out_type=jax.ShapeDtypeStruct(q_p.shape, plan.dtype),
-        scratch_types=scratch,
+        scratch_types=_dq_scratch(plan),
         grid=(plan.num_heads, plan.num_q_ctas_dq, plan.batch),
         grid_names=("heads", "q_seq", "batch"),
         num_threads=COMPUTE_WGS + 1,

@@ -1,0 +1,199 @@
+"""The Hopper (Pallas Mosaic GPU) attention kernels, checked without a GPU.
+
+Three kinds of check, because Mosaic GPU interpret mode cannot run these kernels:
+* lowering: forward + backward lowered for an abstract H100 (the whole Pallas -> Mosaic
+  GPU lowering: wgmma shapes, layouts, TMA slices, barriers); not the PTX compile,
+  the shared-memory limit (checked here by arithmetic) or a run;
+* numerics: `hopper_emulate` replays each block's tile schedule with the kernels' own
+  range functions and tile math, against the float32 reference (output, dq, dk, dv);
+* tile skipping: the emulated passes compute exactly the tiles that hold a visible pair.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractDevice, AbstractMesh
+
+from workbench.attention.mask import AttentionMask
+from workbench.attention.reference import xla_attention
+from workbench.kernels import adapters, hopper, hopper_emulate
+from workbench.kernels.common import kernel_mask
+
+H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
+
+
+def _random_qkv(key, batch, q_len, kv_len, heads, kv_heads, head_dim, dtype=jnp.bfloat16):
+    kq, kk, kv, kd = jax.random.split(key, 4)
+    q = jax.random.normal(kq, (batch, q_len, heads, head_dim), jnp.float32).astype(dtype)
+    k = jax.random.normal(kk, (batch, kv_len, kv_heads, head_dim), jnp.float32).astype(dtype)
+    v = jax.random.normal(kv, (batch, kv_len, kv_heads, head_dim), jnp.float32).astype(dtype)
+    do = jax.random.normal(kd, q.shape, jnp.float32).astype(dtype)
+    return q, k, v, do
+
+
+def _emulated(q, k, v, do, mask, config):
+    plan = hopper.make_plan(q, k, mask, None, config)
+    kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
+                        plan.kv_len_padded)
+    counts = hopper_emulate.TileCounts()
+    out, lse2 = hopper_emulate.forward(q, k, v, kmask, plan, counts)
+    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    grads = hopper_emulate.backward(q, k, v, kmask, lse2, delta, do, plan, counts)
+    return out, grads, counts, plan
+
+
+def _reference(q, k, v, do, mask):
+    upcast = [x.astype(jnp.float32) for x in (q, k, v)]
+    out, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), *upcast)
+    return out, vjp(do.astype(jnp.float32))
+
+
+def _rel_err(x, ref):
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    assert np.isfinite(x).all(), "NaN or inf in the kernel result"
+    return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6)
+
+
+# (name, batch, q_len, kv_len, heads, kv_heads, head_dim, mask)
+CASES = [
+    ("prefix_lm_edges", 4, 200, 200, 2, 2, 64,
+     AttentionMask.prefix_lm(jnp.array([0, 200, 37, 128]))),
+    ("prefix_diffusion_gqa_padded", 3, 256, 256, 4, 2, 64,
+     AttentionMask.prefix_diffusion(jnp.array([64, 0, 256]), kv_lengths=jnp.array([256, 0, 100]))),
+    ("causal_offset_tq_lt_tk", 2, 130, 300, 2, 1, 128,
+     AttentionMask.causal_mask(q_offset=jnp.array([170, 0]), kv_lengths=jnp.array([300, 250]))),
+    ("bidirectional_d128", 2, 192, 192, 2, 2, 128, AttentionMask.bidirectional()),
+]
+
+
+@pytest.mark.parametrize("dq_mode", hopper.DQ_MODES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_emulated_kernels_match_reference(case, dq_mode):
+    name, batch, q_len, kv_len, heads, kv_heads, head_dim, mask = case
+    seed = zlib.crc32(f"{name}-{dq_mode}".encode())
+    q, k, v, do = _random_qkv(jax.random.key(seed), batch, q_len, kv_len, heads, kv_heads, head_dim)
+    out, grads, _, _ = _emulated(q, k, v, do, mask, hopper.HopperConfig(dq_mode=dq_mode))
+    ref_out, ref_grads = _reference(q, k, v, do, mask)
+    assert _rel_err(out, ref_out) < 1e-2
+    for label, grad, ref in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert _rel_err(grad, ref) < 1e-2, label
+
+
+def test_rows_that_see_nothing_give_exact_zeros():
+    # Example 1 has no keys at all (kv length 0); example 0 is an ordinary prefix-LM row.
+    mask = AttentionMask.prefix_lm(jnp.array([5, 0]), kv_lengths=jnp.array([128, 0]))
+    q, k, v, do = _random_qkv(jax.random.key(1), 2, 128, 128, 2, 2, 64)
+    out, (dq, dk, dv), _, _ = _emulated(q, k, v, do, mask, hopper.HopperConfig())
+    assert not np.asarray(out[1]).any()
+    assert not np.asarray(dq[1]).any() and not np.asarray(dk[1]).any() and not np.asarray(dv[1]).any()
+    assert np.isfinite(np.asarray(out, np.float32)).all()
+
+
+def _visible_tiles(dense, row_tile, col_tile):
+    rows, cols = dense.shape
+    tiles = dense.reshape(rows // row_tile, row_tile, cols // col_tile, col_tile)
+    return int(tiles.any(axis=(1, 3)).sum())
+
+
+def test_hidden_tiles_are_skipped():
+    """Each pass computes exactly the tiles holding a visible pair (T a multiple of the tiles)."""
+    batch, length, heads = 3, 512, 1
+    mask = AttentionMask.prefix_lm(jnp.array([100, 0, 300]), kv_lengths=jnp.array([512, 512, 400]))
+    q, k, v, do = _random_qkv(jax.random.key(2), batch, length, length, heads, heads, 64)
+    config = hopper.HopperConfig(dq_mode="separate")
+    _, _, counts, plan = _emulated(q, k, v, do, mask, config)
+    dense = np.asarray(mask.dense(batch, length, length))
+    expected = lambda rt, ct: sum(_visible_tiles(dense[b], rt, ct) for b in range(batch)) * heads
+    assert counts.forward_computed == expected(config.block_q, config.block_kv)
+    assert counts.dkv_computed == expected(config.block_q_bwd, config.block_kv_bwd)
+    assert counts.dq_computed == expected(config.block_q_dq, config.block_kv_dq)
+    all_tiles = batch * heads * (length // config.block_q) * (length // config.block_kv)
+    assert counts.forward_computed < 0.75 * all_tiles
+    # The copy warpgroups fetch at most one warpgroup's worth more than is computed.
+    assert counts.forward_computed <= hopper.COMPUTE_WGS * counts.forward_fetched
+
+
+@pytest.mark.parametrize("dq_mode", hopper.DQ_MODES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_default_tiles_fit_in_shared_memory(head_dim, dq_mode):
+    q = jax.ShapeDtypeStruct((4, 4096, 16, head_dim), jnp.bfloat16)
+    plan = hopper.make_plan(q, q, AttentionMask.causal_mask(), None, hopper.HopperConfig(dq_mode=dq_mode))
+    sizes = hopper.smem_bytes(plan)
+    assert sizes and max(sizes.values()) <= hopper.SMEM_LIMIT_BYTES, sizes
+
+
+def _lower(fn, q_shape, kv_shape, dtype, grad: bool) -> str:
+    q = jax.ShapeDtypeStruct(q_shape, dtype)
+    kv = jax.ShapeDtypeStruct(kv_shape, dtype)
+    loss = lambda q, k, v: fn(q, k, v).astype(jnp.float32).sum()
+    f = jax.value_and_grad(loss, (0, 1, 2)) if grad else fn
+    with jax.sharding.use_abstract_mesh(AbstractMesh((), (), abstract_device=H100)):
+        return jax.jit(f).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+
+
+LOWERING_CASES = [
+    # (head_dim, dtype, dq_mode, mask)
+    (64, jnp.bfloat16, "separate",
+     AttentionMask.prefix_lm(jnp.array([3, 500]), kv_lengths=jnp.array([1000, 700]))),
+    (128, jnp.bfloat16, "atomic",
+     AttentionMask.prefix_diffusion(jnp.array([0, 1000]), q_offset=jnp.array([0, 24]))),
+    (128, jnp.float16, "separate", AttentionMask.causal_mask()),
+]
+
+
+@pytest.mark.parametrize("case", LOWERING_CASES,
+                         ids=[f"d{c[0]}-{jnp.dtype(c[1]).name}-{c[2]}-{c[3].kind}" for c in LOWERING_CASES])
+def test_kernels_lower_for_h100(case):
+    head_dim, dtype, dq_mode, mask = case
+    config = hopper.HopperConfig(dq_mode=dq_mode)
+    fn = lambda q, k, v: hopper.flash_attention_hopper(q, k, v, mask, config=config)
+    text = _lower(fn, (2, 1000, 4, head_dim), (2, 1000, 2, head_dim), dtype, grad=True)
+    kernels = 3 if dq_mode == "separate" else 2  # forward, dk/dv (+ dq)
+    assert text.count("stablehlo.custom_call @mosaic_gpu_v2(") == kernels
+
+
+def test_adapter_declines_what_it_cannot_do(monkeypatch):
+    q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+    impl = {i.name: i for i in adapters.IMPLS}["pallas_mosaic_gpu"]
+    mask = AttentionMask.prefix_lm(jnp.array([3]))
+    assert "platform" in impl.why_not(q, q, q, mask, "cpu")
+    monkeypatch.setattr(hopper, "local_gpu_is_hopper", lambda: (False, "NVIDIA A100-SXM4-80GB"))
+    assert "A100" in impl.why_not(q, q, q, mask, "gpu")
+    monkeypatch.setattr(hopper, "local_gpu_is_hopper", lambda: (True, "NVIDIA H100 80GB HBM3"))
+    assert impl.why_not(q, q, q, mask, "gpu") is None
+    assert impl.why_not(q, q, q, mask.replace(kv_lengths=jnp.array([100])), "gpu") is None
+    ids = jnp.zeros((1, 128), jnp.int32)
+    assert "segment" in impl.why_not(q, q, q, mask.replace(q_segment_ids=ids, kv_segment_ids=ids), "gpu")
+    f32 = q.astype(jnp.float32)
+    assert "dtype" in impl.why_not(f32, f32, f32, mask, "gpu")
+    q96 = jnp.zeros((1, 128, 2, 96), jnp.bfloat16)
+    assert "head_dim" in impl.why_not(q96, q96, q96, mask, "gpu")
+
+
+def test_direct_call_raises_clear_error():
+    q = jnp.zeros((1, 64, 2, 64), jnp.float32)
+    with pytest.raises(ValueError, match="bfloat16/float16"):
+        hopper.flash_attention_hopper(q, q, q, AttentionMask.causal_mask())
+
+
+def test_config_rejects_bad_tiles():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        hopper.HopperConfig(block_kv=96)
+    with pytest.raises(ValueError, match="dq_mode"):
+        hopper.HopperConfig(dq_mode="fast")
+
+
+def test_is_hopper_by_capability_or_name():
+    class Dev:
+        platform = "gpu"
+        def __init__(self, kind, capability=None):
+            self.device_kind, self.compute_capability = kind, capability
+    assert hopper.is_hopper(Dev("NVIDIA H100 80GB HBM3", "9.0"))
+    assert hopper.is_hopper(Dev("NVIDIA H200"))
+    assert not hopper.is_hopper(Dev("NVIDIA A100-SXM4-80GB", "8.0"))
+    assert not hopper.is_hopper(Dev("NVIDIA B200", "10.0"))
