@@ -390,7 +390,6 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
         rows = (batch, pl.ds(first_row, bq), head)
         plgpu.copy_gmem_to_smem(q_ref.at[rows], qo_smem, q_ready.at[wg])
         plgpu.barrier_wait(q_ready.at[wg])
-        q_pos = _positions(bq, bk, 0, q_offset + first_row)
 
         def step(kv_step, carry, *, masked: bool):
             acc, m, l = carry
@@ -403,7 +402,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
 
             s2 = pl.run_scoped(scores, plgpu.ACC((bq, bk), jnp.float32)) * plan.qk_scale
             plgpu.barrier_arrive(k_free.at[slot])
-            if masked:
+            if masked:  # positions made here, so they hold no registers in unmasked loops
+                q_pos = _positions(bq, bk, 0, q_offset + first_row)
                 k_pos = _positions(bq, bk, 1, kv_step * bk)
                 s2 = hopper_tile.mask_scores(
                     s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
@@ -535,7 +535,6 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
         plgpu.barrier_wait(kv_ready.at[0, wg])
         plgpu.barrier_wait(kv_ready.at[1, wg])
         first_visible, first_full = dkv_ranges(plan, kv_block, prefix, kv_len, q_offset)
-        k_pos = _positions(bk, bq, 0, first_key)
 
         def step(q_block, carry, *, g, masked: bool):
             dk, dv = carry
@@ -544,6 +543,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
             plgpu.barrier_wait(q_ready.at[slot])
             s2_t = _matmul(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * plan.qk_scale
             if masked:
+                k_pos = _positions(bk, bq, 0, first_key)
                 q_pos = _positions(bk, bq, 1, q_offset + first_row)
                 s2_t = hopper_tile.mask_scores(
                     s2_t, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
@@ -679,13 +679,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_
         lse2 = plgpu.load(lse_smem, layout=plgpu.Layout.WGMMA.reduce(1))
         delta = plgpu.load(delta_smem, layout=plgpu.Layout.WGMMA.reduce(1))
         num_full, num_visible = dq_ranges(plan, q_block, prefix, kv_len, q_offset)
-        q_pos = _positions(bq, bk, 0, q_offset + first_row)
 
         def step(kv_step, dq, *, masked: bool):
             slot = _slot(kv_step, stages)
             plgpu.barrier_wait(k_ready.at[slot])
             s2 = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * plan.qk_scale
             if masked:
+                q_pos = _positions(bq, bk, 0, q_offset + first_row)
                 k_pos = _positions(bq, bk, 1, kv_step * bk)
                 s2 = hopper_tile.mask_scores(
                     s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))

@@ -1,0 +1,208 @@
+"""One-call device check of the Hopper kernels: correctness first, then speed.
+
+    python -m workbench.kernels.hopper_check --out "$OUT/hopper"
+
+1. Correctness: forward and the three gradients of `flash_attention_hopper` against the
+   float32 reference on fresh random inputs (seed printed): prefix 0, prefix = length,
+   per-example prefixes, keys padded to length 0 (rows that see nothing -> exact
+   zeros), GQA, Tq != Tk with query offsets, lengths that are not tile multiples,
+   head_dim 64 and 128, bf16 (and fp16 for two cases), both dq modes. The forward runs
+   twice and must match bitwise (a moving result is a race).
+2. The two dq modes timed against each other at the target shape.
+3. `workbench.benchmarks.kernels` at the target shape (B=4, T=4096, H=16, bf16).
+
+`--ptxas` makes Mosaic GPU print ptxas's register and spill report for every kernel it
+compiles (MOSAIC_GPU_DUMP_PTXAS), and `--dump-to DIR` also writes PTX/SASS there.
+Each case reports its own failure and the rest still run; a short table ends the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.attention.mask import AttentionMask
+from workbench.attention.reference import xla_attention
+from workbench.benchmarks import kernels as kernels_bench
+from workbench.benchmarks.timing import median_seconds
+from workbench.kernels import hopper
+
+TOLERANCE = 1e-2  # norm-relative error, bf16/fp16 operands with float32 accumulation
+TARGET = dict(batch=4, seq_len=4096, heads=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mask: AttentionMask
+    empty_examples: tuple[int, ...] = ()  # examples whose rows see no key
+
+
+def cases() -> list[Case]:
+    return [
+        Case("prefix_lm_edges", 4, 1000, 1000, 4, 4, 128,
+             AttentionMask.prefix_lm(jnp.array([0, 1000, 37, 513]))),
+        Case("prefix_lm_padded_gqa", 3, 1000, 1000, 8, 2, 64,
+             AttentionMask.prefix_lm(jnp.array([100, 0, 999]), kv_lengths=jnp.array([1000, 0, 640])),
+             empty_examples=(1,)),
+        Case("causal", 2, 2048, 2048, 4, 4, 128, AttentionMask.causal_mask()),
+        Case("bidirectional_padded", 2, 777, 777, 4, 4, 64,
+             AttentionMask.bidirectional(kv_lengths=jnp.array([777, 300]))),
+        Case("prefix_diffusion_offset", 2, 256, 1024, 4, 1, 128,
+             AttentionMask.prefix_diffusion(jnp.array([200, 50]), q_offset=jnp.array([768, 100]))),
+        Case("target_prefix_lm", TARGET["batch"], TARGET["seq_len"], TARGET["seq_len"],
+             TARGET["heads"], TARGET["heads"], 128,
+             kernels_bench.make_mask("prefix_lm", TARGET["batch"], TARGET["seq_len"])),
+    ]
+
+
+def _inputs(case: Case, dtype, seed: int):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(keys[0], (case.batch, case.q_len, case.heads, case.head_dim), dtype)
+    kv_shape = (case.batch, case.kv_len, case.kv_heads, case.head_dim)
+    k = jax.random.normal(keys[1], kv_shape, dtype)
+    v = jax.random.normal(keys[2], kv_shape, dtype)
+    do = jax.random.normal(keys[3], q.shape, dtype)
+    return q, k, v, do
+
+
+def _rel_err(x, ref) -> float:
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    if not np.isfinite(x).all():
+        return float("nan")
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6))
+
+
+def check_case(case: Case, dtype, config: hopper.HopperConfig, seed: int) -> dict:
+    q, k, v, do = _inputs(case, dtype, seed)
+    fn = jax.jit(lambda q, k, v: hopper.flash_attention_hopper(q, k, v, case.mask, config=config))
+
+    def fwd_bwd(q, k, v, do):
+        out, vjp = jax.vjp(fn, q, k, v)
+        return out, vjp(do)
+
+    out, (dq, dk, dv) = jax.block_until_ready(jax.jit(fwd_bwd)(q, k, v, do))
+    again = jax.block_until_ready(fn(q, k, v))
+    upcast = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref_out, ref_vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, case.mask), *upcast)
+    ref_grads = ref_vjp(do.astype(jnp.float32))
+    errors = {name: _rel_err(x, ref) for name, x, ref in
+              zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), (ref_out, *ref_grads))}
+    problems = [f"{name} err {err:.2e}" for name, err in errors.items() if not err < TOLERANCE]
+    if not np.array_equal(np.asarray(out), np.asarray(again)):
+        problems.append("forward differs between two runs")
+    for b in case.empty_examples:
+        if np.asarray(out[b]).any() or np.asarray(dq[b]).any() or np.asarray(dk[b]).any() \
+                or np.asarray(dv[b]).any():
+            problems.append(f"example {b} sees no key but has nonzero output or gradients")
+    return dict(errors=errors, problems=problems)
+
+
+def run_checks(seed: int, dq_modes: Sequence[str]) -> list[dict]:
+    rows = []
+    plan = [(case, jnp.bfloat16, mode) for case in cases() for mode in dq_modes]
+    plan += [(case, jnp.float16, dq_modes[0]) for case in cases()[:2]]
+    for i, (case, dtype, mode) in enumerate(plan):
+        row = dict(case=case.name, dtype=jnp.dtype(dtype).name, dq_mode=mode)
+        start = time.perf_counter()
+        try:
+            row.update(check_case(case, dtype, hopper.HopperConfig(dq_mode=mode), seed + i))
+        except Exception as err:  # report and go on: one broken config must not hide the rest
+            row.update(errors={}, problems=[f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"])
+            traceback.print_exc()
+        row["seconds"] = time.perf_counter() - start
+        print(_check_line(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _check_line(row: dict) -> str:
+    errs = " ".join(f"{name}={row['errors'].get(name, float('nan')):.1e}" for name in ("out", "dq", "dk", "dv"))
+    status = "ok" if not row["problems"] else "FAIL: " + "; ".join(row["problems"])
+    return f"{row['case']:<24} {row['dtype']:<9} {row['dq_mode']:<9} {errs}  {row['seconds']:5.1f}s  {status}"
+
+
+def time_dq_modes(dq_modes: Sequence[str], seed: int) -> list[str]:
+    """fwd and fwd+bwd TFLOP/s of each dq mode at the target shape, D=128."""
+    b, t, h = TARGET["batch"], TARGET["seq_len"], TARGET["heads"]
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q, k, v = (jax.random.normal(key, (b, t, h, 128), jnp.bfloat16) for key in keys[:3])
+    do = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    lines = []
+    for mask_name in ("prefix_lm", "causal", "bidirectional"):
+        mask = kernels_bench.make_mask(mask_name, b, t)
+        flops = 4.0 * b * h * t * t * 128 * float(mask.density(b, t, t))
+        for mode in dq_modes:
+            config = hopper.HopperConfig(dq_mode=mode)
+            fn = lambda q, k, v, c=config, m=mask: hopper.flash_attention_hopper(q, k, v, m, config=c)
+
+            def fwd_bwd(q, k, v, do, fn=fn):
+                out, vjp = jax.vjp(fn, q, k, v)
+                return out, vjp(do)
+            try:
+                fwd_s, _ = median_seconds(jax.jit(fn), (q, k, v), 3, 10)
+                both_s, _ = median_seconds(jax.jit(fwd_bwd), (q, k, v, do), 3, 10)
+                lines.append(f"{mask_name:<14} dq_mode={mode:<9} fwd {flops / fwd_s / 1e12:6.1f} "
+                             f"fwd+bwd {3.5 * flops / both_s / 1e12:6.1f} TFLOP/s "
+                             f"({fwd_s * 1e3:.3f} / {both_s * 1e3:.3f} ms)")
+            except Exception as err:
+                lines.append(f"{mask_name:<14} dq_mode={mode:<9} {type(err).__name__}: {str(err)[:200]}")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/hopper_check", help="folder for the benchmark results")
+    parser.add_argument("--seed", type=int, default=None, help="default: from the clock (printed)")
+    parser.add_argument("--dq-modes", nargs="+", default=list(hopper.DQ_MODES), choices=hopper.DQ_MODES)
+    parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--bench-head-dims", type=int, nargs="+", default=[128], choices=hopper.HEAD_DIMS)
+    parser.add_argument("--ptxas", action="store_true", help="print ptxas register/spill reports")
+    parser.add_argument("--dump-to", default=None, help="folder for Mosaic GPU PTX/SASS dumps")
+    args = parser.parse_args(argv)
+    if args.ptxas:
+        os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"  # read by Mosaic GPU when it compiles
+    if args.dump_to:
+        os.environ.update(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_SASS="1", MOSAIC_GPU_DUMP_TO=args.dump_to)
+    seed = int(time.time()) % 2**31 if args.seed is None else args.seed
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, seed {seed}, "
+          f"hopper: {hopper.is_hopper(device)}", flush=True)
+
+    check_rows = [] if args.skip_checks else run_checks(seed, args.dq_modes)
+    mode_lines = [] if args.skip_bench else time_dq_modes(args.dq_modes, seed)
+    if not args.skip_bench:
+        config = dataclasses.replace(kernels_bench.default_config(jax.default_backend()),
+                                     head_dims=tuple(args.bench_head_dims),
+                                     impls=("pallas_mosaic_gpu", "cudnn", "pallas_gpu", "jax_nn_xla",
+                                            "tokamax_mosaic", "tokamax_triton"))
+        kernels_bench.run(Path(args.out) / "bench", config)
+
+    print("\n== hopper_check summary ==")
+    for row in check_rows:
+        print(_check_line(row))
+    failed = sum(bool(row["problems"]) for row in check_rows)
+    print(f"checks: {len(check_rows) - failed} ok, {failed} failed (tolerance {TOLERANCE:g})")
+    for line in mode_lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
