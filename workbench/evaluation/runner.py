@@ -18,10 +18,12 @@ from typing import Literal, Optional
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from workbench.config import save_json
 from workbench.data import data_files, load_dataset
+from workbench.distributed import batch_divisor, shard_batch, to_host
 from workbench.evaluation.scoring import score
 from workbench.evaluation.tasks import get_task
 from workbench.models import param_count
@@ -52,7 +54,8 @@ class EvalConfig:
             raise ValueError("num_candidates and batch_size must be >= 1")
 
 
-def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], config: EvalConfig, rng) -> list[str]:
+def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], config: EvalConfig, rng,
+                  mesh: Optional[Mesh] = None) -> list[str]:
     if config.method == "ar":
         prompts = np.full((len(inputs), config.input_len), tokenizer.pad_id, np.int32)
         for i, seq in enumerate(inputs):
@@ -60,18 +63,26 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         lengths = np.array([max(len(s), 1) for s in inputs], np.int32)
         ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, eos_id=tokenizer.eos_id,
                                  pad_id=tokenizer.pad_id)
-        out = generate(model, prompts, lengths, ar, rng, np.asarray(ids, np.int32))
-        return tokenizer.decode_batch(np.asarray(out.tokens))
+        example_ids = np.asarray(ids, np.int32)
+        if mesh is not None:
+            prompts, lengths, example_ids = shard_batch((prompts, lengths, example_ids), mesh)
+        out = generate(model, prompts, lengths, ar, rng, example_ids)
+        return tokenizer.decode_batch(to_host(out.tokens))
     batch = seq2seq_batch(inputs, [[] for _ in inputs], input_len=config.input_len, target_len=config.target_len,
                           pad_id=tokenizer.pad_id, example_ids=ids, pad_targets=True)
     diffusion = dataclasses.replace(config.diffusion, special_ids=tuple(tokenizer.special_ids),
                                     mask_id=tokenizer.mask_id)
-    out = diffusion_sample(model, batch, diffusion, rng)
-    return tokenizer.decode_batch(np.asarray(out.tokens))
+    out = diffusion_sample(model, batch, diffusion, rng, mesh=mesh)
+    return tokenizer.decode_batch(to_host(out.tokens))
 
 
-def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress: bool = True) -> tuple[list[list[str]], dict]:
-    """Decode `num_candidates` outputs per record. Returns (outputs per record, length report)."""
+def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress: bool = True,
+            mesh: Optional[Mesh] = None) -> tuple[list[list[str]], dict]:
+    """Decode `num_candidates` outputs per record. Returns (outputs per record, length report).
+
+    With a `mesh` (model already placed on it), each decode batch is split over the mesh's
+    batch axes; a short last batch is filled with repeats of its last example, whose
+    outputs are dropped (examples decode the same in any batch)."""
     spec = get_task(config.task)
     pairs = [spec.format_example(r) for r in records]
     encoded = [tokenizer.encode(src) for src, _ in pairs]
@@ -84,7 +95,9 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     for start in range(0, len(jobs), config.batch_size):
         chunk = jobs[start : start + config.batch_size]
         ids = [i * config.num_candidates + c for i, c in chunk]
-        texts = _decode_batch(model, tokenizer, [encoded[i] for i, _ in chunk], ids, config, rng)
+        filled = chunk if mesh is None else chunk + [chunk[-1]] * (-len(chunk) % batch_divisor(mesh))
+        ids += ids[-1:] * (len(filled) - len(chunk))
+        texts = _decode_batch(model, tokenizer, [encoded[i] for i, _ in filled], ids, config, rng, mesh)
         for (i, _), text in zip(chunk, texts):
             outputs[i].append(text)
         bar.update(len(chunk))
@@ -110,7 +123,7 @@ def score_outputs(task: str, records: list[dict], outputs: list[list[str]]) -> d
 
 
 def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_dir=None, extra: Optional[dict] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, mesh: Optional[Mesh] = None) -> dict:
     """Decode and score one task; write metrics.json, predictions.jsonl and run_info.json.
 
     `extra` adds fields to metrics.json, e.g. {"method": "AR2Diff_10K", "model_preset": "small",
@@ -121,7 +134,7 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
     n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     records = [dict(dataset[i]) for i in range(n)]
     started = time.perf_counter()
-    outputs, report = predict(model, tokenizer, records, config, progress=progress)
+    outputs, report = predict(model, tokenizer, records, config, progress=progress, mesh=mesh)
     decode_s = time.perf_counter() - started
     result = score_outputs(config.task, records, outputs)
     out_dir = Path(out_dir)

@@ -25,8 +25,10 @@ from typing import Literal, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from workbench.attention import AttentionMask
+from workbench.distributed import constrain_batch, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import denoiser_logits, non_special_ids
@@ -107,10 +109,13 @@ class _Denoiser:
         return jnp.take_along_axis(logits, self.positions[:, :, None], axis=1)
 
 
-@partial(nnx.jit, static_argnames=("config", "target_len"))
-def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_len: int) -> DiffusionOutput:
+@partial(nnx.jit, static_argnames=("config", "target_len", "mesh"))
+def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_len: int,
+            mesh: Optional[Mesh] = None) -> DiffusionOutput:
     num_b, num_s, steps = batch.tokens.shape[0], config.num_samples, config.num_steps
     flat = _repeat(batch, num_s)  # [B*S, ...], sample-major within each example
+    if mesh is not None:  # each device denoises the samples of its own examples
+        flat = constrain_batch(flat, mesh)
     sample_idx = jnp.tile(jnp.arange(num_s, dtype=jnp.int32), num_b)
     keys = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(rng, e), s))(flat.example_ids, sample_idx)
     use_cache = config.prefix_cache and not isinstance(model, EncoderDecoder) and model.config.attention == "prefix_diffusion"
@@ -177,9 +182,13 @@ def diffusion_sample(
     config: DiffusionSamplingConfig,
     rng: Optional[jax.Array] = None,
     target_len: Optional[int] = None,
+    mesh: Optional[Mesh] = None,
 ) -> DiffusionOutput:
     """Decode the targets of `batch` (built with `seq2seq_batch(..., pad_targets=True)`;
-    target tokens present in it are ignored)."""
+    target tokens present in it are ignored).
+
+    With a `mesh`, the batch is split over its batch axes (its size must divide by
+    data*fsdp) and the model should already be placed on it (`workbench.distributed.shard_module`)."""
     if model.config.attention in ("causal", "prefix_lm"):
         raise ValueError(
             f"diffusion decoding needs a bidirectional denoiser; this model has attention="
@@ -187,5 +196,5 @@ def diffusion_sample(
         )
     target_len = int(batch.targets.shape[1]) if target_len is None else target_len
     rng = jax.random.key(0) if rng is None else rng
-    batch = jax.tree.map(jnp.asarray, batch)
-    return _sample(model, batch, rng, config, target_len)
+    batch = jax.tree.map(jnp.asarray, batch) if mesh is None else shard_batch(batch, mesh)
+    return _sample(model, batch, rng, config, target_len, mesh=mesh)

@@ -3,6 +3,8 @@
 Orbax writes each step into a temporary directory and renames it only when complete, so a
 checkpoint half-written when the process dies is never listed, let alone loaded. The model
 config travels beside the weights (`model_config.json`), so `load_model(dir)` needs nothing else.
+Sharded arrays are saved shard by shard (every process calls `save`); `restore` reads each
+array onto the sharding of the model it restores into, so a checkpoint moves across meshes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
 from workbench.config import from_dict, load_json, save_json
+from workbench.distributed import place_zeros
 from workbench.models import ModelConfig, build_model
 
 MODEL_CONFIG = "model_config.json"
@@ -36,7 +40,8 @@ class CheckpointStore:
         return list(self.manager.all_steps())
 
     def save(self, step: int, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None) -> None:
-        save_json(self.directory.parent / MODEL_CONFIG, model.config)
+        if jax.process_index() == 0:
+            save_json(self.directory.parent / MODEL_CONFIG, model.config)
         items = {"model": ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer)))
@@ -44,7 +49,8 @@ class CheckpointStore:
         self.manager.wait_until_finished()
 
     def restore(self, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None, step: Optional[int] = None) -> int:
-        """Load `step` (default: the latest complete one) into model (and optimizer) in place."""
+        """Load `step` (default: the latest complete one) into model (and optimizer) in place,
+        each array onto the sharding it has now (place the model on a mesh first to restore onto it)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint under {self.directory}")
@@ -67,11 +73,12 @@ class CheckpointStore:
         self.manager.close()
 
 
-def load_model(run_dir: Path | str, step: Optional[int] = None, **config_changes):
+def load_model(run_dir: Path | str, step: Optional[int] = None, mesh: Optional[Mesh] = None, **config_changes):
     """Rebuild a run's model from its saved config and load its weights (latest step by default).
 
     `config_changes` (e.g. attention="bidirectional") apply to the config before the weights
-    are loaded; they cannot change any parameter shape.
+    are loaded; they cannot change any parameter shape. With a `mesh`, the weights are read
+    straight onto it (whatever mesh wrote them).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / MODEL_CONFIG
@@ -81,7 +88,10 @@ def load_model(run_dir: Path | str, step: Optional[int] = None, **config_changes
     model = nnx.eval_shape(lambda: build_model(config, 0))
     # eval_shape gives abstract arrays; materialise zeros of the right shapes, then restore.
     state = nnx.state(model)
-    nnx.update(model, jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), state))
+    if mesh is None:
+        nnx.update(model, jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), state))
+    else:  # zeros made already sharded: no single device ever holds the whole model
+        place_zeros(model, mesh)
     store = CheckpointStore(run_dir)
     try:
         loaded = store.restore(model, step=step)

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from workbench.distributed import constrain_module, is_primary, shard_batch, shard_module, to_host
 from workbench.models import flops_per_token, param_count
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import LossConfig, loss_fn
@@ -77,10 +79,12 @@ def _microbatches(batch: Batch, n: int) -> list[Batch]:
     return [jax.tree.map(lambda x: x[i * step : (i + 1) * step], batch) for i in range(n)]
 
 
-@partial(nnx.jit, static_argnames=("loss_config", "grad_accum"))
-def train_step(model, optimizer, batch: Batch, rng, loss_config: LossConfig, grad_accum: int):
+@partial(nnx.jit, static_argnames=("loss_config", "grad_accum", "mesh"))
+def train_step(model, optimizer, batch: Batch, rng, loss_config: LossConfig, grad_accum: int,
+               mesh: Optional[Mesh] = None):
     """One update. Microbatch gradients are weighted by their target tokens, so the update
-    equals the one for the whole batch."""
+    equals the one for the whole batch. With a `mesh`, the updated parameters and optimizer
+    state keep the shardings `workbench.distributed.shard_module` gave them."""
     grad_fn = nnx.value_and_grad(lambda m, b, r: loss_fn(m, b, r, loss_config), has_aux=True)
     grads, metrics, total = None, None, 0.0
     for i, micro in enumerate(_microbatches(batch, grad_accum)):
@@ -97,6 +101,9 @@ def train_step(model, optimizer, batch: Batch, rng, loss_config: LossConfig, gra
     metrics["target_tokens"] = total
     metrics["grad_norm"] = optax.global_norm(grads)
     optimizer.update(model, grads)
+    if mesh is not None:
+        constrain_module(model, mesh)
+        constrain_module(optimizer, mesh, strict=False)
     return metrics
 
 
@@ -105,12 +112,14 @@ def eval_step(model, batch: Batch, rng, loss_config: LossConfig):
     return loss_fn(model, batch, rng, loss_config)[1]
 
 
-def held_out_loss(batches: list[Batch], loss_config: LossConfig, seed: int = 12345) -> Callable:
+def held_out_loss(batches: list[Batch], loss_config: LossConfig, seed: int = 12345,
+                  mesh: Optional[Mesh] = None) -> Callable:
     """An evaluation hook: token-weighted mean metrics over fixed batches (fixed noise)."""
 
     def evaluate(model, step: int) -> dict:
         sums, total = {}, 0.0
         for i, batch in enumerate(batches):
+            batch = batch if mesh is None else shard_batch(batch, mesh)
             m = jax.device_get(eval_step(model, batch, jax.random.fold_in(jax.random.key(seed), i), loss_config))
             n = float(m["target_tokens"])
             for k, v in m.items():
@@ -139,24 +148,34 @@ def train(
     eval_fn: Optional[Callable[[nnx.Module, int], dict]] = None,
     data_info: Optional[dict] = None,
     extra_info: Optional[dict] = None,
+    mesh: Optional[Mesh] = None,
 ) -> TrainResult:
     """Train `model` in place for `config.steps` steps on `source.batch_at(step)`.
 
-    If `run_dir` holds checkpoints, training resumes from the latest complete one.
+    If `run_dir` holds checkpoints, training resumes from the latest complete one (also when
+    it was written on another mesh). With a `mesh` (workbench.distributed.make_mesh), the
+    parameters, optimizer state and every batch are sharded over it; with several processes
+    each one runs this same call and the run files are written by process 0.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tx, schedule = make_optimizer(config.optimizer, config.steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    if mesh is not None:  # before any restore, so a checkpoint is read straight onto this mesh
+        shard_module(model, mesh)
+        shard_module(optimizer, mesh, strict=False)
     store = CheckpointStore(run_dir, keep=config.keep_checkpoints)
-    log = MetricsLog(run_dir, tensorboard=config.tensorboard)
+    primary = is_primary()
+    log = MetricsLog(run_dir if primary else run_dir / f"process_{jax.process_index()}",
+                     tensorboard=config.tensorboard and primary)
     start = 0
     if store.latest_step() is not None:
         start = store.restore(model, optimizer)
         log.truncate_after(start)
     else:
-        write_run_info(run_dir, config={"train": config, "model": model.config}, seed=config.seed,
-                       data=data_info, extra=extra_info)
+        if primary:
+            write_run_info(run_dir, config={"train": config, "model": model.config}, seed=config.seed,
+                           data=data_info, extra=extra_info)
         store.save(0, model, optimizer)
     last_good = store.latest_step()
 
@@ -171,13 +190,14 @@ def train(
     window_start, window_tokens = time.perf_counter(), 0
     try:
         for step in range(start, config.steps):
-            batch = first if step == start else source.batch_at(step)
+            host_batch = first if step == start else source.batch_at(step)
+            batch = host_batch if mesh is None else shard_batch(host_batch, mesh)
             metrics = train_step(model, optimizer, batch, jax.random.fold_in(base_key, step), config.loss,
-                                 config.grad_accum)
+                                 config.grad_accum, mesh=mesh)
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"loss is {loss} at step {step} (batch example_ids {np.asarray(batch.example_ids)[:16].tolist()}"
+                    f"loss is {loss} at step {step} (batch example_ids {to_host(host_batch.example_ids)[:16].tolist()}"
                     f"...); last good checkpoint: step {last_good} in {store.directory}. Lower the learning "
                     f"rate or inspect that batch with source.batch_at({step})."
                 )
