@@ -110,19 +110,23 @@ class _ByteTokenizer:
 def worker_meshes(out: Path) -> None:
     """One process, 8 devices: train + decode on every mesh, restore and resume across meshes, evaluate."""
     _setup(8, out / "cache")
+    import dataclasses
     import shutil
 
     import jax
 
-    from workbench.distributed import MeshConfig, batch_sharding, describe_shardings, make_mesh, shard_batch
+    from workbench.distributed import MeshConfig, build_sharded, describe_shardings, make_mesh, shard_batch
     from workbench.evaluation.runner import predict
-    from workbench.models import build_model
+    from workbench.models import build_model, with_attention
     from workbench.sampling import diffusion_sample
     from workbench.training import load_model, train
 
     config, source, train_config, sampling = _study()
     meshes = {shape: make_mesh(MeshConfig(*shape), jax.devices()[: int(np.prod(shape))]) for shape in MESHES}
     np.savez(out / "initial.npz", **_host_params(build_model(config, 0)))
+    built = build_sharded(lambda: build_model(config, 0), meshes[(2, 2, 2)])
+    np.savez(out / "built_sharded.npz", **_host_params(built))
+    (out / "built_specs.json").write_text(json.dumps(describe_shardings(built)))
     timings = {}
     for shape, mesh in meshes.items():
         started = time.perf_counter()
@@ -132,15 +136,19 @@ def worker_meshes(out: Path) -> None:
         if shape != (1, 1, 1):  # the runner fills its 6 examples to 8 rows: the batch decoded above
             texts = predict(model, _ByteTokenizer(), RECORDS, _eval_config(sampling), progress=False, mesh=mesh)[0]
             (out / f"evaluated_{_name(shape)}.json").write_text(json.dumps(texts))
+        if shape in ((1, 1, 1), (2, 2, 2)):  # AR decoding of the same parameters under a causal mask
+            ar_config = dataclasses.replace(_eval_config(sampling), method="ar")
+            texts = predict(with_attention(model, "causal"), _ByteTokenizer(), RECORDS, ar_config, progress=False,
+                            mesh=mesh)[0]
+            (out / f"evaluated_ar_{_name(shape)}.json").write_text(json.dumps(texts))
         np.savez(out / f"mesh_{_name(shape)}.npz", **_host_params(model), tokens=np.asarray(decoded.tokens),
                  scores=np.asarray(decoded.scores), probs=np.asarray(decoded.probs),
                  loss=result.history[-1]["loss"], grad_norm=result.history[-1]["grad_norm"])
         specs = {"params": describe_shardings(model),
                  "batch": str(shard_batch(source.batch_at(0), mesh).tokens.sharding.spec),
-                 "decoded": str(decoded.tokens.sharding.spec), "batch_rule": str(batch_sharding(mesh).spec)}
+                 "decoded": str(decoded.tokens.sharding.spec)}
         (out / f"specs_{_name(shape)}.json").write_text(json.dumps(specs))
         timings[_name(shape)] = time.perf_counter() - started
-        print(_name(shape), timings[_name(shape)], flush=True)
 
     # A checkpoint written on (2,2,2) loads onto (8,1,1), and onto a plain single device.
     onto = meshes[(8, 1, 1)]
@@ -290,6 +298,13 @@ def test_parameters_batches_and_outputs_are_sharded_as_the_table_says(mesh_runs)
     assert one["batch"] == _spec()
 
 
+def test_model_built_sharded_equals_the_eager_build(mesh_runs):
+    _assert_params_close(_load(mesh_runs, "built_sharded.npz"), _load(mesh_runs, "initial.npz"), atol=1e-7,
+                         what="built under jit on (2,2,2)")
+    built = json.loads((mesh_runs / "built_specs.json").read_text())
+    assert built == json.loads((mesh_runs / "specs_2x2x2.json").read_text())["params"]
+
+
 def test_checkpoint_saved_on_one_mesh_restores_on_another(mesh_runs):
     saved = _load(mesh_runs, "mesh_2x2x2.npz")
     restored = _load(mesh_runs, "restored_2x2x2_on_8x1x1.npz")
@@ -310,6 +325,8 @@ def test_evaluation_runner_on_sharded_meshes_matches_one_device(mesh_runs):
     for shape in MESHES[1:]:
         evaluated = json.loads((mesh_runs / f"evaluated_{_name(shape)}.json").read_text())
         assert evaluated == expected, _name(shape)
+    ar = [json.loads((mesh_runs / f"evaluated_ar_{name}.json").read_text()) for name in ("1x1x1", "2x2x2")]
+    assert ar[0] == ar[1] and len(ar[0]) == len(expected)
 
 
 # --------------------------------------------------------------------------- two processes

@@ -18,6 +18,7 @@ from workbench.distributed.sharding import (
     PARAM_LOGICAL_AXES,
     ShardingRules,
     batch_sharding,
+    build_sharded,
     check_batch_size,
     constrain_batch,
     constrain_module,
@@ -25,7 +26,6 @@ from workbench.distributed.sharding import (
     logical_spec,
     place_zeros,
     shard_module,
-    state_shardings,
 )
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ShardingRules",
     "batch_divisor",
     "batch_sharding",
+    "build_sharded",
     "check_batch_size",
     "constrain_batch",
     "constrain_module",
@@ -55,6 +56,5 @@ __all__ = [
     "process_rows",
     "shard_batch",
     "shard_module",
-    "state_shardings",
     "to_host",
 ]

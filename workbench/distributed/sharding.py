@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -141,23 +141,34 @@ def _map_module(module: nnx.Module, fn, mesh: Mesh, rules: ShardingRules, strict
     nnx.update(module, state)
 
 
-def state_shardings(module: nnx.Module, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES, strict: bool = True) -> dict:
-    """The NamedSharding of every state leaf, as a pure dict shaped like `nnx.to_pure_dict(nnx.state(module))`."""
-    pure = nnx.to_pure_dict(nnx.state(module))
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: NamedSharding(mesh, state_spec(path_str(p), np.shape(x), mesh, rules, strict)), pure
-    )
-
-
 def _put(x, sharding: NamedSharding):
-    if isinstance(x, jax.Array) and x.is_fully_addressable and not sharding.is_fully_addressable:
-        x = np.asarray(x)  # multi-host: every process holds the same value; let device_put check and scatter it
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if not sharding.is_fully_addressable and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        # Multi-host, from a local copy that every process holds alike (same seed): each
+        # process hands its own devices their slices, with no cross-host traffic.
+        local = np.asarray(x)
+        return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
     return jax.device_put(x, sharding)
 
 
 def shard_module(module: nnx.Module, mesh: Mesh, *, strict: bool = True, rules: ShardingRules = DEFAULT_RULES) -> None:
     """Move a model's parameters (strict) or an optimizer's state (strict=False) onto the mesh, in place."""
     _map_module(module, _put, mesh, rules, strict)
+
+
+def build_sharded(build: Callable[[], nnx.Module], mesh: Mesh, *, rules: ShardingRules = DEFAULT_RULES) -> nnx.Module:
+    """`build()` (e.g. `lambda: build_model(config, 0)`) run under jit with every parameter
+    created on its mesh sharding, so no device ever holds the whole model. The values equal
+    an eager `build()` to float32 rounding (jit fuses the initializers' scaling)."""
+
+    @nnx.jit
+    def create():
+        module = build()
+        constrain_module(module, mesh, rules=rules)
+        return module
+
+    return create()
 
 
 def place_zeros(module: nnx.Module, mesh: Mesh, *, strict: bool = True, rules: ShardingRules = DEFAULT_RULES) -> None:
