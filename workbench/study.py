@@ -1,7 +1,8 @@
 """The AR2Diff study as a few calls: tokenizer, pretraining, adaptation, fine-tuning.
 
 Notebooks call these; each writes a run directory (config, seed, data hashes, commit,
-checkpoints, metrics) and can be re-run to resume.
+checkpoints, metrics) and can be re-run to resume. `mesh` (workbench.distributed.make_mesh)
+runs a stage sharded over several devices; None is one device.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def pretrain(
     objective: str = "prefix_lm",
     max_tokens: Optional[int] = None,
     eval_batches: int = 4,
+    mesh=None,
 ):
     """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split."""
     train_stream = token_stream(tokenizer, dataset, "train", data_dir=data_dir, max_tokens=max_tokens)
@@ -76,9 +78,9 @@ def pretrain(
     eval_source = LMSource(held_out, **{**kw, "seed": 1})
     model = build_model(config, train_config.seed)
     data = {**data_files(dataset, "train", data_dir), "tokenizer": tokenizer.sha256}
-    result = train(model, train_config, source, run_dir,
-                   eval_fn=held_out_loss(validation_batches(eval_source, eval_batches, start_step=0), train_config.loss),
-                   data_info=data, extra_info={"objective": objective, "dataset": dataset})
+    batches = validation_batches(eval_source, eval_batches, start_step=0)
+    result = train(model, train_config, source, run_dir, eval_fn=held_out_loss(batches, train_config.loss, mesh=mesh),
+                   data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh)
     result.unigram_entropy = unigram_entropy(held_out, tokenizer.vocab_size)
     return result, source
 
@@ -100,15 +102,16 @@ def task_source(tokenizer: Tokenizer, task: str, *, input_len: int, target_len: 
     return source, report
 
 
-def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, data_info: Optional[dict] = None):
+def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, data_info: Optional[dict] = None,
+             mesh=None):
     """Fine-tune a model (AR or diffusion, as `train_config.loss.kind` says) on a task source."""
-    return train(model, train_config, source, run_dir, data_info=data_info)
+    return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh)
 
 
 def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig, steps: int,
-          attention: str = "bidirectional"):
+          attention: str = "bidirectional", mesh=None):
     """AR2Diff_N stage: the AR checkpoint, switched to `attention`, trained `steps` diffusion steps."""
-    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention)
+    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
 
 
 def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "diffusion", **kw):

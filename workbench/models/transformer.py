@@ -56,7 +56,8 @@ def _run_blocks(blocks, x, mask, positions, caches, remat, cross_kvs=None, cross
 
 
 def _is_concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
+    """A value whose contents this process can read (not traced, not spread over hosts)."""
+    return x is not None and not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 def check_lengths(name: str, values, limit: int, what: str) -> None:

@@ -30,6 +30,7 @@ def ar2diff(
     ar_step: Optional[int] = None,
     eval_fn=None,
     data_info: Optional[dict] = None,
+    mesh=None,
 ) -> TrainResult:
     """Stage 2: load `ar_run_dir` (latest or `ar_step`), switch attention, train `config.steps`
     diffusion steps into `out_dir` (checkpoint step 0 is the unchanged AR model)."""
@@ -38,10 +39,10 @@ def ar2diff(
     if config.loss.kind == "ar":
         raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set config.loss.kind to "
                          "'diffusion' (the paper) or 'masked_diffusion'")
-    model, loaded_step = load_model(ar_run_dir, step=ar_step, attention=attention)
+    model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention)
     extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
                          "adaptation_steps": config.steps}}
-    return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra)
+    return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra, mesh=mesh)
 
 
 def adaptation_config(base: TrainConfig, steps: int) -> TrainConfig:
