@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import jax
 import numpy as np
 
 from workbench.data import Tokenizer, TokenizerConfig, data_files, load_dataset, train_tokenizer
@@ -50,6 +51,10 @@ def unigram_entropy(stream: np.ndarray, vocab_size: int) -> float:
 
 
 def model_config(preset: str, tokenizer: Tokenizer, **overrides) -> ModelConfig:
+    """A preset sized to the tokenizer. On CPU the compute dtype defaults to float32: XLA's
+    CPU backend has no fast bf16 matmuls (bf16 ran several times slower here)."""
+    if "dtype" not in overrides and jax.default_backend() == "cpu":
+        overrides["dtype"] = "float32"
     return get_preset(preset, vocab_size=tokenizer.vocab_size, **overrides)
 
 
