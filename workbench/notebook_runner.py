@@ -82,7 +82,14 @@ def choose_kernel(preferred: str = KERNEL_NAME) -> str:
 
 
 def parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    """YAML, except that numbers YAML 1.1 leaves as strings ("3e-3") become floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_parameters(files: Sequence[str] = (), pairs: Sequence[Sequence[str]] = ()) -> dict:

@@ -52,6 +52,7 @@ class DecodeSpeedConfig:
     warmup: int = 2  # the first calls compile (a model's first call may compile twice)
     diffusion_attention: str = "bidirectional"  # or "prefix_diffusion" (prompt keys/values computed once)
     max_case_seconds: float = 120.0  # a method's longer lengths are skipped once one case takes longer
+    dtype: Optional[str] = None  # compute dtype; None: float32 on CPU (bfloat16 is emulated there), else the model's
     seed: int = 0
 
     def __post_init__(self):
@@ -94,13 +95,14 @@ def _is_oom(error: Exception) -> bool:
 def benchmark_model(config: DecodeSpeedConfig, model=None):
     """The model the benchmark times: `model` (its weights) or a random one of `config.preset`."""
     needed = config.prompt_len + max(config.lengths)
+    dtype = config.dtype or ("float32" if jax.default_backend() == "cpu" else None)
     if model is None:
         model = build_model(get_preset(config.preset, vocab_size=config.vocab_size, max_len=needed,
                                        attention="prefix_lm"), config.seed)
     if model.config.arch != "decoder":
         raise ValueError("the decode-speed benchmark times decoder-only models; got arch="
                          f"{model.config.arch!r}")
-    return _rebuild(model, max_len=max(model.config.max_len, needed))
+    return _rebuild(model, max_len=max(model.config.max_len, needed), dtype=dtype or model.config.dtype)
 
 
 def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
@@ -225,11 +227,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--diffusion-attention", default=defaults.diffusion_attention,
                         choices=("bidirectional", "prefix_diffusion"))
     parser.add_argument("--max-case-seconds", type=float, default=defaults.max_case_seconds)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="compute dtype (default: float32 on CPU, the preset's elsewhere)")
     args = parser.parse_args(argv)
     config = DecodeSpeedConfig(preset=args.preset, lengths=tuple(args.lengths), num_steps=tuple(args.num_steps),
                                num_samples=tuple(args.num_samples), batch_size=args.batch_size,
                                prompt_len=args.prompt_len, repeats=args.repeats,
-                               diffusion_attention=args.diffusion_attention, max_case_seconds=args.max_case_seconds)
+                               diffusion_attention=args.diffusion_attention, max_case_seconds=args.max_case_seconds,
+                               dtype=args.dtype)
     table = run_decode_speed(config, out_dir=args.out)
     out = Path(args.out)
     speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)

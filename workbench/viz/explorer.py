@@ -75,7 +75,6 @@ class DenoisingExplorer:
         self.sample.observe(self._on_view, names="value")
         self.step.observe(self._on_view, names="value")
         self.denoise.on_click(self._on_denoise)
-        self.new_prompt.on_submit(self._on_denoise)
         self.widget = widgets.VBox([
             widgets.HBox([self.prompt, self.sample]), self.step,
             widgets.HBox([self.new_prompt, self.denoise]), self.status, self.figure,

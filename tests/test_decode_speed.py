@@ -1,0 +1,104 @@
+"""The decode-speed benchmark at a tiny size: every case timed, the table, JSON and figure consistent."""
+
+import json
+
+import numpy as np
+import pytest
+
+from workbench.benchmarks import decode_speed
+from workbench.benchmarks.decode_speed import DecodeSpeedConfig, run_decode_speed, speed_figure
+
+TINY = DecodeSpeedConfig(lengths=(4, 8), num_steps=(2,), num_samples=(1, 2), repeats=2, warmup=1, prompt_len=4,
+                         vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return run_decode_speed(TINY, out_dir=out, progress=False), out
+
+
+def test_every_case_is_timed(table):
+    frame, _ = table
+    assert list(frame["label"]) == ["AR (KV cache)", "diffusion 2 steps x 1 sample", "diffusion 2 steps x 2 samples"] * 2
+    assert list(frame["length"]) == [4, 4, 4, 8, 8, 8]
+    assert (frame["status"] == "ok").all()
+    assert (frame["seconds"] > 0).all() and (frame["seconds_min"] <= frame["seconds"]).all()
+    assert (frame["seconds"] <= frame["seconds_max"]).all()
+    np.testing.assert_allclose(frame["ms_per_token"], 1e3 * frame["seconds"] / frame["length"])
+    diffusion = frame[frame["method"] == "diffusion"]
+    np.testing.assert_allclose(diffusion["ms_per_step"], 1e3 * diffusion["seconds"] / 2)
+    for _, row in diffusion.iterrows():
+        ar = frame[(frame["method"] == "ar") & (frame["length"] == row["length"])]["seconds"].item()
+        assert row["speedup_vs_ar"] == pytest.approx(ar / row["seconds"])
+    assert frame[frame["method"] == "ar"]["speedup_vs_ar"].isna().all()
+
+
+def test_json_records_config_model_and_rows(table):
+    frame, out = table
+    payload = json.loads((out / "decode_speed.json").read_text())
+    assert payload["config"]["lengths"] == [4, 8]
+    assert payload["model"]["max_len"] >= 4 + 8 and payload["model"]["dtype"] == "float32"  # CPU default
+    assert payload["model"]["params"] > 0 and payload["device"]["platform"] == "cpu"
+    assert [r["label"] for r in payload["rows"]] == list(frame["label"])
+
+
+def test_figure_plots_time_and_speedup_per_curve(table):
+    frame, _ = table
+    fig = speed_figure(frame)
+    names = [t.name for t in fig.data]
+    assert names.count("AR (KV cache)") == 1  # AR has no speed-up curve
+    assert names.count("diffusion 2 steps x 2 samples") == 2
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+def test_ar_decodes_exactly_length_tokens(monkeypatch):
+    seen = []
+    original = decode_speed.generate
+
+    def spy(model, prompts, lengths, config, rng):
+        out = original(model, prompts, lengths, config, rng)
+        seen.append(int(out.num_steps))
+        return out
+
+    monkeypatch.setattr(decode_speed, "generate", spy)
+    run_decode_speed(DecodeSpeedConfig(lengths=(6,), num_steps=(1,), num_samples=(1,), repeats=1, warmup=1,
+                                       prompt_len=3, vocab_size=512), progress=False)
+    assert seen and set(seen) == {6}  # no early EOS: the AR loop runs the full length
+
+
+def test_slow_curves_stop_at_max_case_seconds():
+    config = DecodeSpeedConfig(lengths=(4, 8), num_steps=(1,), num_samples=(1,), repeats=1, warmup=1, prompt_len=3,
+                               vocab_size=512, max_case_seconds=0.0)
+    frame = run_decode_speed(config, progress=False)
+    skipped = "skipped (slower than max_case_seconds)"
+    assert list(frame["status"]) == ["ok", "ok", skipped, skipped]  # every curve stops after its first case
+    assert frame[frame["status"] == skipped]["seconds"].isna().all()
+
+
+def test_model_of_the_caller_is_used_with_its_weights():
+    from workbench.models import build_model, get_preset
+
+    model = build_model(get_preset("tiny", vocab_size=300, max_len=32, attention="bidirectional"), 3)
+    timed = decode_speed.benchmark_model(DecodeSpeedConfig(lengths=(40,), prompt_len=8), model)
+    assert timed.config.max_len == 48 and timed.config.vocab_size == 300 and timed.config.dtype == "float32"
+    np.testing.assert_array_equal(np.asarray(timed.embedder.embedding[...]), np.asarray(model.embedder.embedding[...]))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(lengths=()), "lengths"),
+    (dict(num_steps=(0,)), "num_steps"),
+    (dict(repeats=0), "repeats"),
+    (dict(diffusion_attention="causal"), "diffusion_attention"),
+])  # fmt: skip
+def test_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DecodeSpeedConfig(**bad)
+
+
+def test_command_line_writes_json_and_html(tmp_path, capsys):
+    code = decode_speed.main(["--out", str(tmp_path), "--lengths", "4", "--num-steps", "1", "--num-samples", "1",
+                              "--repeats", "1", "--prompt-len", "3"])
+    assert code == 0
+    assert (tmp_path / "decode_speed.json").is_file() and (tmp_path / "decode_speed.html").is_file()
+    assert "AR (KV cache)" in capsys.readouterr().out

@@ -1,0 +1,240 @@
+"""Notebooks: their structure (fast), the runner's helpers, and every notebook executed by papermill
+at its default scale with its metrics.json checked (slow)."""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from workbench import notebook_runner as runner
+
+EXPECTED = ["00_quickstart", "01_pretrain", "02_ar2diff", "03_finetune_eval", "04_denoising_explorer",
+            "05_speed_benchmark", "06_paper_tables"]  # fmt: skip
+NOTEBOOKS = {p.stem: p for p in runner.list_notebooks()}
+
+
+def read(name):
+    return nbformat.read(NOTEBOOKS[name], as_version=4)
+
+
+def parameters_cell(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    return cells[0]
+
+
+def test_every_notebook_is_present():
+    assert sorted(NOTEBOOKS) == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_is_committed_without_outputs(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear outputs before committing"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_layout(name):
+    nb = read(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = code[0].source
+    assert 'find_spec("workbench") is None' in setup and "pip" in setup and "jax.devices()" in setup
+    params = parameters_cell(nb)
+    assert params is code[1], "the parameters cell follows the setup cell"
+    namespace = {"os": os}
+    exec(params.source, namespace)  # plain assignments only: papermill overrides them
+    assert "out_dir" in namespace and namespace["out_dir"].startswith("runs/")
+    if "data_dir" in namespace:
+        assert 'os.environ.get("WORKBENCH_DATA_DIR")' in params.source
+    assert sum(c.cell_type == "markdown" for c in nb.cells) >= 3, "prose between the steps"
+    assert "metrics.json" in code[-1].source
+
+
+def test_resolve_notebook_by_stem_number_and_path():
+    assert runner.resolve_notebook("00_quickstart") == NOTEBOOKS["00_quickstart"]
+    assert runner.resolve_notebook("04") == NOTEBOOKS["04_denoising_explorer"]
+    assert runner.resolve_notebook(str(NOTEBOOKS["06_paper_tables"])) == NOTEBOOKS["06_paper_tables"]
+    with pytest.raises(SystemExit, match="not found; expected one of: 00_quickstart"):
+        runner.resolve_notebook("99_nothing")
+
+
+def test_parameters_from_files_then_pairs(tmp_path):
+    (tmp_path / "a.yaml").write_text("steps: 5\nlengths: [16, 32]\nname: x\n")
+    (tmp_path / "b.yaml").write_text("steps: 7\n")
+    params = runner.load_parameters([tmp_path / "a.yaml", tmp_path / "b.yaml"],
+                                    [("name", "y"), ("data_dir", "null"), ("lr", "3e-3")])
+    assert params == {"steps": 7, "lengths": [16, 32], "name": "y", "data_dir": None, "lr": 3e-3}
+    (tmp_path / "bad.yaml").write_text("- 1\n")
+    with pytest.raises(SystemExit, match="expected a YAML mapping"):
+        runner.load_parameters([tmp_path / "bad.yaml"])
+
+
+def _kernel(tmp_path, monkeypatch, argv0):
+    kernel_dir = tmp_path / "kernels" / "workbench"
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps({"argv": [argv0, "-m", "ipykernel_launcher", "-f",
+                                                                 "{connection_file}"],
+                                                        "display_name": "w", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+
+
+def test_kernel_is_workbench_when_it_runs_this_environment(tmp_path, monkeypatch):
+    _kernel(tmp_path, monkeypatch, sys.executable)
+    assert runner.choose_kernel() == "workbench"
+
+
+def test_kernel_falls_back_to_python3(tmp_path, monkeypatch):
+    assert runner.choose_kernel("no-such-kernel-here") == "python3"
+    _kernel(tmp_path, monkeypatch, "/elsewhere/venv/bin/python")
+    assert runner.choose_kernel() == "python3"
+
+
+def test_runner_requires_metrics_json(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("out_dir = None")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "empty.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(RuntimeError, match="wrote no .*metrics.json"):
+        runner.run_notebook(path, tmp_path / "out", html=False)
+
+
+# --- every notebook at its default scale ---
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run all notebooks once, in order, sharing a JAX compilation cache; failures are kept, not raised."""
+    root = tmp_path_factory.mktemp("notebook_runs")
+    results, timings = {}, {}
+    with pytest.MonkeyPatch.context() as patch:  # the kernels inherit these
+        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(root / ".jax_cache"))
+        patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+        for name in EXPECTED:
+            params = {"runs_root": str(root)} if name == "06_paper_tables" else {}
+            started = time.perf_counter()
+            try:
+                results[name] = runner.run_notebook(name, root / name, params, timeout=600)
+            except Exception as error:  # noqa: BLE001 - reported by the notebook's own test
+                results[name] = error
+            timings[name] = round(time.perf_counter() - started, 1)
+    print("\nnotebook seconds:", json.dumps(timings), file=sys.stderr)
+    (root / "timings.json").write_text(json.dumps(timings))
+    return results
+
+
+def result(executed, name):
+    run = executed[name]
+    if isinstance(run, Exception):
+        pytest.fail(f"{name} failed: {type(run).__name__}: {str(run)[-3000:]}")
+    return run
+
+
+def outputs(run, mime):
+    nb = nbformat.read(run.executed, as_version=4)
+    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "data" in o and mime in o["data"]]
+
+
+def finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def valid_table_entries(run_dir):
+    from workbench.evaluation.tables import load_run
+
+    return load_run(run_dir)
+
+
+@pytest.mark.slow
+def test_quickstart(executed):
+    run = result(executed, "00_quickstart")
+    m = run.metrics
+    assert m["task"] == "python_functions" and m["method"].startswith("AR2Diff_") and m["metric"] == "chrf"
+    assert 0.0 <= m["score"] <= 100.0 and m["num_steps"] == 10 and m["num_samples"] == 8
+    pre = m["pretrain"]
+    assert all(finite(pre[k]) for k in ("final_loss", "held_out_loss", "unigram_entropy"))
+    assert pre["held_out_loss"] < math.log(pre["vocab_size"])  # better than a uniform guess over the vocabulary
+    assert finite(m["adaptation"]["final_loss"]) and finite(m["finetune"]["final_loss"])
+    assert m["evaluation"]["method"] == "Diffusion" and m["evaluation"]["num_examples"] > 0
+    labels = {row["label"] for row in m["speed"]}
+    assert {"AR (KV cache)", "diffusion 10 steps x 1 sample", "diffusion 10 steps x 8 samples"} <= labels
+    assert all(row["status"] == "ok" and row["seconds"] > 0 for row in m["speed"])
+    assert len(valid_table_entries(run.out_dir)) == 1
+    figures = outputs(run, "application/vnd.plotly.v1+json")
+    trajectory = [f for f in figures if f["data"][0]["type"] == "heatmap" and f.get("frames")]
+    assert trajectory and trajectory[0]["layout"]["sliders"], "a trajectory figure with a step slider"
+    speed = [f for f in figures if any(t.get("name") == "AR (KV cache)" for t in f["data"])]
+    assert speed and speed[0]["layout"]["xaxis"]["type"] == "log", "a speed plot"
+    assert (run.out_dir / "trajectory.html").stat().st_size > 1e6  # self-contained (plotly.js inlined)
+    assert "Plotly.newPlot" in run.html.read_text()  # figures survive the HTML export offline
+
+
+@pytest.mark.slow
+def test_pretrain_grid(executed):
+    run = result(executed, "01_pretrain")
+    entries = run.metrics
+    cells = {(e["architecture"], e["objective"]) for e in entries}
+    assert cells == {("decoder_only", "prefix_lm"), ("encoder_decoder", "prefix_lm")}
+    assert all(finite(e["pretraining"]["held_out_loss"]) for e in entries)
+    assert len(valid_table_entries(run.out_dir)) == 2
+
+
+@pytest.mark.slow
+def test_ar2diff(executed):
+    run = result(executed, "02_ar2diff")
+    rows = run.metrics["adaptation"]
+    assert [r["adaptation_steps"] for r in rows] == [0, 10, 40]
+    losses = [r["held_out_diffusion_loss"] for r in rows]
+    assert all(finite(x) for x in losses)
+    assert losses[-1] < losses[0]  # adapting to the diffusion loss lowers it on held-out data
+
+
+@pytest.mark.slow
+def test_finetune_eval(executed):
+    run = result(executed, "03_finetune_eval")
+    entries = valid_table_entries(run.out_dir)
+    methods = {e["method"] for e in entries}
+    assert methods == {"AR", "Diffusion", "AR2Diff_0", "AR2Diff_30"}
+    grid = {(e["num_steps"], e["num_samples"]) for e in entries if e["method"] == "Diffusion"}
+    assert grid == {(10, 8), (5, 8), (10, 4)}
+    assert all(e["num_steps"] is None for e in entries if e["method"] == "AR")
+
+
+@pytest.mark.slow
+def test_denoising_explorer(executed):
+    run = result(executed, "04_denoising_explorer")
+    assert run.executed.stat().st_size < 2e6  # widget state not stored
+    trajectories = run.metrics["trajectories"]
+    assert len(trajectories) == 4 and all(len(t["rewritten_per_step"]) == t["steps"] for t in trajectories)
+    assert outputs(run, "application/vnd.jupyter.widget-view+json"), "the explorer widget is displayed"
+    assert (run.out_dir / "trajectories.html").is_file()
+
+
+@pytest.mark.slow
+def test_speed_benchmark(executed):
+    run = result(executed, "05_speed_benchmark")
+    rows = run.metrics["rows"]
+    assert {r["length"] for r in rows} == {16, 64, 256}
+    assert {r["label"] for r in rows} >= {"AR (KV cache)", "diffusion 10 steps x 1 sample",
+                                         "diffusion 50 steps x 1 sample"}
+    assert all(r["status"] == "ok" for r in rows) and finite(run.metrics["max_speedup_vs_ar"])
+    assert (run.out_dir / "decode_speed.json").is_file()
+
+
+@pytest.mark.slow
+def test_paper_tables(executed):
+    run = result(executed, "06_paper_tables")
+    found = {Path(p).name for p in run.metrics["runs_found"]}
+    assert {"00_quickstart", "01_pretrain", "03_finetune_eval"} <= found
+    tables = run.metrics["tables"]
+    assert all(tables[t]["project_cells"] > 0 for t in ("1", "2", "3"))
+    assert (run.out_dir / "tables.html").is_file()
