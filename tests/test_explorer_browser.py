@@ -117,7 +117,7 @@ def plot_state(page) -> dict:
         const plot = document.querySelector('.jp-OutputArea-output .js-plotly-plot');
         const z = plot.data[0].z;
         let filled = 0;
-        for (const row of z) for (const v of row) if (v !== null && !Number.isNaN(v)) filled += 1;
+        for (const row of z) for (const v of row) if (typeof v === 'number' && Number.isFinite(v)) filled += 1;
         return {title: plot.layout.title.text, filled: filled};
     }""")
 
@@ -129,17 +129,16 @@ def test_explorer_slider_changes_the_figure_in_jupyterlab(jupyterlab):
     with playwright.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(str(tmp_path / "chromium"), executable_path=str(CHROMIUM),
                                                        headless=True, args=CHROMIUM_ARGS,
-                                                       viewport={"width": 1400, "height": 1000})
+                                                       viewport={"width": 1500, "height": 1700})
         try:
             page = context.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={TOKEN}")
             # The execution indicator reads idle before a kernel exists; wait for the status bar's kernel state.
             page.wait_for_function("""() => {
-                const bar = document.querySelector('#jp-main-statusbar');
-                if (!bar) return false;
-                const text = bar.innerText.replace(/\\s+/g, ' ').trim();
-                return text.endsWith('| Idle') && !text.includes('No Kernel');
+                const items = [...document.querySelectorAll('#jp-main-statusbar .jp-StatusBar-Item')];
+                const texts = items.map((item) => item.innerText.replace(/\\s+/g, ' ').trim());
+                return texts.some((t) => t.endsWith('| Idle')) && !texts.some((t) => t.includes('No Kernel'));
             }""", timeout=120_000)
             page.click("li.lm-MenuBar-item:has-text('Run')")
             page.click("li.lm-Menu-item[data-command='runmenu:run-all']")

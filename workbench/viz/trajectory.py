@@ -194,8 +194,11 @@ def figure_at(traj: Trajectory, sample: Optional[int] = None, step: Optional[int
     fig.update_layout(title={"text": step_title(traj, sample, step), "font": {"size": 13}, "x": 0.01},
                       height=height, width=1100, margin={"t": 110, "l": 50, "r": 20, "b": 40},
                       plot_bgcolor="#f4f4f4")
+    # the starting canvas has no model probability: a grey column instead of a colour
+    fig.add_vrect(x0=-0.5, x1=0.5, fillcolor="#d0d0d0", line_width=0, layer="below", row=1, col=1)
     fig.update_yaxes(autorange="reversed", title_text="target position", row=1, col=1)
-    fig.update_xaxes(title_text="step", dtick=1, row=1, col=1)
+    fig.update_xaxes(title_text="step", tickvals=steps_axis, ticktext=["start", *map(str, steps_axis[1:])],
+                     row=1, col=1)
     fig.update_xaxes(title_text="sample", dtick=1, row=1, col=2)
     fig.update_xaxes(title_text="step", row=2, col=2)
     fig.update_yaxes(range=[-0.02, 1.02], row=2, col=2)
