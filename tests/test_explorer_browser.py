@@ -57,8 +57,8 @@ def lab_notebook(folder: Path) -> Path:
     """The explorer notebook with a shorter training run (the browser, not the model, is under test)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert "train_steps = 40" in params.source and "num_prompts = 4" in params.source
-    params.source = params.source.replace("train_steps = 40", "train_steps = 10").replace("num_prompts = 4",
+    assert "train_steps = 30" in params.source and "num_prompts = 4" in params.source
+    params.source = params.source.replace("train_steps = 30", "train_steps = 10").replace("num_prompts = 4",
                                                                                           "num_prompts = 2")
     path = folder / NOTEBOOK.name
     nbformat.write(nb, path)

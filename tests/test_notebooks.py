@@ -192,7 +192,7 @@ def test_pretrain_grid(executed):
 def test_ar2diff(executed):
     run = result(executed, "02_ar2diff")
     rows = run.metrics["adaptation"]
-    assert [r["adaptation_steps"] for r in rows] == [0, 10, 40]
+    assert [r["adaptation_steps"] for r in rows] == [0, 10, 30]
     losses = [r["held_out_diffusion_loss"] for r in rows]
     assert all(finite(x) for x in losses)
     assert losses[-1] < losses[0]  # adapting to the diffusion loss lowers it on held-out data
@@ -203,7 +203,7 @@ def test_finetune_eval(executed):
     run = result(executed, "03_finetune_eval")
     entries = valid_table_entries(run.out_dir)
     methods = {e["method"] for e in entries}
-    assert methods == {"AR", "Diffusion", "AR2Diff_0", "AR2Diff_30"}
+    assert methods == {"AR", "Diffusion", "AR2Diff_0", "AR2Diff_20"}
     grid = {(e["num_steps"], e["num_samples"]) for e in entries if e["method"] == "Diffusion"}
     assert grid == {(10, 8), (5, 8), (10, 4)}
     assert all(e["num_steps"] is None for e in entries if e["method"] == "AR")
