@@ -235,7 +235,8 @@ def test_dispatch_runs_interpret_impls(impl):
 
 def test_adapters_say_why_not():
     by_name = {impl.name: impl for impl in IMPLS}
-    assert set(by_name) == {"pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret"}
+    assert set(by_name) == {"pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret",
+                            "pallas_mosaic_gpu"}
     mask = AttentionMask.causal_mask()
     q = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
     assert by_name["pallas_gpu"].why_not(q, q, q, mask, "gpu") is None
