@@ -5,6 +5,8 @@ form the kernels take (per-example scalars, never a dense T x T mask), padding, 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import check_shapes
+from workbench.kernels.tile_math import LOG2E  # scores use exp2 with log2(e) folded into the scale
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
@@ -115,3 +118,35 @@ def flash_with_vjp(forward: ForwardFn, backward: BackwardFn):
 
     flash.defvjp(flash_fwd, flash_bwd)
     return flash
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanBase:
+    """Static facts every kernel's plan holds: shapes, padded lengths, scale, mask kind."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_len_padded: int
+    kv_len_padded: int
+    scale: float
+    causal: bool
+
+    @property
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def qk_scale(self) -> float:
+        return self.scale * LOG2E
+
+
+@functools.partial(jax.jit, static_argnames=("forward", "backward", "plan"))
+def run_flash(q, k, v, kmask: KernelMask, *, forward: ForwardFn, backward: BackwardFn, plan):
+    """Differentiable kernel call, jitted per static plan so eager calls re-use compiled kernels."""
+    flash = flash_with_vjp(functools.partial(forward, plan=plan), functools.partial(backward, plan=plan))
+    return flash(q, k, v, kmask)
+

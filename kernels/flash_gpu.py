@@ -24,8 +24,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, check_supported, flash_with_vjp, kernel_mask,
-                            next_power_of_2, pad_axis, round_up)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, next_power_of_2,
+                                      pad_axis, round_up, run_flash)
 from workbench.attention.mask import AttentionMask
 
 _MIN_BLOCK = 16  # Triton's smallest matmul tile
@@ -57,30 +57,12 @@ class GpuBlockSizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Static facts about one call: shapes, padded lengths, effective tiles."""
+class _Plan(PlanBase):
+    """The shared plan plus the GPU kernels' own static facts."""
 
-    batch: int
-    q_len: int
-    kv_len: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    q_len_padded: int
-    kv_len_padded: int
-    scale: float
-    causal: bool
     segmented: bool
     blocks: GpuBlockSizes
     interpret: bool
-
-    @property
-    def group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    @property
-    def qk_scale(self) -> float:
-        return self.scale * tile_math.LOG2E
 
     def compiler_params(self, warps_for_64: int = 4, warps_for_128: int = 8):
         warps = self.blocks.num_warps or (warps_for_64 if self.head_dim <= 64 else warps_for_128)
@@ -365,12 +347,4 @@ def flash_attention_gpu(
     plan = _make_plan(q, k, mask, scale, block_sizes, interpret)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
-    return _flash(q, k, v, kmask, plan=plan)
-
-
-@functools.partial(jax.jit, static_argnames=("plan",))
-def _flash(q, k, v, kmask: KernelMask, plan: _Plan):
-    """Jitted per static plan, so eager calls re-use compiled kernels."""
-    flash = flash_with_vjp(functools.partial(_forward, plan=plan),
-                           functools.partial(_backward, plan=plan))
-    return flash(q, k, v, kmask)
+    return run_flash(q, k, v, kmask, forward=_forward, backward=_backward, plan=plan)

@@ -29,8 +29,8 @@ from jax.experimental.pallas import tpu as pltpu
 
 from workbench.attention.mask import AttentionMask
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, check_supported, flash_with_vjp, kernel_mask,
-                                      pad_axis, round_up)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, pad_axis,
+                                      round_up, run_flash)
 
 LANES = 128
 SUBLANES = 8
@@ -58,29 +58,13 @@ class TpuBlockSizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    batch: int
-    q_len: int
-    kv_len: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    q_len_padded: int
-    kv_len_padded: int
-    scale: float
-    causal: bool
+class _Plan(PlanBase):
+    """The shared plan plus the TPU kernels' own static facts."""
+
     segmented: bool
     blocks: TpuBlockSizes
     interpret: bool
     simulate_tpu_memory: bool
-
-    @property
-    def group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    @property
-    def qk_scale(self) -> float:
-        return self.scale * tile_math.LOG2E
 
     def _interpret_option(self):
         if not self.interpret:
@@ -476,12 +460,4 @@ def flash_attention_tpu(
     plan = _make_plan(q, k, mask, scale, block_sizes, interpret, simulate_tpu_memory)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
-    return _flash(q, k, v, kmask, plan=plan)
-
-
-@functools.partial(jax.jit, static_argnames=("plan",))
-def _flash(q, k, v, kmask: KernelMask, plan: _Plan):
-    """Jitted per static plan, so eager calls re-use compiled kernels."""
-    flash = flash_with_vjp(functools.partial(_forward, plan=plan),
-                           functools.partial(_backward, plan=plan))
-    return flash(q, k, v, kmask)
+    return run_flash(q, k, v, kmask, forward=_forward, backward=_backward, plan=plan)

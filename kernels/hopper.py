@@ -44,13 +44,12 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import check_shapes
 from workbench.kernels import block_mask, hopper_tile
-from workbench.kernels.common import KernelMask, flash_with_vjp, kernel_mask, pad_axis, round_up
+from workbench.kernels.common import KernelMask, PlanBase, kernel_mask, pad_axis, round_up, run_flash
 
 HEAD_DIMS = (64, 128)
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 DQ_MODES = ("separate", "atomic")
 COMPUTE_WGS = 2  # compute warpgroups per block; one more issues the copies
-_LOG2E = math.log2(math.e)
 _COMPUTE_REGISTERS = 232  # FA3's split of the 64K registers between the warpgroups
 _MEMORY_REGISTERS = 40
 
@@ -89,29 +88,11 @@ class HopperConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """Static facts about one call: shapes, padded lengths, scale, mask kind, tiles."""
+class Plan(PlanBase):
+    """The shared plan plus the input dtype and the Hopper tile configuration."""
 
-    batch: int
-    q_len: int
-    kv_len: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
     dtype: jnp.dtype
-    q_len_padded: int
-    kv_len_padded: int
-    scale: float
-    causal: bool
     config: HopperConfig
-
-    @property
-    def group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    @property
-    def qk_scale(self) -> float:
-        return self.scale * _LOG2E
 
     @property
     def num_q_ctas(self) -> int:
@@ -139,9 +120,9 @@ def make_plan(q, k, mask: AttentionMask, scale: Optional[float], config: HopperC
     # All tiles are powers of two times 64 in practice; lcm keeps any multiple of 64 exact.
     q_multiple = math.lcm(q_multiple, COMPUTE_WGS * c.block_q, c.block_q_bwd, COMPUTE_WGS * c.block_q_dq)
     kv_multiple = math.lcm(kv_multiple, c.block_kv, COMPUTE_WGS * c.block_kv_bwd, c.block_kv_dq)
-    return Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim, jnp.dtype(q.dtype),
+    return Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                 round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
-                float(head_dim**-0.5 if scale is None else scale), mask.causal, config)
+                float(head_dim**-0.5 if scale is None else scale), mask.causal, jnp.dtype(q.dtype), config)
 
 
 def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
@@ -785,11 +766,4 @@ def flash_attention_hopper(
     plan = make_plan(q, k, mask, scale, config)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
-    return _flash(q, k, v, kmask, plan=plan)
-
-
-@functools.partial(jax.jit, static_argnames=("plan",))
-def _flash(q, k, v, kmask: KernelMask, plan: Plan):
-    flash = flash_with_vjp(functools.partial(forward, plan=plan),
-                           functools.partial(backward, plan=plan))
-    return flash(q, k, v, kmask)
+    return run_flash(q, k, v, kmask, forward=forward, backward=backward, plan=plan)
