@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= notebooks,test
 KERNEL_NAME := workbench
+PYTEST_ARGS ?= --durations=15
 
 # The shared datasets folder beside the checkout is used when present; set
 # WORKBENCH_DATA_DIR yourself to point elsewhere.
