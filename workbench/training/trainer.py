@@ -99,7 +99,7 @@ def train_step(model, optimizer, batch: Batch, rng, loss_config: LossConfig, gra
     grads = jax.tree.map(lambda x: x / total, grads)
     metrics = {k: (v if k == "target_tokens" else v / total) for k, v in metrics.items()}
     metrics["target_tokens"] = total
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     optimizer.update(model, grads)
     if mesh is not None:
         constrain_module(model, mesh)
