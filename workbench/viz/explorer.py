@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 import jax
 import plotly.graph_objects as go
 
+from workbench.objectives.batch import seq2seq_batch
+from workbench.sampling.diffusion import diffusion_sample
 from workbench.viz.trajectory import Trajectory, figure_at, trajectory_from_output
 
 Decode = Callable[[str, Optional[str], int], Trajectory]  # (prompt, reference or None, example id) -> trajectory
@@ -29,9 +31,6 @@ class ModelDecoder:
         self.input_len, self.target_len, self.seed = input_len, target_len, seed
 
     def __call__(self, prompt: str, reference: Optional[str], example_id: int) -> Trajectory:
-        from workbench.objectives.batch import seq2seq_batch
-        from workbench.sampling.diffusion import diffusion_sample
-
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty; type some text first")
