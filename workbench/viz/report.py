@@ -51,7 +51,7 @@ def loss_curves(runs: Mapping[str, Path | str], keys: tuple[str, ...] = ("loss",
             if records:
                 fig.add_trace(go.Scatter(
                     x=[r["step"] for r in records], y=[r[key] for r in records], name=f"{name} {key}",
-                    mode="lines+markers" if key.startswith("eval") else "lines",
+                    mode="lines+markers" if key.startswith("eval") or len(records) < 3 else "lines",
                 ))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss (nats per target token)", height=380,
                       width=900)
