@@ -2,9 +2,10 @@
 
     import urllib.request; exec(urllib.request.urlopen(BOOTSTRAP_URL).read())   # or copy this file's body
 
-Installs from a local checkout when the notebook runs inside one, else from the git URL
-(WORKBENCH_GIT_URL), with the accelerator extra matching the runtime: `tpu` when a TPU is
-attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU.
+Installs from a local checkout when the notebook runs inside one, else from the pip spec in
+WORKBENCH_PIP_SPEC (e.g. git+https://github.com/<owner>/workbench.git, the same variable the
+notebooks' first cell reads), with the accelerator extra matching the runtime: `tpu` when a
+TPU is attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU.
 """
 
 import importlib.util
@@ -22,7 +23,7 @@ def accelerator_extra() -> str:
     return ""
 
 
-def install(git_url: str = os.environ.get("WORKBENCH_GIT_URL", "")) -> None:
+def install(pip_spec: str = os.environ.get("WORKBENCH_PIP_SPEC", "")) -> None:
     if importlib.util.find_spec("workbench") is not None:
         return
     here = Path.cwd()
@@ -31,10 +32,12 @@ def install(git_url: str = os.environ.get("WORKBENCH_GIT_URL", "")) -> None:
     if checkout is not None:
         target = f"{checkout}[{extras}]"
         args = ["-e", target]
-    elif git_url:
-        args = [f"workbench[{extras}] @ git+{git_url}"]
+    elif pip_spec:
+        url = pip_spec if pip_spec.startswith("git+") else f"git+{pip_spec}"
+        args = [f"workbench[{extras}] @ {url}"]
     else:
-        raise RuntimeError("workbench is not installed and no checkout was found; set WORKBENCH_GIT_URL to the repository URL")
+        raise RuntimeError("workbench is not installed and no checkout was found; set WORKBENCH_PIP_SPEC to "
+                           "git+https://github.com/<owner>/workbench.git (or a fork / commit)")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *args])
 
 

@@ -31,8 +31,10 @@ DEFAULTS = {
 
 
 def bench_preset(preset: str, batch: int, seq_len: int, vocab: int, warmup: int, repeats: int) -> dict:
+    # float32 on CPU: XLA's CPU backend has no fast bf16 matmuls
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     config = get_preset(preset, vocab_size=None if preset.startswith("paper") else vocab, max_len=max(seq_len, 128),
-                        attention="prefix_lm", remat=preset.startswith("paper"))
+                        attention="prefix_lm", remat=preset.startswith("paper"), dtype=dtype)
     model = build_model(config, 0)
     tokens = jax.random.randint(jax.random.key(0), (batch, seq_len), 3, config.vocab_size, dtype=jnp.int32)
     prefix = jnp.full((batch,), seq_len // 2, jnp.int32)
