@@ -162,7 +162,8 @@ _kernels_loaded = False
 
 
 def _load_kernel_adapters() -> None:
-    """Register the Pallas kernels' adapters (once)."""
+    """Register the Pallas kernels' adapters on first use (importing them here at module level
+    would be circular: the kernels import this package)."""
     global _kernels_loaded
     if _kernels_loaded:
         return
@@ -173,8 +174,3 @@ def _load_kernel_adapters() -> None:
         raise ImportError(f"workbench.kernels failed to import: {err}") from err
     for impl in adapters.IMPLS:
         register(impl)
-
-
-# Registered at import: Pallas registers JAX config flags when first imported, and doing that
-# inside the first trace made every process compile its first jitted function twice.
-_load_kernel_adapters()
