@@ -46,12 +46,14 @@ def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
     return None
 
 
-def check_supported(q, k, v, mask: AttentionMask) -> None:
-    """Raise a ValueError saying what is supported when the kernels cannot run this case."""
+def check_supported(q, k, v, mask: AttentionMask, why_not=None, kernel: str = "Pallas flash attention") -> None:
+    """Raise a ValueError saying what is supported when a kernel cannot run this case.
+
+    `why_not(q, k, v, mask)` is the kernel's own support check (default: the portable kernels')."""
     check_shapes(q, k, v)
-    reason = why_not_supported(q, k, v, mask)
+    reason = (why_not or why_not_supported)(q, k, v, mask)
     if reason is not None:
-        raise ValueError(f"Pallas flash attention cannot run this case: {reason}. "
+        raise ValueError(f"{kernel} cannot run this case: {reason}. "
                          f"Use workbench.attention.attention(..., impl='auto') to fall back.")
     mask.validate(q.shape[0], q.shape[1], k.shape[1])
 

@@ -42,9 +42,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from workbench.attention.mask import AttentionMask
-from workbench.attention.reference import check_shapes
 from workbench.kernels import block_mask, hopper_tile
-from workbench.kernels.common import KernelMask, PlanBase, kernel_mask, pad_axis, round_up, run_flash
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, pad_axis, round_up,
+                                      run_flash)
 
 HEAD_DIMS = (64, 128)
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -757,12 +757,7 @@ def flash_attention_hopper(
     lengths need not be multiples of the tiles. Needs an sm_90 GPU to run; lowering
     can be checked anywhere (see tests/test_kernels_hopper.py).
     """
-    check_shapes(q, k, v)
-    reason = why_not_supported(q, k, v, mask)
-    if reason is not None:
-        raise ValueError(f"Hopper flash attention cannot run this case: {reason}. "
-                         f"Use workbench.attention.attention(..., impl='auto') to fall back.")
-    mask.validate(q.shape[0], q.shape[1], k.shape[1])
+    check_supported(q, k, v, mask, why_not_supported, "Hopper flash attention")
     plan = make_plan(q, k, mask, scale, config)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)
