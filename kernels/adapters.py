@@ -54,29 +54,34 @@ IMPLS: list[AttentionImpl] = [
         _why_not_hopper,
         "Pallas Mosaic GPU flash attention for Hopper (TMA, wgmma, warp specialisation): "
         "bf16/fp16, head_dim 64/128, GQA, prefix/kv-length/offset masks (no segment ids)",
+        per_shard=True,
     ),
     AttentionImpl(
         "pallas_gpu",
         flash_attention_gpu,
         _why_not_on("gpu"),
         "Pallas flash attention lowered through Triton (any CUDA GPU): every mask, GQA, head_dim 64/128",
+        per_shard=True,
     ),
     AttentionImpl(
         "pallas_tpu",
         flash_attention_tpu,
         _why_not_on("tpu"),
         "Pallas Mosaic TPU flash attention with scalar-prefetched mask lengths: every mask, GQA, head_dim 64/128",
+        per_shard=True,
     ),
     AttentionImpl(
         "pallas_gpu_interpret",
         functools.partial(flash_attention_gpu, block_sizes=_INTERPRET_GPU_BLOCKS, interpret=True),
         _why_not_on("cpu"),
         "the pallas_gpu kernels in Pallas interpret mode on CPU (tests only; slow)",
+        per_shard=True,
     ),
     AttentionImpl(
         "pallas_tpu_interpret",
         functools.partial(flash_attention_tpu, block_sizes=_INTERPRET_TPU_BLOCKS, interpret=True),
         _why_not_on("cpu"),
         "the pallas_tpu kernels in TPU interpret mode on CPU (tests only; slow)",
+        per_shard=True,
     ),
 ]

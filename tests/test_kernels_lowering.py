@@ -56,3 +56,57 @@ def test_gpu_kernels_lower_for_h100(head_dim, mask_name):
 def test_tpu_kernels_lower_to_mosaic(head_dim, mask_name):
     text = _lower_fwd_bwd(flash_attention_tpu, TPU_V5E, "tpu", head_dim, _masks()[mask_name])
     assert text.count("tpu_custom_call") == 3  # forward, dq, dk/dv
+
+
+# -- under a multi-device mesh -------------------------------------------------------------
+
+MESH_SHAPE, MESH_AXES = (2, 2, 2), ("data", "fsdp", "tensor")
+
+
+def _lower_on_mesh(impl: str, device, platform: str, monkeypatch) -> str:
+    """Forward + backward of `attention(..., impl)` in a jit over an abstract 8-device mesh,
+    inputs split over (data, fsdp) for the batch and tensor for the heads."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    from workbench.attention import attention, dispatch
+
+    monkeypatch.setattr(dispatch, "current_platform", lambda: "tpu" if platform == "tpu" else "gpu")
+    mesh = AbstractMesh(MESH_SHAPE, MESH_AXES, axis_types=(AxisType.Auto,) * 3, abstract_device=device)
+    spec = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, "tensor"))
+    batch = 8
+    q = jax.ShapeDtypeStruct((batch, 256, HEADS, 128), jnp.bfloat16, sharding=spec)
+    kv = jax.ShapeDtypeStruct((batch, 256, KV_HEADS, 128), jnp.bfloat16, sharding=spec)
+    mask = AttentionMask.prefix_lm(jnp.arange(batch, dtype=jnp.int32) * 30, kv_lengths=jnp.full((batch,), 200))
+
+    def loss(q, k, v):
+        return attention(q, k, v, mask, impl=impl).astype(jnp.float32).sum()
+
+    with jax.sharding.use_abstract_mesh(mesh):
+        traced = jax.jit(jax.value_and_grad(loss, (0, 1, 2))).trace(q, kv, kv)
+        return traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+def _kernel_operand_shapes(text: str, marker: str) -> list[str]:
+    """The first operand type of each function that holds a `marker` kernel call."""
+    shapes, current = [], None
+    for line in text.splitlines():
+        if line.lstrip().startswith("func.func"):
+            current = line.split("(%arg0: ", 1)[1].split(" ", 1)[0].rstrip(",") if "(%arg0: " in line else None
+        elif marker in line:
+            shapes.append(current)
+    return shapes
+
+
+@pytest.mark.parametrize("impl,device,platform,marker", [
+    ("pallas_tpu", TPU_V5E, "tpu", "tpu_custom_call"),
+    ("pallas_gpu", H100, "cuda", "__gpu$xla.gpu.triton"),
+])
+def test_kernels_run_per_shard_under_a_mesh(impl, device, platform, marker, monkeypatch):
+    """XLA cannot partition a Pallas call ("Mosaic kernels cannot be automatically
+    partitioned"), so under a mesh each kernel must see only its device's block: a batch
+    of 8 over data*fsdp = 4 devices and 4 heads over tensor = 2 give [2, 256, 2, 128]."""
+    text = _lower_on_mesh(impl, device, platform, monkeypatch)
+    assert text.count("sdy.manual_computation") == 2  # forward; backward
+    shapes = _kernel_operand_shapes(text, marker)
+    assert len(shapes) == 3
+    assert set(shapes) == {"tensor<2x256x2x128xbf16>"}, shapes

@@ -92,13 +92,18 @@ def test_half_written_checkpoint_is_never_loaded(tmp_path):
     assert CheckpointStore(tmp_path).latest_step() == 5
 
 
-def test_nan_loss_stops_with_step_batch_and_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [1, 100])
+def test_nan_loss_stops_with_step_batch_and_last_checkpoint(tmp_path, checkpoint_every):
+    """The loss is checked one step late (no host stall) but always before a checkpoint:
+    with a checkpoint due after step 0, the NaN parameters are never saved."""
     model = build_model(CONFIG, 0)
     state = nnx.state(model, nnx.Param)
     state = jax.tree.map(lambda x: x * jnp.nan, state)
     nnx.update(model, state)
+    config = TrainConfig(steps=3, progress=False, tensorboard=False, checkpoint_every=checkpoint_every, log_every=100)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 0 \(batch example_ids \[.*last good checkpoint: step 0"):
-        train(model, TrainConfig(steps=3, progress=False, tensorboard=False), source(), tmp_path)
+        train(model, config, source(), tmp_path)
+    assert CheckpointStore(tmp_path).latest_step() == 0
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):

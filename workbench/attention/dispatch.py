@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from workbench.attention.mask import AttentionMask
+from workbench.attention.partitioning import run_per_shard
 from workbench.attention.reference import check_shapes, xla_attention
 
 # (q, k, v, mask, scale) -> out
@@ -30,6 +31,8 @@ class AttentionImpl:
     fn: AttentionFn
     why_not: SupportFn
     description: str = ""
+    # A Pallas kernel: XLA cannot partition it, so under a multi-device mesh it runs per shard.
+    per_shard: bool = False
 
 
 _REGISTRY: dict[str, AttentionImpl] = {}
@@ -109,7 +112,10 @@ def attention(
             f"attention impl {impl!r} cannot handle this case ({mask.kind} mask, q {q.shape} "
             f"{q.dtype}, k {k.shape}) on {platform}: {reason}. Impls that can: {can}; or use impl='auto'."
         )
-    return _REGISTRY[impl].fn(q, k, v, mask, scale=scale)
+    chosen = _REGISTRY[impl]
+    if chosen.per_shard:
+        return run_per_shard(chosen.fn, q, k, v, mask, scale)
+    return chosen.fn(q, k, v, mask, scale=scale)
 
 
 # -- built-in adapters ---------------------------------------------------------

@@ -1,6 +1,6 @@
 """Past one device: a (data, fsdp, tensor) mesh, logical-axis sharding, multi-host processes."""
 
-from workbench.distributed.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_divisor, describe_mesh, make_mesh
+from workbench.distributed.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_divisor, describe_mesh, make_mesh, mesh_context
 from workbench.distributed.multihost import (
     DistributedConfig,
     HostShardedSource,
@@ -51,6 +51,7 @@ __all__ = [
     "is_primary",
     "logical_spec",
     "make_mesh",
+    "mesh_context",
     "place_zeros",
     "process_info",
     "process_rows",

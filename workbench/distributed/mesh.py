@@ -8,6 +8,7 @@ path as a pod slice: every axis has size 1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Optional, Sequence
@@ -72,3 +73,10 @@ def batch_divisor(mesh: Mesh) -> int:
 
 def describe_mesh(mesh: Mesh) -> str:
     return ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+
+
+def mesh_context(mesh: Optional[Mesh]):
+    """`with mesh_context(mesh):` puts `mesh` in JAX's context (jax.set_mesh) for the calls
+    traced inside, so the Pallas attention kernels run per shard on it
+    (workbench.attention.partitioning). None changes nothing. Use it outside jit."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)

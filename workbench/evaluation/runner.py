@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_json
 from workbench.data import data_files, load_dataset
-from workbench.distributed import batch_divisor, shard_batch, to_host
+from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_host
 from workbench.evaluation.scoring import score
 from workbench.evaluation.tasks import get_task
 from workbench.models import param_count
@@ -66,7 +66,8 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         example_ids = np.asarray(ids, np.int32)
         if mesh is not None:
             prompts, lengths, example_ids = shard_batch((prompts, lengths, example_ids), mesh)
-        out = generate(model, prompts, lengths, ar, rng, example_ids)
+        with mesh_context(mesh):
+            out = generate(model, prompts, lengths, ar, rng, example_ids)
         return tokenizer.decode_batch(to_host(out.tokens))
     batch = seq2seq_batch(inputs, [[] for _ in inputs], input_len=config.input_len, target_len=config.target_len,
                           pad_id=tokenizer.pad_id, example_ids=ids, pad_targets=True)

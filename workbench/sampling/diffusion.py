@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from workbench.attention import AttentionMask
-from workbench.distributed import constrain_batch, shard_batch
+from workbench.distributed import constrain_batch, mesh_context, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import denoiser_logits, non_special_ids
@@ -197,4 +197,5 @@ def diffusion_sample(
     target_len = int(batch.targets.shape[1]) if target_len is None else target_len
     rng = jax.random.key(0) if rng is None else rng
     batch = jax.tree.map(jnp.asarray, batch) if mesh is None else shard_batch(batch, mesh)
-    return _sample(model, batch, rng, config, target_len, mesh=mesh)
+    with mesh_context(mesh):
+        return _sample(model, batch, rng, config, target_len, mesh=mesh)

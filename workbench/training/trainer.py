@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from workbench.distributed import constrain_module, is_primary, shard_batch, shard_module, to_host
+from workbench.distributed import constrain_module, is_primary, mesh_context, shard_batch, shard_module, to_host
 from workbench.models import flops_per_token, param_count
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import LossConfig, loss_fn
@@ -120,7 +120,9 @@ def held_out_loss(batches: list[Batch], loss_config: LossConfig, seed: int = 123
         sums, total = {}, 0.0
         for i, batch in enumerate(batches):
             batch = batch if mesh is None else shard_batch(batch, mesh)
-            m = jax.device_get(eval_step(model, batch, jax.random.fold_in(jax.random.key(seed), i), loss_config))
+            with mesh_context(mesh):
+                m = eval_step(model, batch, jax.random.fold_in(jax.random.key(seed), i), loss_config)
+            m = jax.device_get(m)
             n = float(m["target_tokens"])
             for k, v in m.items():
                 if k != "target_tokens":
@@ -188,40 +190,60 @@ def train(
     bar = tqdm(total=config.steps, initial=start, desc=f"train {run_dir.name}", disable=not config.progress,
                mininterval=1.0, dynamic_ncols=True)
     window_start, window_tokens = time.perf_counter(), 0
+    train_started = window_start
+
+    def check_finite(step: int, metrics: dict, host_batch: Batch) -> None:
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step} (batch example_ids {to_host(host_batch.example_ids)[:16].tolist()}"
+                f"...); last good checkpoint: step {last_good} in {store.directory}. Lower the learning "
+                f"rate or inspect that batch with source.batch_at({step})."
+            )
+
+    # The loss of each step is checked after the next step is dispatched, so the host never
+    # stalls the device between steps; a step is always checked before a checkpoint, a log
+    # line or an evaluation that follows it.
+    unchecked = None
     try:
-        for step in range(start, config.steps):
-            host_batch = first if step == start else source.batch_at(step)
-            batch = host_batch if mesh is None else shard_batch(host_batch, mesh)
-            metrics = train_step(model, optimizer, batch, jax.random.fold_in(base_key, step), config.loss,
-                                 config.grad_accum, mesh=mesh)
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step} (batch example_ids {to_host(host_batch.example_ids)[:16].tolist()}"
-                    f"...); last good checkpoint: step {last_good} in {store.directory}. Lower the learning "
-                    f"rate or inspect that batch with source.batch_at({step})."
-                )
-            done = step + 1
-            window_tokens += int(np.prod(batch.tokens.shape))
-            bar.update(1)
-            if done % config.log_every == 0 or done == config.steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                record["learning_rate"] = float(schedule(step))
-                record["tokens_per_s"] = window_tokens / elapsed
-                if peak:
-                    record["mfu"] = record["tokens_per_s"] * flops_tok / peak
-                log.write(done, record)
-                history.append({"step": done, **record})
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-                window_start, window_tokens = time.perf_counter(), 0
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                store.save(done, model, optimizer)
-                last_good = done
-            if eval_fn is not None and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
-                result = eval_fn(model, done)
-                log.write(done, result, prefix="eval_")
-                eval_history.append({"step": done, **result})
+        with mesh_context(mesh):
+            for step in range(start, config.steps):
+                host_batch = first if step == start else source.batch_at(step)
+                batch = host_batch if mesh is None else shard_batch(host_batch, mesh)
+                metrics = train_step(model, optimizer, batch, jax.random.fold_in(base_key, step), config.loss,
+                                     config.grad_accum, mesh=mesh)
+                if unchecked is not None:
+                    check_finite(*unchecked)
+                unchecked = (step, metrics, host_batch)
+                done = step + 1
+                window_tokens += int(np.prod(batch.tokens.shape))
+                bar.update(1)
+                log_now = done % config.log_every == 0 or done == config.steps
+                save_now = done % config.checkpoint_every == 0 or done == config.steps
+                eval_now = eval_fn is not None and (
+                    (config.eval_every and done % config.eval_every == 0) or done == config.steps)
+                if log_now or save_now or eval_now:
+                    check_finite(*unchecked)
+                    unchecked = None
+                if log_now:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    record["learning_rate"] = float(schedule(step))
+                    record["tokens_per_s"] = window_tokens / elapsed
+                    record["elapsed_s"] = time.perf_counter() - train_started  # of this call (restarts on resume)
+                    if peak:
+                        record["mfu"] = record["tokens_per_s"] * flops_tok / peak
+                    log.write(done, record)
+                    history.append({"step": done, **record})
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                    window_start, window_tokens = time.perf_counter(), 0
+                if save_now:
+                    store.save(done, model, optimizer)
+                    last_good = done
+                if eval_now:
+                    result = eval_fn(model, done)
+                    log.write(done, result, prefix="eval_")
+                    eval_history.append({"step": done, **result})
     finally:
         bar.close()
         log.close()
