@@ -34,6 +34,18 @@ def test_every_case_is_timed(table):
     assert frame[frame["method"] == "ar"]["speedup_vs_ar"].isna().all()
 
 
+def test_prefix_diffusion_times_the_prompt_cache_on_and_off():
+    config = DecodeSpeedConfig(lengths=(4,), num_steps=(2,), num_samples=(1,), repeats=2, warmup=1, prompt_len=8,
+                               vocab_size=512, diffusion_attention="prefix_diffusion")
+    frame = run_decode_speed(config, progress=False)
+    assert list(frame["label"]) == ["AR (KV cache)", "diffusion 2 steps x 1 sample (prefix cache)",
+                                    "diffusion 2 steps x 1 sample (full recomputation)"]
+    assert list(frame["prefix_cache"]) == [None, True, False]
+    cached, full = frame["seconds"].iloc[1], frame["seconds"].iloc[2]
+    assert frame["speedup_vs_full"].iloc[1] == pytest.approx(full / cached)
+    assert np.isnan(frame["speedup_vs_full"].iloc[[0, 2]]).all()
+
+
 def test_json_records_config_model_and_rows(table):
     frame, out = table
     payload = json.loads((out / "decode_speed.json").read_text())

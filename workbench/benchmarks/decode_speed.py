@@ -4,12 +4,15 @@ The paper's Figure 3 compares wall-clock time to produce L tokens. Here both met
 the same parameters and batch: AR runs the compiled, KV-cached `generate` loop for exactly
 L tokens (no early EOS); diffusion runs `diffusion_sample` on an L-token canvas for
 `num_steps` steps with `num_samples` samples per example (full recomputation each step
-under bidirectional attention, as in the paper; `prefix_diffusion` caches the prompt).
+under bidirectional attention, as in the paper; `prefix_diffusion` caches the prompt, and
+is then also timed without the cache so that the cache's own speed-up is measured:
+`speedup_vs_full` = full-recomputation seconds / cached seconds, same model and case).
 Each shape is compiled and run `warmup` times before timing, then timed `repeats` times
 with `block_until_ready`; the median is reported.
 
     python -m workbench.benchmarks.decode_speed --out runs/bench
     python -m workbench.benchmarks.decode_speed --preset small --lengths 64 128 256 512 1024 2048 4096
+    python -m workbench.benchmarks.decode_speed --diffusion-attention prefix_diffusion --prompt-len 384 --lengths 32
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 
 COLUMNS = ["method", "label", "length", "num_steps", "num_samples", "batch_size", "seconds", "seconds_min",
-           "seconds_max", "ms_per_token", "ms_per_step", "speedup_vs_ar", "status"]  # fmt: skip
+           "seconds_max", "ms_per_token", "ms_per_step", "prefix_cache", "speedup_vs_ar", "speedup_vs_full",
+           "status"]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +123,9 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
     rows: list[dict] = []
     stopped: set[str] = set()
 
-    def record(method, label, length, steps, samples, times=None, status="ok"):
+    def record(method, label, length, steps, samples, times=None, status="ok", prefix_cache=None):
         row = {"method": method, "label": label, "length": length, "num_steps": steps, "num_samples": samples,
-               "batch_size": config.batch_size, "status": status}
+               "batch_size": config.batch_size, "prefix_cache": prefix_cache, "status": status}
         if times:
             median = statistics.median(times)
             row.update(seconds=median, seconds_min=min(times), seconds_max=max(times),
@@ -133,16 +137,21 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         if times and statistics.median(times) > config.max_case_seconds:
             stopped.add(label)
 
-    def run_case(method, label, length, steps, samples, fn):
+    def run_case(method, label, length, steps, samples, fn, prefix_cache=None):
+        case = dict(prefix_cache=prefix_cache)
         if label in stopped:
-            return record(method, label, length, steps, samples, status="skipped (slower than max_case_seconds)")
+            return record(method, label, length, steps, samples, status="skipped (slower than max_case_seconds)",
+                          **case)
         try:
-            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats))
+            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats), **case)
         except Exception as error:  # noqa: BLE001 - out-of-memory is a result here, anything else is re-raised
             if not _is_oom(error):
                 raise
             stopped.add(label)
-            record(method, label, length, steps, samples, status="out of memory")
+            record(method, label, length, steps, samples, status="out of memory", **case)
+
+    # Under prefix_diffusion the prompt cache is timed on and off; bidirectional has no cache.
+    cache_modes = (True, False) if config.diffusion_attention == "prefix_diffusion" else (None,)
 
     for length in sorted(config.lengths):
         ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=0)
@@ -153,14 +162,21 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         batch = jax.tree.map(jnp.asarray, batch)
         for steps in config.num_steps:
             for samples in config.num_samples:
-                sampling = DiffusionSamplingConfig(num_samples=samples, num_steps=steps, early_exit=False)
-                label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
-                run_case("diffusion", label, length, steps, samples,
-                         lambda s=sampling: diffusion_sample(diffusion_model, batch, s, key).tokens)
+                for cache in cache_modes:
+                    sampling = DiffusionSamplingConfig(num_samples=samples, num_steps=steps, early_exit=False,
+                                                       prefix_cache=cache is not False)
+                    label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
+                    label += {None: "", True: " (prefix cache)", False: " (full recomputation)"}[cache]
+                    run_case("diffusion", label, length, steps, samples,
+                             lambda s=sampling: diffusion_sample(diffusion_model, batch, s, key).tokens, cache)
     table = pd.DataFrame(rows, columns=COLUMNS)
     ar_times = table[table["method"] == "ar"].set_index("length")["seconds"]
     table["speedup_vs_ar"] = [ar_times.get(length, np.nan) / s if method == "diffusion" else np.nan
                               for method, length, s in zip(table["method"], table["length"], table["seconds"])]
+    full = table[table["prefix_cache"] == False].set_index(["length", "num_steps", "num_samples"])["seconds"]  # noqa: E712
+    table["speedup_vs_full"] = [
+        full.get((row.length, row.num_steps, row.num_samples), np.nan) / row.seconds if row.prefix_cache is True
+        else np.nan for row in table.itertuples()]
     if out_dir is not None:
         write_results(table, config, model, out_dir)
     return table
@@ -239,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[["label", "length", "seconds", "ms_per_token", "ms_per_step", "speedup_vs_ar", "status"]]
+        print(table[["label", "length", "seconds", "ms_per_token", "ms_per_step", "speedup_vs_ar", "speedup_vs_full",
+                     "status"]].dropna(axis=1, how="all")
               .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {out / 'decode_speed.json'} and {out / 'decode_speed.html'}")
     return 0
