@@ -17,6 +17,12 @@ q tiles are ``[first_visible, num_q_blocks)`` with the fully visible ones from
 
 Every function works on Python ints and on traced int32 scalars alike (inside Triton and
 Mosaic kernels and in TPU index maps); divisions use `lax.div` on non-negative values.
+
+Segment ids are not monotone in general, so they get their own per-tile bounds, computed
+outside the kernels with `segment_tile_spans`: a q tile and a kv tile whose id ranges
+[min, max] do not overlap share no id and are hidden entirely. `kv_tile_span` and
+`q_tile_span` intersect those bounds with the ranges above into the (first, split, end)
+spans the kernels iterate over.
 """
 
 from __future__ import annotations
@@ -85,3 +91,69 @@ def element_mask(q_pos, k_pos, prefix, kv_len, causal: bool):
     if causal:
         after_prefix = after_prefix & (k_pos <= q_pos)
     return ((k_pos < prefix) | after_prefix) & (k_pos < kv_len)
+
+
+def _tile_id_bounds(ids_BxT, block: int, length):
+    """Per-tile (min, max, non_empty) of the ids at positions < `length` ([B] or a scalar)."""
+    batch, padded = ids_BxT.shape
+    if padded % block:
+        raise ValueError(f"segment ids of padded length {padded} do not split into tiles of {block}; "
+                         f"pad them to a multiple of the tile")
+    length_Bx1 = jnp.reshape(jnp.asarray(length, jnp.int32), (-1, 1))
+    valid = jnp.arange(padded, dtype=jnp.int32)[None, :] < length_Bx1
+    tiles = (batch, padded // block, block)
+    info = jnp.iinfo(jnp.int32)
+    ids = ids_BxT.astype(jnp.int32)
+    low = jnp.where(valid, ids, info.max).reshape(tiles).min(axis=2)
+    high = jnp.where(valid, ids, info.min).reshape(tiles).max(axis=2)
+    return low, high, jnp.broadcast_to(valid, ids.shape).reshape(tiles).any(axis=2)
+
+
+def segment_tile_spans(row_ids, col_ids, *, block_rows: int, block_cols: int, row_len, col_len):
+    """Per row tile, the column tiles [first, end) that may share a segment id with it.
+
+    row_ids [B, R] and col_ids [B, C] are padded segment ids (R, C multiples of the blocks);
+    positions at or beyond `row_len` / `col_len` (ints or [B] arrays) are padding and do not
+    widen a tile's id range. Two tiles whose id ranges [min, max] do not overlap share no id,
+    so every column tile outside [first, end) is hidden from the row tile: a conservative
+    bound for any ids, exact for packed sequences (non-decreasing ids, the same packing on
+    both sides). A row tile that overlaps nothing gets the empty span [0, 0).
+
+    Plain jnp outside the kernels, O(B * R/block_rows * C/block_cols). Used with rows = q
+    tiles for the forward and dq passes, rows = kv tiles for the dk/dv pass.
+    Returns (first, end), both [B, R // block_rows] int32.
+    """
+    row_low, row_high, row_any = _tile_id_bounds(row_ids, block_rows, row_len)
+    col_low, col_high, col_any = _tile_id_bounds(col_ids, block_cols, col_len)
+    overlap = ((row_low[:, :, None] <= col_high[:, None, :]) & (col_low[:, None, :] <= row_high[:, :, None])
+               & row_any[:, :, None] & col_any[:, None, :])
+    num_cols = overlap.shape[2]
+    some = overlap.any(axis=2)
+    first = jnp.argmax(overlap, axis=2).astype(jnp.int32)
+    end = num_cols - jnp.argmax(overlap[:, :, ::-1], axis=2).astype(jnp.int32)
+    return jnp.where(some, first, 0), jnp.where(some, end, 0)
+
+
+def kv_tile_span(num_full, num_visible, segment_span=None):
+    """(first, split, end) for a q tile from `kv_block_range`'s output and its segment span.
+
+    kv tiles [first, split) need no element mask, [split, end) need one, the rest are hidden.
+    With a segment span (first, end) from `segment_tile_spans` (and `kv_block_range` called
+    with segmented=True, so num_full == 0) every visible tile is masked.
+    """
+    if segment_span is None:
+        return 0, num_full, num_visible
+    seg_first, seg_end = segment_span
+    return seg_first, seg_first, jnp.minimum(num_visible, seg_end)
+
+
+def q_tile_span(first_visible, first_full, num_q_blocks: int, segment_span=None):
+    """(first, split, end) for a kv tile from `q_block_range`'s output and its segment span.
+
+    q tiles [first, split) need the element mask, [split, end) need none, the rest are hidden.
+    With a segment span (`q_block_range` called with segmented=True) every visible tile is masked.
+    """
+    if segment_span is None:
+        return first_visible, first_full, num_q_blocks
+    seg_first, seg_end = segment_span
+    return jnp.maximum(first_visible, seg_first), seg_end, seg_end

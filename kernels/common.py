@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import check_shapes
+from workbench.kernels import block_mask
 from workbench.kernels.tile_math import LOG2E  # scores use exp2 with log2(e) folded into the scale
 
 SUPPORTED_HEAD_DIMS = (64, 128)
@@ -89,6 +90,20 @@ def kernel_mask(mask: AttentionMask, batch: int, q_len: int, kv_len: int,
         q_seg = pad_axis(mask.q_segment_ids.astype(jnp.int32), 1, q_len_padded)
         kv_seg = pad_axis(mask.kv_segment_ids.astype(jnp.int32), 1, kv_len_padded)
     return KernelMask(prefix, lengths, offset, q_seg, kv_seg)
+
+
+def kv_segment_spans(kmask: KernelMask, q_len: int, block_q: int, block_k: int):
+    """Per (example, q tile): the kv tiles [first, end) that may share a segment id with it."""
+    return block_mask.segment_tile_spans(
+        kmask.q_segment_ids, kmask.kv_segment_ids, block_rows=block_q, block_cols=block_k,
+        row_len=q_len, col_len=kmask.kv_len)
+
+
+def q_segment_spans(kmask: KernelMask, q_len: int, block_q: int, block_k: int):
+    """Per (example, kv tile): the q tiles [first, end) that may share a segment id with it."""
+    return block_mask.segment_tile_spans(
+        kmask.kv_segment_ids, kmask.q_segment_ids, block_rows=block_k, block_cols=block_q,
+        row_len=kmask.kv_len, col_len=q_len)
 
 
 # forward(q, k, v, kmask) -> (out [B,Tq,H,D], lse2 [B,H,Tq] float32, base 2)

@@ -5,7 +5,9 @@ head) for the forward and dq passes, or one (kv tile, batch, kv head) for the dk
 pass, and loops over the other sequence in tiles. The loops run only over the tiles the
 mask leaves visible (`block_mask`), split into fully visible tiles (no element mask)
 and boundary tiles (masked). Per-example prefix lengths, kv lengths and query offsets
-are [B] int32 operands read as scalars; segment ids are [B, T] operands.
+are [B] int32 operands read as scalars; segment ids are [B, T] operands, and with them
+each program reads its tile's segment span (`block_mask.segment_tile_spans`, [B, tiles]
+int32, computed before the call) so tiles that only pair different segments are skipped.
 
 Runs on any CUDA GPU Triton supports (Ampere and Hopper alike); `interpret=True` runs the
 same kernels on CPU for tests.
@@ -24,8 +26,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, next_power_of_2,
-                                      pad_axis, round_up, run_flash)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
+                                      next_power_of_2, pad_axis, q_segment_spans, round_up, run_flash)
 from workbench.attention.mask import AttentionMask
 
 _MIN_BLOCK = 16  # Triton's smallest matmul tile
@@ -98,6 +100,16 @@ def _read_scalars(prefix_ref, kv_len_ref, q_offset_ref):
     return prefix_ref[()], kv_len_ref[()], q_offset_ref[()]
 
 
+def _segment_span_specs(index_of_tile):
+    """Specs reading one program's (first, end) segment span as scalars from [B, tiles] arrays."""
+    spec = pl.BlockSpec((None, None), index_of_tile)
+    return [spec, spec]
+
+
+def _read_segment_span(first_ref, end_ref):
+    return first_ref[()], end_ref[()]
+
+
 def _tile_visibility(plan: _Plan, q_pos, k_pos, prefix, kv_len, q_seg, kv_seg):
     visible = block_mask.element_mask(q_pos, k_pos, prefix, kv_len, plan.causal)
     if plan.segmented:
@@ -108,16 +120,19 @@ def _tile_visibility(plan: _Plan, q_pos, k_pos, prefix, kv_len, q_seg, kv_seg):
 # -- forward -------------------------------------------------------------------
 
 def _forward_kernel(q_ref, k_ref, v_ref, prefix_ref, kv_len_ref, q_offset_ref, *refs, plan: _Plan):
+    segment_span = None
     if plan.segmented:
-        q_seg_ref, kv_seg_ref, out_ref, lse_ref = refs
+        q_seg_ref, kv_seg_ref, span_first_ref, span_end_ref, out_ref, lse_ref = refs
+        segment_span = _read_segment_span(span_first_ref, span_end_ref)
     else:
         out_ref, lse_ref = refs
     block_q, block_k = plan.blocks.block_q, plan.blocks.block_k
     q_block = pl.program_id(0)
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
-    num_full, num_visible = block_mask.kv_block_range(
+    first, split, end = block_mask.kv_tile_span(*block_mask.kv_block_range(
         q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented)
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        segment_span)
 
     q = q_ref[...]
     q_pos = q_offset + q_block * block_q + jnp.arange(block_q, dtype=jnp.int32)[:, None]
@@ -137,8 +152,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, prefix_ref, kv_len_ref, q_offset_ref, *
     carry = (jnp.full((block_q, 1), -jnp.inf, jnp.float32),
              jnp.zeros((block_q, 1), jnp.float32),
              jnp.zeros((block_q, plan.head_dim), jnp.float32))
-    carry = lax.fori_loop(0, num_full, functools.partial(body, masked=False), carry)
-    carry = lax.fori_loop(num_full, num_visible, functools.partial(body, masked=True), carry)
+    if not plan.segmented:  # with segment ids every visible tile is masked
+        carry = lax.fori_loop(first, split, functools.partial(body, masked=False), carry)
+    carry = lax.fori_loop(split, end, functools.partial(body, masked=True), carry)
     out, lse2 = tile_math.softmax_finish(*carry)
     out_ref[...] = out.astype(out_ref.dtype)
     lse_ref[...] = lse2[:, 0]
@@ -160,8 +176,10 @@ def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
     operands = [q_p, k_p, v_p, kmask.prefix, kmask.kv_len, kmask.q_offset]
     if plan.segmented:
         in_specs += [pl.BlockSpec((None, blocks.block_q), lambda i, b, h: (b, i)),
-                     pl.BlockSpec((None, tk), lambda i, b, h: (b, 0))]
-        operands += [kmask.q_segment_ids, kmask.kv_segment_ids]
+                     pl.BlockSpec((None, tk), lambda i, b, h: (b, 0)),
+                     *_segment_span_specs(lambda i, b, h: (b, i))]
+        operands += [kmask.q_segment_ids, kmask.kv_segment_ids,
+                     *kv_segment_spans(kmask, plan.q_len, blocks.block_q, blocks.block_k)]
     out, lse2 = pl.pallas_call(
         functools.partial(_forward_kernel, plan=plan),
         grid=grid,
@@ -181,16 +199,19 @@ def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, prefix_ref, kv_len_ref,
                q_offset_ref, *refs, plan: _Plan):
+    segment_span = None
     if plan.segmented:
-        q_seg_ref, kv_seg_ref, dq_ref = refs
+        q_seg_ref, kv_seg_ref, span_first_ref, span_end_ref, dq_ref = refs
+        segment_span = _read_segment_span(span_first_ref, span_end_ref)
     else:
         (dq_ref,) = refs
     block_q, block_k = plan.blocks.block_q_dq, plan.blocks.block_k_dq
     q_block = pl.program_id(0)
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
-    num_full, num_visible = block_mask.kv_block_range(
+    first, split, end = block_mask.kv_tile_span(*block_mask.kv_block_range(
         q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented)
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        segment_span)
 
     q, do = q_ref[...], do_ref[...]
     lse2, delta = lse_ref[...][:, None], delta_ref[...][:, None]
@@ -210,8 +231,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, prefix_ref, kv_l
         return dq + tile_math.dq_step(s2, k, v_ref[keys, :], do, lse2, delta)
 
     dq = jnp.zeros((block_q, plan.head_dim), jnp.float32)
-    dq = lax.fori_loop(0, num_full, functools.partial(body, masked=False), dq)
-    dq = lax.fori_loop(num_full, num_visible, functools.partial(body, masked=True), dq)
+    if not plan.segmented:  # with segment ids every visible tile is masked
+        dq = lax.fori_loop(first, split, functools.partial(body, masked=False), dq)
+    dq = lax.fori_loop(split, end, functools.partial(body, masked=True), dq)
     dq_ref[...] = (dq * plan.scale).astype(dq_ref.dtype)
 
 
@@ -226,8 +248,10 @@ def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask: KernelMask, plan: 
     operands = [q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask.prefix, kmask.kv_len, kmask.q_offset]
     if plan.segmented:
         in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-                     pl.BlockSpec((None, tk), lambda i, b, h: (b, 0))]
-        operands += [kmask.q_segment_ids, kmask.kv_segment_ids]
+                     pl.BlockSpec((None, tk), lambda i, b, h: (b, 0)),
+                     *_segment_span_specs(lambda i, b, h: (b, i))]
+        operands += [kmask.q_segment_ids, kmask.kv_segment_ids,
+                     *kv_segment_spans(kmask, plan.q_len, bq, blocks.block_k_dq)]
     return pl.pallas_call(
         functools.partial(_dq_kernel, plan=plan),
         grid=(plan.q_len_padded // bq, plan.batch, plan.num_heads),
@@ -244,17 +268,20 @@ def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask: KernelMask, plan: 
 
 def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, prefix_ref, kv_len_ref,
                 q_offset_ref, *refs, plan: _Plan):
+    segment_span = None
     if plan.segmented:
-        q_seg_ref, kv_seg_ref, dk_ref, dv_ref = refs
+        q_seg_ref, kv_seg_ref, span_first_ref, span_end_ref, dk_ref, dv_ref = refs
+        segment_span = _read_segment_span(span_first_ref, span_end_ref)
     else:
         dk_ref, dv_ref = refs
     block_q, block_k = plan.blocks.block_q_dkv, plan.blocks.block_k_dkv
     num_q_blocks = plan.q_len_padded // block_q
     kv_block = pl.program_id(0)
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
-    first_visible, first_full = block_mask.q_block_range(
+    first, split, end = block_mask.q_tile_span(*block_mask.q_block_range(
         kv_block, block_q=block_q, block_k=block_k, num_q_blocks=num_q_blocks, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented)
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        num_q_blocks, segment_span)
 
     k, v = k_ref[...], v_ref[...]
     k_pos = kv_block * block_k + jnp.arange(block_k, dtype=jnp.int32)[:, None]
@@ -279,10 +306,9 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, prefix_ref, kv_
     carry = (jnp.zeros((block_k, plan.head_dim), jnp.float32),
              jnp.zeros((block_k, plan.head_dim), jnp.float32))
     for head in range(plan.group):  # query heads sharing this kv head (GQA)
-        carry = lax.fori_loop(first_visible, first_full,
-                              functools.partial(body, head=head, masked=True), carry)
-        carry = lax.fori_loop(first_full, num_q_blocks,
-                              functools.partial(body, head=head, masked=False), carry)
+        carry = lax.fori_loop(first, split, functools.partial(body, head=head, masked=True), carry)
+        if not plan.segmented:  # with segment ids every visible tile is masked
+            carry = lax.fori_loop(split, end, functools.partial(body, head=head, masked=False), carry)
     dk, dv = carry
     dk_ref[...] = (dk * plan.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -300,8 +326,10 @@ def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask: KernelMask, plan:
     operands = [q_p, do_p, lse2_p, delta_p, k_p, v_p, kmask.prefix, kmask.kv_len, kmask.q_offset]
     if plan.segmented:
         in_specs += [pl.BlockSpec((None, tq), lambda j, b, h: (b, 0)),
-                     pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
-        operands += [kmask.q_segment_ids, kmask.kv_segment_ids]
+                     pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
+                     *_segment_span_specs(lambda j, b, h: (b, j))]
+        operands += [kmask.q_segment_ids, kmask.kv_segment_ids,
+                     *q_segment_spans(kmask, plan.q_len, blocks.block_q_dkv, bk)]
     return pl.pallas_call(
         functools.partial(_dkv_kernel, plan=plan),
         grid=(plan.kv_len_padded // bk, plan.batch, plan.num_kv_heads),

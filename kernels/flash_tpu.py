@@ -5,8 +5,10 @@ minor dimensions are (tile, head_dim). The grid walks (batch, head, q tile, kv t
 with the kv axis innermost ("arbitrary"), keeping the online-softmax statistics in VMEM
 scratch. Per-example prefix lengths, kv lengths and query offsets are scalar-prefetched
 into SMEM: the kernel body uses them to skip hidden tiles with `pl.when`, and the
-index maps clamp the kv (or q) block index to the last visible tile, so a hidden grid
-step re-uses the block already in VMEM instead of fetching a new one.
+index maps clamp the kv (or q) block index into the visible tiles, so a hidden grid
+step re-uses the block already in VMEM instead of fetching a new one. With segment ids,
+each tile's segment span (`block_mask.segment_tile_spans`, computed before the call) is
+scalar-prefetched too and narrows the visible tiles the same way.
 
 Row statistics follow the splash-attention layouts Mosaic handles well: running max/sum
 as lane-replicated [bq, 128] scratch, the saved log-sum-exp written lane-replicated and
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +31,8 @@ from jax.experimental.pallas import tpu as pltpu
 
 from workbench.attention.mask import AttentionMask
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, pad_axis,
-                                      round_up, run_flash)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
+                                      pad_axis, q_segment_spans, round_up, run_flash)
 
 LANES = 128
 SUBLANES = 8
@@ -112,26 +114,71 @@ def _row_ids(ids: jax.Array) -> jax.Array:
     return jax.lax.broadcast_in_dim(ids, (ids.shape[0], SUBLANES, ids.shape[1]), (0, 2))
 
 
-def _scalars(kmask: KernelMask) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return kmask.prefix, kmask.kv_len, kmask.q_offset
+class _Scalars(NamedTuple):
+    """The scalar-prefetched operands (SMEM refs inside the kernels and index maps)."""
+
+    prefix: Any  # [B]
+    kv_len: Any  # [B]
+    q_offset: Any  # [B]
+    span_first: Any = None  # [B * tiles], only with segment ids: first tile that may share an id
+    span_end: Any = None  # [B * tiles]: one past the last such tile
+
+    def segment_span(self, b, tile, num_tiles: int):
+        if self.span_first is None:
+            return None
+        return self.span_first[b * num_tiles + tile], self.span_end[b * num_tiles + tile]
 
 
-def _kv_range(plan: _Plan, q_block, b, prefix_ref, kv_len_ref, q_offset_ref, block_q, block_k):
-    return block_mask.kv_block_range(
-        q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=prefix_ref[b],
-        kv_len=kv_len_ref[b], q_offset=q_offset_ref[b], causal=plan.causal,
+def _scalar_operands(kmask: KernelMask, plan: _Plan, spans) -> list[jax.Array]:
+    """Prefetch operands; `spans()` gives the [B, tiles] segment spans (only called with segments)."""
+    operands = [kmask.prefix, kmask.kv_len, kmask.q_offset]
+    if plan.segmented:
+        operands += [span.reshape(-1) for span in spans()]  # 1-D: SMEM pads 2-D arrays
+    return operands
+
+
+def _split_scalars(plan: _Plan, refs) -> tuple[_Scalars, tuple]:
+    count = 5 if plan.segmented else 3
+    return _Scalars(*refs[:count]), refs[count:]
+
+
+def _kv_span(plan: _Plan, scalars: _Scalars, b, q_block, block_q: int, block_k: int):
+    """(first, split, end): kv tiles [first, split) unmasked, [split, end) masked."""
+    b_range = block_mask.kv_block_range(
+        q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=scalars.prefix[b],
+        kv_len=scalars.kv_len[b], q_offset=scalars.q_offset[b], causal=plan.causal,
         segmented=plan.segmented)
+    return block_mask.kv_tile_span(
+        *b_range, scalars.segment_span(b, q_block, plan.q_len_padded // block_q))
 
 
-def _q_range(plan: _Plan, kv_block, b, prefix_ref, kv_len_ref, q_offset_ref, block_q, block_k):
-    return block_mask.q_block_range(
-        kv_block, block_q=block_q, block_k=block_k, num_q_blocks=plan.q_len_padded // block_q,
-        prefix=prefix_ref[b], kv_len=kv_len_ref[b], q_offset=q_offset_ref[b],
+def _q_span(plan: _Plan, scalars: _Scalars, b, kv_block, block_q: int, block_k: int):
+    """(first, split, end): q tiles [first, split) masked, [split, end) unmasked."""
+    num_q_blocks = plan.q_len_padded // block_q
+    b_range = block_mask.q_block_range(
+        kv_block, block_q=block_q, block_k=block_k, num_q_blocks=num_q_blocks,
+        prefix=scalars.prefix[b], kv_len=scalars.kv_len[b], q_offset=scalars.q_offset[b],
         causal=plan.causal, segmented=plan.segmented)
+    return block_mask.q_tile_span(
+        *b_range, num_q_blocks, scalars.segment_span(b, kv_block, plan.kv_len_padded // block_k))
 
 
-def _visibility(plan: _Plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg):
-    visible = block_mask.element_mask(q_pos, k_pos, prefix_ref[b], kv_len_ref[b], plan.causal)
+def _in_span(index, first, end):
+    """first <= index < end (a static first of 0 needs no test)."""
+    below_end = index < end
+    if isinstance(first, int) and first == 0:
+        return below_end
+    return below_end & (index >= first)
+
+
+def _visible_block(index, first, end, count: int):
+    """Clamp a grid index into the visible tiles [first, end) (and [0, count)), so hidden
+    steps re-use a block already fetched instead of fetching their own."""
+    return jnp.clip(jnp.minimum(index, end - 1), first, count - 1)
+
+
+def _visibility(plan: _Plan, q_pos, k_pos, b, scalars: _Scalars, q_seg, kv_seg):
+    visible = block_mask.element_mask(q_pos, k_pos, scalars.prefix[b], scalars.kv_len[b], plan.causal)
     if plan.segmented:
         visible = visible & (q_seg == kv_seg)
     return visible
@@ -153,22 +200,17 @@ def _lanes_to_width(ids: jax.Array, width: int) -> jax.Array:
     return ids[:, :width]
 
 
-def _last_visible(index, count):
-    """Clamp a grid index into [0, count - 1] so hidden steps re-use a fetched block."""
-    return jnp.minimum(index, jnp.maximum(count - 1, 0))
-
-
 # -- forward -------------------------------------------------------------------
 
-def _forward_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, *refs, plan: _Plan):
+def _forward_kernel(*refs, plan: _Plan):
+    scalars, refs = _split_scalars(plan, refs)
     if plan.segmented:
-        q_seg_ref, kv_seg_ref, out_ref, lse_ref, m_ref, l_ref, acc_ref = refs
+        q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, out_ref, lse_ref, m_ref, l_ref, acc_ref = refs
     else:
-        out_ref, lse_ref, m_ref, l_ref, acc_ref = refs
+        q_ref, k_ref, v_ref, out_ref, lse_ref, m_ref, l_ref, acc_ref = refs
     block_q, block_k = plan.blocks.block_q, plan.blocks.block_k
     b, q_block, kv_block = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    num_full, num_visible = _kv_range(plan, q_block, b, prefix_ref, kv_len_ref, q_offset_ref,
-                                      block_q, block_k)
+    first, split, end = _kv_span(plan, scalars, b, q_block, block_q, block_k)
 
     @pl.when(kv_block == 0)
     def _init():
@@ -180,20 +222,21 @@ def _forward_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, *
         s2 = tile_math.dot_nt(q_ref[...], k_ref[...]) * plan.qk_scale
         if masked:
             shape = (block_q, block_k)
-            q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
+            q_pos = scalars.q_offset[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 1)
             q_seg = _lanes_to_width(q_seg_ref[...], block_k) if plan.segmented else None
             kv_seg = kv_seg_ref[:1, :] if plan.segmented else None
             s2 = tile_math.apply_mask(
-                s2, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
+                s2, _visibility(plan, q_pos, k_pos, b, scalars, q_seg, kv_seg))
         m, l, acc = tile_math.softmax_step(s2, v_ref[...], _column(m_ref), _column(l_ref),
                                            acc_ref[...], may_be_empty=masked)
         m_ref[...] = jnp.broadcast_to(m, m_ref.shape)
         l_ref[...] = jnp.broadcast_to(l, l_ref.shape)
         acc_ref[...] = acc
 
-    pl.when(kv_block < num_full)(lambda: compute(masked=False))
-    pl.when((kv_block >= num_full) & (kv_block < num_visible))(lambda: compute(masked=True))
+    if not plan.segmented:  # with segment ids every visible tile is masked
+        pl.when(_in_span(kv_block, first, split))(lambda: compute(masked=False))
+    pl.when(_in_span(kv_block, split, end))(lambda: compute(masked=True))
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
@@ -204,14 +247,14 @@ def _forward_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, *
 
 def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
     bq, bk, d = plan.blocks.block_q, plan.blocks.block_k, plan.head_dim
-    group = plan.group
+    group, num_kv_blocks = plan.group, plan.kv_len_padded // bk
 
     def q_map(b, h, i, j, *_):
         return b, h, i, 0
 
-    def kv_map(b, h, i, j, prefix_ref, kv_len_ref, q_offset_ref):
-        _, num_visible = _kv_range(plan, i, b, prefix_ref, kv_len_ref, q_offset_ref, bq, bk)
-        return b, h // group, _last_visible(j, num_visible), 0
+    def kv_map(b, h, i, j, *refs):
+        first, _, end = _kv_span(plan, _Scalars(*refs), b, i, bq, bk)
+        return b, h // group, _visible_block(j, first, end, num_kv_blocks), 0
 
     in_specs = [pl.BlockSpec((None, None, bq, d), q_map),
                 pl.BlockSpec((None, None, bk, d), kv_map),
@@ -225,12 +268,13 @@ def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
         in_specs += [pl.BlockSpec((None, bq, LANES), lambda b, h, i, j, *_: (b, i, 0)),
                      pl.BlockSpec((None, SUBLANES, bk), kv_seg_map)]
         operands += [_column_ids(kmask.q_segment_ids), _row_ids(kmask.kv_segment_ids)]
-    grid = (plan.batch, plan.num_heads, plan.q_len_padded // bq, plan.kv_len_padded // bk)
+    scalar_operands = _scalar_operands(kmask, plan, lambda: kv_segment_spans(kmask, plan.q_len, bq, bk))
+    grid = (plan.batch, plan.num_heads, plan.q_len_padded // bq, num_kv_blocks)
     stats_shape = (plan.batch, plan.num_heads, plan.q_len_padded, LANES)
     out, lse2 = pl.pallas_call(
         functools.partial(_forward_kernel, plan=plan),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
+            num_scalar_prefetch=len(scalar_operands),
             grid=grid,
             in_specs=in_specs,
             out_specs=[pl.BlockSpec((None, None, bq, d), q_map),
@@ -243,23 +287,23 @@ def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
                    jax.ShapeDtypeStruct(stats_shape, jnp.float32)],
         name="flash_attention_fwd",
         **plan.call_options(("parallel", "parallel", "parallel", "arbitrary")),
-    )(*_scalars(kmask), *operands)
+    )(*scalar_operands, *operands)
     out = out.transpose(0, 2, 1, 3)[:, :plan.q_len]
     return out, lse2[:, :, :plan.q_len, 0]
 
 
 # -- backward: dq --------------------------------------------------------------
 
-def _dq_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-               delta_ref, *refs, plan: _Plan):
+def _dq_kernel(*refs, plan: _Plan):
+    scalars, refs = _split_scalars(plan, refs)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs = refs
     if plan.segmented:
         q_seg_ref, kv_seg_ref, dq_ref, dq_acc_ref = refs
     else:
         dq_ref, dq_acc_ref = refs
     block_q, block_k = plan.blocks.block_q_dq, plan.blocks.block_k_dq
     b, q_block, kv_block = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    num_full, num_visible = _kv_range(plan, q_block, b, prefix_ref, kv_len_ref, q_offset_ref,
-                                      block_q, block_k)
+    first, split, end = _kv_span(plan, scalars, b, q_block, block_q, block_k)
 
     @pl.when(kv_block == 0)
     def _init():
@@ -270,18 +314,19 @@ def _dq_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, do_ref
         s2 = tile_math.dot_nt(q_ref[...], k) * plan.qk_scale
         if masked:
             shape = (block_q, block_k)
-            q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
+            q_pos = scalars.q_offset[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 0)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 1)
             q_seg = _lanes_to_width(q_seg_ref[...], block_k) if plan.segmented else None
             kv_seg = kv_seg_ref[:1, :] if plan.segmented else None
             s2 = tile_math.apply_mask(
-                s2, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
+                s2, _visibility(plan, q_pos, k_pos, b, scalars, q_seg, kv_seg))
         lse2 = lse_ref[0][:, None]
         delta = delta_ref[0][:, None]
         dq_acc_ref[...] += tile_math.dq_step(s2, k, v_ref[...], do_ref[...], lse2, delta)
 
-    pl.when(kv_block < num_full)(lambda: compute(masked=False))
-    pl.when((kv_block >= num_full) & (kv_block < num_visible))(lambda: compute(masked=True))
+    if not plan.segmented:  # with segment ids every visible tile is masked
+        pl.when(_in_span(kv_block, first, split))(lambda: compute(masked=False))
+    pl.when(_in_span(kv_block, split, end))(lambda: compute(masked=True))
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
@@ -290,14 +335,14 @@ def _dq_kernel(prefix_ref, kv_len_ref, q_offset_ref, q_ref, k_ref, v_ref, do_ref
 
 def _backward_dq(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, plan: _Plan):
     bq, bk, d = plan.blocks.block_q_dq, plan.blocks.block_k_dq, plan.head_dim
-    group = plan.group
+    group, num_kv_blocks = plan.group, plan.kv_len_padded // bk
 
     def q_map(b, h, i, j, *_):
         return b, h, i, 0
 
-    def kv_map(b, h, i, j, prefix_ref, kv_len_ref, q_offset_ref):
-        _, num_visible = _kv_range(plan, i, b, prefix_ref, kv_len_ref, q_offset_ref, bq, bk)
-        return b, h // group, _last_visible(j, num_visible), 0
+    def kv_map(b, h, i, j, *refs):
+        first, _, end = _kv_span(plan, _Scalars(*refs), b, i, bq, bk)
+        return b, h // group, _visible_block(j, first, end, num_kv_blocks), 0
 
     def row_map(b, h, i, j, *_):
         return b, h, 0, i
@@ -316,11 +361,12 @@ def _backward_dq(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, p
         in_specs += [pl.BlockSpec((None, bq, LANES), lambda b, h, i, j, *_: (b, i, 0)),
                      pl.BlockSpec((None, SUBLANES, bk), kv_seg_map)]
         operands += [_column_ids(kmask.q_segment_ids), _row_ids(kmask.kv_segment_ids)]
+    scalar_operands = _scalar_operands(kmask, plan, lambda: kv_segment_spans(kmask, plan.q_len, bq, bk))
     return pl.pallas_call(
         functools.partial(_dq_kernel, plan=plan),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
-            grid=(plan.batch, plan.num_heads, plan.q_len_padded // bq, plan.kv_len_padded // bk),
+            num_scalar_prefetch=len(scalar_operands),
+            grid=(plan.batch, plan.num_heads, plan.q_len_padded // bq, num_kv_blocks),
             in_specs=in_specs,
             out_specs=pl.BlockSpec((None, None, bq, d), q_map),
             scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)],
@@ -328,13 +374,14 @@ def _backward_dq(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, p
         out_shape=jax.ShapeDtypeStruct(q_t.shape, q_t.dtype),
         name="flash_attention_bwd_dq",
         **plan.call_options(("parallel", "parallel", "parallel", "arbitrary")),
-    )(*_scalars(kmask), *operands)
+    )(*scalar_operands, *operands)
 
 
 # -- backward: dk, dv ----------------------------------------------------------
 
-def _dkv_kernel(prefix_ref, kv_len_ref, q_offset_ref, k_ref, v_ref, q_ref, do_ref, lse_ref,
-                delta_ref, *refs, plan: _Plan):
+def _dkv_kernel(*refs, plan: _Plan):
+    scalars, refs = _split_scalars(plan, refs)
+    k_ref, v_ref, q_ref, do_ref, lse_ref, delta_ref, *refs = refs
     if plan.segmented:
         q_seg_ref, kv_seg_ref, dk_ref, dv_ref, dk_acc_ref, dv_acc_ref = refs
     else:
@@ -342,8 +389,7 @@ def _dkv_kernel(prefix_ref, kv_len_ref, q_offset_ref, k_ref, v_ref, q_ref, do_re
     block_q, block_k = plan.blocks.block_q_dkv, plan.blocks.block_k_dkv
     b, kv_block, head, q_block = (pl.program_id(0), pl.program_id(2), pl.program_id(3),
                                   pl.program_id(4))
-    first_visible, first_full = _q_range(plan, kv_block, b, prefix_ref, kv_len_ref,
-                                         q_offset_ref, block_q, block_k)
+    first, split, end = _q_span(plan, scalars, b, kv_block, block_q, block_k)
 
     @pl.when((head == 0) & (q_block == 0))
     def _init():
@@ -355,18 +401,19 @@ def _dkv_kernel(prefix_ref, kv_len_ref, q_offset_ref, k_ref, v_ref, q_ref, do_re
         s2_t = tile_math.dot_nt(k_ref[...], q) * plan.qk_scale
         if masked:
             shape = (block_k, block_q)
-            q_pos = q_offset_ref[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 1)
+            q_pos = scalars.q_offset[b] + q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, 1)
             k_pos = kv_block * block_k + lax.broadcasted_iota(jnp.int32, shape, 0)
             q_seg = q_seg_ref[:1, :] if plan.segmented else None
             kv_seg = _lanes_to_width(kv_seg_ref[...], block_q) if plan.segmented else None
             s2_t = tile_math.apply_mask(
-                s2_t, _visibility(plan, q_pos, k_pos, b, prefix_ref, kv_len_ref, q_seg, kv_seg))
+                s2_t, _visibility(plan, q_pos, k_pos, b, scalars, q_seg, kv_seg))
         dk, dv = tile_math.dkv_step(s2_t, q, do_ref[...], v_ref[...], lse_ref[...], delta_ref[...])
         dk_acc_ref[...] += dk
         dv_acc_ref[...] += dv
 
-    pl.when((q_block >= first_visible) & (q_block < first_full))(lambda: compute(masked=True))
-    pl.when(q_block >= first_full)(lambda: compute(masked=False))
+    pl.when(_in_span(q_block, first, split))(lambda: compute(masked=True))
+    if not plan.segmented:  # with segment ids every visible tile is masked
+        pl.when(_in_span(q_block, split, end))(lambda: compute(masked=False))
 
     @pl.when((head == pl.num_programs(3) - 1) & (q_block == pl.num_programs(4) - 1))
     def _finish():
@@ -382,9 +429,9 @@ def _backward_dkv(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, 
     def kv_map(b, h, j, g, i, *_):
         return b, h, j, 0
 
-    def visible_q_block(b, j, i, prefix_ref, kv_len_ref, q_offset_ref):
-        first_visible, _ = _q_range(plan, j, b, prefix_ref, kv_len_ref, q_offset_ref, bq, bk)
-        return jnp.minimum(jnp.maximum(i, first_visible), num_q_blocks - 1)
+    def visible_q_block(b, j, i, *refs):
+        first, _, end = _q_span(plan, _Scalars(*refs), b, j, bq, bk)
+        return _visible_block(i, first, end, num_q_blocks)
 
     def q_map(b, h, j, g, i, *scalars):
         return b, h * group + g, visible_q_block(b, j, i, *scalars), 0
@@ -406,10 +453,11 @@ def _backward_dkv(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, 
         in_specs += [pl.BlockSpec((None, SUBLANES, bq), q_seg_map),
                      pl.BlockSpec((None, bk, LANES), lambda b, h, j, g, i, *_: (b, j, 0))]
         operands += [_row_ids(kmask.q_segment_ids), _column_ids(kmask.kv_segment_ids)]
+    scalar_operands = _scalar_operands(kmask, plan, lambda: q_segment_spans(kmask, plan.q_len, bq, bk))
     return pl.pallas_call(
         functools.partial(_dkv_kernel, plan=plan),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
+            num_scalar_prefetch=len(scalar_operands),
             grid=(plan.batch, plan.num_kv_heads, plan.kv_len_padded // bk, group, num_q_blocks),
             in_specs=in_specs,
             out_specs=[pl.BlockSpec((None, None, bk, d), kv_map),
@@ -420,7 +468,7 @@ def _backward_dkv(q_t, k_t, v_t, do_t, lse_rows, delta_rows, kmask: KernelMask, 
                    jax.ShapeDtypeStruct(v_t.shape, v_t.dtype)],
         name="flash_attention_bwd_dkv",
         **plan.call_options(("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
-    )(*_scalars(kmask), *operands)
+    )(*scalar_operands, *operands)
 
 
 def _backward(q, k, v, kmask: KernelMask, lse2, delta, do, plan: _Plan):
