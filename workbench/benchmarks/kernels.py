@@ -88,6 +88,52 @@ def _jax_nn_xla(q, k, v, mask: AttentionMask):
     return jax.nn.dot_product_attention(q, k, v, mask=dense, implementation="xla")
 
 
+def _jax_triton_impl(platform: str) -> BenchImpl:
+    """JAX's own Pallas Triton flash attention (jax.experimental.pallas.ops.gpu.attention.mha),
+    the kernel the portable GPU kernel must not lose to: causal or bidirectional, equal head
+    counts, lengths a multiple of its 128 tile. Interpret mode on CPU, like ours."""
+    from jax.experimental.pallas.ops.gpu import attention as jax_gpu_attention
+
+    def fn(q, k, v, mask: AttentionMask):
+        return jax_gpu_attention.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, causal=mask.causal,
+                                     interpret=platform == "cpu")
+
+    def why_not(q, k, v, mask: AttentionMask):
+        if platform not in ("gpu", "cpu"):
+            return "a GPU kernel (interpret mode on CPU)"
+        if mask.prefix_len is not None or mask.kv_lengths is not None or mask.q_offset is not None:
+            return "causal or bidirectional only (no prefix, key lengths or offsets)"
+        if mask.has_segments:
+            return "segment ids not passed"
+        if q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2]:
+            return "needs Tq == Tk and as many key/value heads as query heads"
+        if q.shape[1] % min(128, q.shape[1]):
+            return f"length {q.shape[1]} is not a multiple of its 128 tile"
+        return None
+
+    return BenchImpl("jax_pallas_triton", fn, why_not)
+
+
+def _cudnn_dense_impl(platform: str) -> BenchImpl:
+    """cuDNN with the mask as a dense boolean: the only way to give cuDNN a per-example
+    prefix-LM mask (kernels.md: 92 TFLOP/s forward), the path our kernels must beat."""
+
+    def fn(q, k, v, mask: AttentionMask):
+        dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=dense, implementation="cudnn")
+
+    def why_not(q, k, v, mask: AttentionMask):
+        if platform != "gpu":
+            return "cuDNN runs on NVIDIA GPUs only"
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            return f"cuDNN needs bf16 or fp16 inputs, got {q.dtype}"
+        if mask.prefix_len is None and not mask.has_segments:
+            return "the dense-mask path is benchmarked for prefix and segment masks (cudnn covers the rest)"
+        return None
+
+    return BenchImpl("cudnn_dense_mask", fn, why_not)
+
+
 def _tokamax_impls(platform: str) -> list[BenchImpl]:
     try:
         import tokamax
@@ -115,7 +161,8 @@ def _tokamax_impls(platform: str) -> list[BenchImpl]:
 
 
 def available_impls(platform: str) -> list[BenchImpl]:
-    """The workbench's registered impls for this platform, plus jax.nn XLA and tokamax."""
+    """The workbench's registered impls for this platform, plus jax.nn XLA, JAX's Triton kernel,
+    cuDNN with a dense mask and tokamax (when importable)."""
     impls = []
     for name in dispatch.available_impls():
         registered = dispatch.get_impl(name)
@@ -126,6 +173,7 @@ def available_impls(platform: str) -> list[BenchImpl]:
             lambda q, k, v, mask, _fn=registered.fn: _fn(q, k, v, mask),
             lambda q, k, v, mask, _why=registered.why_not: _why(q, k, v, mask, platform)))
     impls.append(BenchImpl("jax_nn_xla", _jax_nn_xla, lambda q, k, v, mask: None))
+    impls += [_jax_triton_impl(platform), _cudnn_dense_impl(platform)]
     return impls + _tokamax_impls(platform)
 
 
