@@ -110,3 +110,26 @@ def test_kernels_run_per_shard_under_a_mesh(impl, device, platform, marker, monk
     shapes = _kernel_operand_shapes(text, marker)
     assert len(shapes) == 3
     assert set(shapes) == {"tensor<2x256x2x128xbf16>"}, shapes
+
+
+def test_inside_a_callers_shard_map_the_kernel_is_called_directly(monkeypatch):
+    """A caller that already split the data (its own shard_map) gets no second split."""
+    from jax.sharding import AxisType, PartitionSpec
+
+    from workbench.attention import attention, dispatch
+
+    monkeypatch.setattr(dispatch, "current_platform", lambda: "tpu")
+    mesh = AbstractMesh(MESH_SHAPE, MESH_AXES, axis_types=(AxisType.Auto,) * 3, abstract_device=TPU_V5E)
+    spec = PartitionSpec(("data", "fsdp"), None, "tensor")
+    mask = AttentionMask.causal_mask()
+
+    def per_device(q, k, v):
+        return attention(q, k, v, mask, impl="pallas_tpu")
+
+    q = jax.ShapeDtypeStruct((32, 256, HEADS * 2, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((32, 256, KV_HEADS * 2, 128), jnp.bfloat16)
+    with jax.sharding.use_abstract_mesh(mesh):
+        mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+        text = jax.jit(mapped).trace(q, kv, kv).lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("sdy.manual_computation") == 1  # the caller's only
+    assert set(_kernel_operand_shapes(text, "tpu_custom_call")) == {"tensor<8x256x4x128xbf16>"}  # [32/4, 256, 8/2, 128]

@@ -9,7 +9,8 @@ place the activations (workbench.distributed.sharding), so no data moves.
 
 The mesh comes from JAX's mesh context: the workbench's trainer, samplers and evaluation
 enter `jax.set_mesh(mesh)` (`workbench.distributed.mesh_context`) when given a mesh.
-Without a mesh in context, or with one device, the kernel is called directly.
+Without a mesh in context, with one device, or inside the caller's own `shard_map`
+(manual axes: the data is already per device), the kernel is called directly.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _entry(axes: tuple[str, ...]):
 
 def per_shard_specs(q, k, mask: AttentionMask, mesh: AbstractMesh,
                     batch_axes: tuple[str, ...], head_axes: tuple[str, ...]):
-    """PartitionSpecs of (q, k/v, mask leaves, out) for running attention per shard.
+    """PartitionSpecs for running attention per shard: (one spec for q, k, v and the
+    output; a pytree of specs for the mask's per-example arrays).
 
     Query heads and key/value heads are split by the same axes only when both divide:
     then device i holds query heads [i*H/t, (i+1)*H/t) and exactly the key/value heads
@@ -56,7 +58,7 @@ def run_per_shard(fn: Callable, q, k, v, mask: AttentionMask, scale: Optional[fl
                   rules: ShardingRules = DEFAULT_RULES):
     """fn(q, k, v, mask, scale=scale), on each device's block when a multi-device mesh is in context."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    if mesh.empty or mesh.size == 1 or mesh.manual_axes:  # manual axes: already inside a shard_map
         return fn(q, k, v, mask, scale=scale)
     qkv, mask_specs = per_shard_specs(q, k, mask, mesh, rules.mesh_axes("batch"), rules.mesh_axes("heads"))
 
