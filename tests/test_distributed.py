@@ -189,11 +189,14 @@ def worker_meshes(out: Path) -> None:
 def worker_multihost(out: Path, port: int, process_id: int, reference_run: Path) -> None:
     """One of two processes with 4 devices each: the same 8-device job as one process."""
     _setup(4, out / f"cache_{process_id}")
+    import dataclasses
+
     import jax
 
     from workbench.distributed import (DistributedConfig, HostShardedSource, MeshConfig, initialize, make_mesh,
                                        to_host)
-    from workbench.models import build_model
+    from workbench.evaluation.runner import predict
+    from workbench.models import build_model, with_attention
     from workbench.sampling import diffusion_sample
     from workbench.training import load_model, train
 
@@ -207,12 +210,16 @@ def worker_multihost(out: Path, port: int, process_id: int, reference_run: Path)
     model = build_model(config, 0)
     result = train(model, train_config(1), source, out / "run_multihost", mesh=mesh)
     decoded = diffusion_sample(model, _decode_batch(), sampling, jax.random.key(0), mesh=mesh)
+    ar_config = dataclasses.replace(_eval_config(sampling), method="ar")
+    ar_texts = predict(with_attention(model, "causal"), _ByteTokenizer(), RECORDS, ar_config, progress=False,
+                       mesh=mesh)[0]
     restored, _ = load_model(reference_run, step=1, mesh=mesh)
     arrays = dict(**_host_params(model), tokens=to_host(decoded.tokens), scores=to_host(decoded.scores),
                   loss=result.history[-1]["loss"])
     restored_arrays = _host_params(restored)
     if process_id == 0:
         np.savez(out / "multihost.npz", **arrays)
+        (out / "multihost_ar.json").write_text(json.dumps(ar_texts))
         np.savez(out / "multihost_restored.npz", **restored_arrays)
     facts = {"info": info._asdict(), "local_rows": sharded.local_rows(source.batch_size).tolist(),
              "local_example_ids": sorted(set(local_ids.tolist())),
@@ -381,6 +388,9 @@ def test_two_processes_run_the_same_job_as_one(mesh_runs, tmp_path):
     np.testing.assert_allclose(joined["loss"], reference["loss"], rtol=1e-5)
     _assert_params_close(joined, reference, what="two processes")
     np.testing.assert_array_equal(joined["tokens"], reference["tokens"])
+    # KV-cached AR decoding over both processes' devices gives the one-process texts
+    ar_texts = json.loads((tmp_path / "multihost_ar.json").read_text())
+    assert ar_texts == json.loads((mesh_runs / "evaluated_ar_2x2x2.json").read_text())
     # a checkpoint written by one process with one device restores across the two processes' mesh
     _assert_params_close(_load(tmp_path, "multihost_restored.npz"), _load(mesh_runs, "mesh_1x1x1.npz"), atol=0,
                          what="restored across processes")
