@@ -11,12 +11,11 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-import jax
 import numpy as np
 
 from workbench.data import Tokenizer, TokenizerConfig, data_files, load_dataset, train_tokenizer
 from workbench.evaluation.tasks import get_task
-from workbench.models import ModelConfig, build_model, get_preset
+from workbench.models import ModelConfig, build_model, default_compute_dtype, get_preset
 from workbench.training import LMSource, Seq2SeqSource, TrainConfig, fit_pairs, held_out_loss, train, validation_batches
 from workbench.training.ar2diff import adaptation_config, ar2diff
 
@@ -53,8 +52,7 @@ def unigram_entropy(stream: np.ndarray, vocab_size: int) -> float:
 def model_config(preset: str, tokenizer: Tokenizer, **overrides) -> ModelConfig:
     """A preset sized to the tokenizer. On CPU the compute dtype defaults to float32: XLA's
     CPU backend has no fast bf16 matmuls (bf16 ran several times slower here)."""
-    if "dtype" not in overrides and jax.default_backend() == "cpu":
-        overrides["dtype"] = "float32"
+    overrides.setdefault("dtype", default_compute_dtype())
     return get_preset(preset, vocab_size=tokenizer.vocab_size, **overrides)
 
 

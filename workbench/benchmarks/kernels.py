@@ -82,10 +82,16 @@ def make_mask(name: str, batch: int, length: int) -> AttentionMask:
     raise ValueError(f"unknown benchmark mask {name!r}; expected one of {MASKS}")
 
 
-def _jax_nn_xla(q, k, v, mask: AttentionMask):
-    """jax.nn.dot_product_attention in XLA with the mask as a dense boolean (input dtype)."""
-    dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
-    return jax.nn.dot_product_attention(q, k, v, mask=dense, implementation="xla")
+def _dense_mask(q, k, mask: AttentionMask) -> jax.Array:
+    """The mask as a [B, 1, Tq, Tk] boolean, for impls that take no mask description."""
+    return mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
+
+
+def _jax_nn_dense(implementation: str):
+    """jax.nn.dot_product_attention(implementation=...) with the mask as a dense boolean (input dtype)."""
+    def fn(q, k, v, mask: AttentionMask):
+        return jax.nn.dot_product_attention(q, k, v, mask=_dense_mask(q, k, mask), implementation=implementation)
+    return fn
 
 
 def _jax_triton_impl(platform: str) -> BenchImpl:
@@ -118,10 +124,6 @@ def _cudnn_dense_impl(platform: str) -> BenchImpl:
     """cuDNN with the mask as a dense boolean: the only way to give cuDNN a per-example
     prefix-LM mask (kernels.md: 92 TFLOP/s forward), the path our kernels must beat."""
 
-    def fn(q, k, v, mask: AttentionMask):
-        dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
-        return jax.nn.dot_product_attention(q, k, v, mask=dense, implementation="cudnn")
-
     def why_not(q, k, v, mask: AttentionMask):
         if platform != "gpu":
             return "cuDNN runs on NVIDIA GPUs only"
@@ -131,7 +133,7 @@ def _cudnn_dense_impl(platform: str) -> BenchImpl:
             return "the dense-mask path is benchmarked for prefix and segment masks (cudnn covers the rest)"
         return None
 
-    return BenchImpl("cudnn_dense_mask", fn, why_not)
+    return BenchImpl("cudnn_dense_mask", _jax_nn_dense("cudnn"), why_not)
 
 
 def _tokamax_impls(platform: str) -> list[BenchImpl]:
@@ -143,8 +145,8 @@ def _tokamax_impls(platform: str) -> list[BenchImpl]:
     def make(implementation: str):
         def fn(q, k, v, mask: AttentionMask):
             if mask.prefix_len is not None or mask.has_segments:
-                dense = mask.dense(q.shape[0], q.shape[1], k.shape[1])[:, None]
-                return tokamax.dot_product_attention(q, k, v, mask=dense, implementation=implementation)
+                return tokamax.dot_product_attention(q, k, v, mask=_dense_mask(q, k, mask),
+                                                     implementation=implementation)
             return tokamax.dot_product_attention(
                 q, k, v, is_causal=mask.causal, key_value_seq_lengths=mask.kv_lengths,
                 implementation=implementation)
@@ -172,7 +174,7 @@ def available_impls(platform: str) -> list[BenchImpl]:
             name,
             lambda q, k, v, mask, _fn=registered.fn: _fn(q, k, v, mask),
             lambda q, k, v, mask, _why=registered.why_not: _why(q, k, v, mask, platform)))
-    impls.append(BenchImpl("jax_nn_xla", _jax_nn_xla, lambda q, k, v, mask: None))
+    impls.append(BenchImpl("jax_nn_xla", _jax_nn_dense("xla"), lambda q, k, v, mask: None))
     impls += [_jax_triton_impl(platform), _cudnn_dense_impl(platform)]
     return impls + _tokamax_impls(platform)
 

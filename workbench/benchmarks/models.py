@@ -19,7 +19,7 @@ from flax import nnx
 
 from workbench.benchmarks.timing import median_seconds
 from workbench.config import save_json
-from workbench.models import build_model, flops_per_token, get_preset, param_count
+from workbench.models import build_model, default_compute_dtype, flops_per_token, get_preset, param_count
 from workbench.runs import write_run_info
 from workbench.training.trainer import _peak_flops
 
@@ -31,8 +31,7 @@ DEFAULTS = {
 
 
 def bench_preset(preset: str, batch: int, seq_len: int, vocab: int, warmup: int, repeats: int) -> dict:
-    # float32 on CPU: XLA's CPU backend has no fast bf16 matmuls
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    dtype = default_compute_dtype()
     config = get_preset(preset, vocab_size=None if preset.startswith("paper") else vocab, max_len=max(seq_len, 128),
                         attention="prefix_lm", remat=preset.startswith("paper"), dtype=dtype)
     model = build_model(config, 0)

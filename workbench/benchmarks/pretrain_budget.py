@@ -24,7 +24,7 @@ import jax
 import pandas as pd
 
 from workbench import study
-from workbench.config import load_json, save_json
+from workbench.config import save_json
 from workbench.models import param_count
 from workbench.training import OptimizerConfig, TrainConfig
 from workbench.training.logging import read_metrics
@@ -52,13 +52,14 @@ class PretrainBudgetConfig:
                              f"{self.eval_batches} must be >= 1")
 
 
-def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_dir=None) -> pd.DataFrame:
-    """Pretrain into out_dir/pretrain_budget_run (resumes if present) and tabulate held-out loss per evaluation."""
+def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_dir=None) -> dict:
+    """Pretrain into out_dir/pretrain_budget_run (resumes if present); the payload written to
+    out_dir/pretrain_budget.json, with the held-out loss per evaluation as a table under "table"."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     run_dir = out_dir / "pretrain_budget_run"
     tokenizer = study.tokenizer_for(out_dir, config.tokenizer_preset, data_dir=data_dir)
-    model_config = study.model_config(config.preset, tokenizer, max_len=max(config.seq_len, 128))
+    model_config = study.model_config(config.preset, tokenizer, max_len=config.seq_len)
     train_config = TrainConfig(
         steps=config.steps, seed=config.seed, log_every=config.eval_every, eval_every=config.eval_every,
         checkpoint_every=config.steps, progress=False,
@@ -70,7 +71,7 @@ def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_
     total = time.perf_counter() - started
     table = _table(run_dir, result.unigram_entropy)
     device = jax.devices()[0]
-    save_json(out_dir / "pretrain_budget.json", {
+    payload = {
         "config": dataclasses.asdict(config),
         "model": {**dataclasses.asdict(model_config), "params": param_count(model_config)["total"]},
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
@@ -78,8 +79,9 @@ def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_
         "seconds_total": total,
         "unigram_entropy": result.unigram_entropy,
         "rows": table.to_dict(orient="records"),
-    })
-    return table
+    }
+    save_json(out_dir / "pretrain_budget.json", payload)
+    return {**payload, "table": table}
 
 
 def _table(run_dir: Path, unigram_entropy: float) -> pd.DataFrame:
@@ -108,9 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             default=getattr(defaults, field.name))
     args = vars(parser.parse_args(argv))
     out, data_dir = args.pop("out"), args.pop("data_dir")
-    table = run_pretrain_budget(PretrainBudgetConfig(**args), out, data_dir=data_dir)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    payload = load_json(Path(out) / "pretrain_budget.json")
+    payload = run_pretrain_budget(PretrainBudgetConfig(**args), out, data_dir=data_dir)
+    print(payload["table"].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{payload['seconds_total']:.0f} s in all (tokenizing, compiling and evaluations included) on "
           f"{payload['device']['kind']}")
     print(f"wrote {Path(out) / 'pretrain_budget.json'}")

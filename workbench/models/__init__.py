@@ -1,6 +1,13 @@
 """Transformer models of the AR2Diff study (Flax NNX)."""
 
-from workbench.models.config import PRESETS, ModelConfig, flops_per_token, get_preset, param_count
+from workbench.models.config import (
+    PRESETS,
+    ModelConfig,
+    default_compute_dtype,
+    flops_per_token,
+    get_preset,
+    param_count,
+)
 from workbench.models.transformer import (
     DecoderOnly,
     EncoderDecoder,
@@ -16,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "build_model",
     "count_params",
+    "default_compute_dtype",
     "flops_per_token",
     "get_preset",
     "param_count",
