@@ -3,8 +3,10 @@
 `pallas_gpu` (Triton lowering) and `pallas_tpu` (Mosaic) run on their accelerators; the
 `*_interpret` variants run the same kernels in Pallas interpret mode on CPU, with small
 tiles so that short test sequences still span several tiles. They exist for tests and
-are far too slow for anything else. `pallas_mosaic_gpu` (Mosaic GPU, Hopper only) comes
-first in the GPU auto order; it declines every case it does not compute exactly.
+are far too slow for anything else. `pallas_mosaic_gpu` (Mosaic GPU, Hopper only) runs
+when named; it stays out of impl="auto" until `kernels/hopper_check.py` has passed on an
+H100 (see `AUTO_ORDER` in workbench/attention/dispatch.py), and declines every case it
+does not compute exactly.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ IMPLS: list[AttentionImpl] = [
         _flash_attention_hopper,
         _why_not_hopper,
         "Pallas Mosaic GPU flash attention for Hopper (TMA, wgmma, warp specialisation): "
-        "bf16/fp16, head_dim 64/128, GQA, prefix/kv-length/offset masks (no segment ids)",
+        "bf16/fp16, head_dim 64/128, GQA, prefix/kv-length/offset masks and segment ids",
         per_shard=True,
     ),
     AttentionImpl(

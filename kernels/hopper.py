@@ -22,7 +22,10 @@ Kernels (grid axes named heads, q_seq or kv_seq, batch):
   dq accumulator with TMA reduce-add (FlashAttention-3), else
 * dq: a separate kernel, 2 x block_q_dq query rows per block, streams K/V.
 
-Segment ids are not handled here (`why_not` declines them). The backward recomputes
+Segment ids (packed sequences): each tile's segment span (`block_mask.segment_tile_spans`,
+computed before the call) bounds its loop, so tiles pairing only different segments are
+neither fetched nor computed; the ids of a masked tile's rows and columns are read from
+device memory into the WGMMA layout and compared element by element. The backward recomputes
 the scores from the saved base-2 log-sum-exp; fully masked rows give zeros and zero
 gradients. Interpret mode cannot run these kernels (see NOTES.md);
 `hopper_emulate.py` runs the same tile schedule and tile math in plain JAX for CPU tests.
@@ -43,8 +46,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from workbench.attention.mask import AttentionMask
 from workbench.kernels import block_mask, hopper_tile
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, pad_axis, round_up,
-                                      run_flash)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
+                                      pad_axis, q_segment_spans, round_up, run_flash)
 
 HEAD_DIMS = (64, 128)
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -89,10 +92,12 @@ class HopperConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Plan(PlanBase):
-    """The shared plan plus the input dtype and the Hopper tile configuration."""
+    """The shared plan plus the input dtype, the Hopper tile configuration and whether
+    segment ids take part (they add operands and a compare in every visible tile)."""
 
     dtype: jnp.dtype
     config: HopperConfig
+    segmented: bool = False
 
     @property
     def num_q_ctas(self) -> int:
@@ -122,7 +127,8 @@ def make_plan(q, k, mask: AttentionMask, scale: Optional[float], config: HopperC
     kv_multiple = math.lcm(kv_multiple, c.block_kv, COMPUTE_WGS * c.block_kv_bwd, c.block_kv_dq)
     return Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                 round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
-                float(head_dim**-0.5 if scale is None else scale), mask.causal, jnp.dtype(q.dtype), config)
+                float(head_dim**-0.5 if scale is None else scale), mask.causal, jnp.dtype(q.dtype), config,
+                mask.has_segments)
 
 
 def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
@@ -139,8 +145,6 @@ def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
         return f"q, k, v must share one dtype out of bfloat16/float16; got {q.dtype}, {k.dtype}, {v.dtype}"
     if q.shape[2] % k.shape[2]:
         return f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})"
-    if mask.has_segments:
-        return "segment ids are not supported by the Mosaic GPU kernels yet"
     return None
 
 
@@ -170,50 +174,98 @@ def scalars_operand(kmask: KernelMask) -> jax.Array:
 
 
 # -- tile schedules (shared with hopper_emulate.py) ----------------------------------
+#
+# A compute warpgroup's tiles are a range (first, split, end): for the forward and dq
+# passes (a query tile walking key tiles) [first, split) need no element mask and
+# [split, end) need one; for the dk/dv pass (a key tile walking query tiles) [first,
+# split) need one and [split, end) do not. Without segment ids first is 0 (forward, dq)
+# and end is the last query tile (dk/dv). With them, `span` is the tile's segment span
+# (`block_mask.segment_tile_spans`: tiles outside it share no segment id) and every
+# visible tile is masked. The copy warpgroup fetches the union of its block's ranges,
+# [cta_first, cta_end); a compute warpgroup drains the tiles of that union outside its own.
 
-def forward_ranges(plan: Plan, q_block, prefix, kv_len, q_offset):
-    """(num_full, num_visible) key tiles of width block_kv for a block_q query tile."""
+def forward_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
+    """(first, split, end) key tiles of width block_kv for a block_q query tile."""
     c = plan.config
-    return block_mask.kv_block_range(
+    num_full, num_visible = block_mask.kv_block_range(
         q_block, block_q=c.block_q, block_k=c.block_kv, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=False)
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=span is not None)
+    return _nonempty_or_at(block_mask.kv_tile_span(num_full, num_visible, span), span)
 
 
-def forward_cta_steps(plan: Plan, q_cta, prefix, kv_len, q_offset):
-    """Key tiles the copy warpgroup fetches for a block: the most any of its warpgroups sees."""
-    steps = [forward_ranges(plan, COMPUTE_WGS * q_cta + wg, prefix, kv_len, q_offset)[1]
-             for wg in range(COMPUTE_WGS)]
-    return functools.reduce(jnp.maximum, steps)
-
-
-def dkv_ranges(plan: Plan, kv_block, prefix, kv_len, q_offset):
-    """(first_visible, first_full) query tiles of width block_q_bwd for a key tile."""
+def dkv_ranges(plan: Plan, kv_block, prefix, kv_len, q_offset, span=None):
+    """(first, split, end) query tiles of width block_q_bwd for a block_kv_bwd key tile."""
     c = plan.config
-    return block_mask.q_block_range(
+    first_visible, first_full = block_mask.q_block_range(
         kv_block, block_q=c.block_q_bwd, block_k=c.block_kv_bwd,
         num_q_blocks=plan.num_q_blocks_bwd, prefix=prefix, kv_len=kv_len, q_offset=q_offset,
-        causal=plan.causal, segmented=False)
+        causal=plan.causal, segmented=span is not None)
+    return _nonempty_or_at(
+        block_mask.q_tile_span(first_visible, first_full, plan.num_q_blocks_bwd, span), span)
 
 
-def dkv_cta_first(plan: Plan, kv_cta, prefix, kv_len, q_offset):
-    """First query tile the copy warpgroup fetches for a block of COMPUTE_WGS key tiles."""
-    firsts = [dkv_ranges(plan, COMPUTE_WGS * kv_cta + wg, prefix, kv_len, q_offset)[0]
-              for wg in range(COMPUTE_WGS)]
-    return functools.reduce(jnp.minimum, firsts)
-
-
-def dq_ranges(plan: Plan, q_block, prefix, kv_len, q_offset):
-    """(num_full, num_visible) key tiles of width block_kv_dq for a block_q_dq query tile."""
+def dq_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
+    """(first, split, end) key tiles of width block_kv_dq for a block_q_dq query tile."""
     c = plan.config
-    return block_mask.kv_block_range(
+    num_full, num_visible = block_mask.kv_block_range(
         q_block, block_q=c.block_q_dq, block_k=c.block_kv_dq, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=False)
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=span is not None)
+    return _nonempty_or_at(block_mask.kv_tile_span(num_full, num_visible, span), span)
 
 
-def dq_cta_steps(plan: Plan, q_cta, prefix, kv_len, q_offset):
-    steps = [dq_ranges(plan, COMPUTE_WGS * q_cta + wg, prefix, kv_len, q_offset)[1]
-             for wg in range(COMPUTE_WGS)]
-    return functools.reduce(jnp.maximum, steps)
+def _nonempty_or_at(tile_range, span):
+    """With a segment span a range can come out reversed (span past the visible tiles):
+    make it the empty range at its end, so that draining [cta_first, first) and [end,
+    cta_end) covers the whole block range exactly once."""
+    first, split, end = tile_range
+    if span is None:
+        return tile_range
+    first = jnp.minimum(first, end)
+    return first, jnp.clip(split, first, end), end
+
+
+def cta_range(range_fn, plan: Plan, cta, prefix, kv_len, q_offset, spans=None):
+    """[cta_first, cta_end): the union of the ranges of block `cta`'s compute warpgroups
+    (`range_fn` is one of the three above; `spans(tile)` gives a tile's segment span, or
+    None without segment ids). Empty ranges add nothing; (0, 0) when all are empty."""
+    ranges = []
+    for wg in range(COMPUTE_WGS):
+        tile = COMPUTE_WGS * cta + wg
+        ranges.append(range_fn(plan, tile, prefix, kv_len, q_offset, None if spans is None else spans(tile)))
+    firsts, ends = [r[0] for r in ranges], [r[2] for r in ranges]
+    if all(isinstance(f, int) and f == 0 for f in firsts):  # forward and dq without segments
+        return 0, functools.reduce(jnp.maximum, ends)
+    if all(isinstance(e, int) for e in ends) and len(set(ends)) == 1:  # dk/dv without segments
+        return functools.reduce(jnp.minimum, firsts), ends[0]
+    never = jnp.int32(jnp.iinfo(jnp.int32).max)
+    first = functools.reduce(jnp.minimum, [jnp.where(e > f, f, never) for f, _, e in ranges])
+    end = functools.reduce(jnp.maximum, [jnp.where(e > f, e, 0) for f, _, e in ranges])
+    return jnp.minimum(first, end), end
+
+
+def segment_spans(kmask: KernelMask, plan: Plan, kernel: str) -> Optional[jax.Array]:
+    """[2, B, tiles] int32 (first, end) segment spans of one kernel's tiles, or None.
+
+    forward and dq: per query tile, its key tiles; dkv: per key tile, its query tiles."""
+    if kmask.q_segment_ids is None:
+        return None
+    c = plan.config
+    if kernel == "forward":
+        first, end = kv_segment_spans(kmask, plan.q_len, c.block_q, c.block_kv)
+    elif kernel == "dq":
+        first, end = kv_segment_spans(kmask, plan.q_len, c.block_q_dq, c.block_kv_dq)
+    elif kernel == "dkv":
+        first, end = q_segment_spans(kmask, plan.q_len, c.block_q_bwd, c.block_kv_bwd)
+    else:
+        raise ValueError(f"kernel={kernel!r}: expected 'forward', 'dq' or 'dkv'")
+    return jnp.stack([first, end]).astype(jnp.int32)
+
+
+def _segment_operands(kmask: KernelMask, plan: Plan, kernel: str) -> list:
+    """Extra operands with segment ids: padded q and kv ids and the kernel's tile spans."""
+    if not plan.segmented:
+        return []
+    return [kmask.q_segment_ids, kmask.kv_segment_ids, segment_spans(kmask, plan, kernel)]
 
 
 # -- shared kernel pieces ------------------------------------------------------------
@@ -232,6 +284,42 @@ def _positions(rows: int, cols: int, dim: int, start):
     """Absolute positions along `dim` of a [rows, cols] WGMMA tile starting at `start`."""
     iota = plgpu.broadcasted_iota(jnp.int32, (rows, cols), dim, layout=plgpu.Layout.WGMMA)
     return iota + start
+
+
+def _segment_ids(ids_ref, batch, start, size: int, dim: int):
+    """[size] segment ids of positions [start, start + size), laid out along `dim` of a
+    WGMMA tile (0: one per row, 1: one per column); read from device memory."""
+    # A plain (not "optimized") per-thread load: optimized transfers only exist for SMEM.
+    return plgpu.load(ids_ref.at[batch, pl.ds(start, size)], layout=plgpu.Layout.WGMMA.reduce(1 - dim),
+                      optimized=False)
+
+
+def _tile_visible(plan: "Plan", shape, q_dim: int, q_start, k_start, prefix, kv_len, q_ids=None, kv_ids=None):
+    """Boolean WGMMA tile of visible pairs; queries run along `q_dim` (0: rows), keys along
+    the other; q_ids / kv_ids are the tile's segment ids along those dims (or None)."""
+    rows, cols = shape
+    q_pos = _positions(rows, cols, q_dim, q_start)
+    k_pos = _positions(rows, cols, 1 - q_dim, k_start)
+    segments = ()
+    if q_ids is not None:
+        along = lambda ids, dim: lax.broadcast_in_dim(ids, shape, [dim])
+        segments = (along(q_ids, q_dim), along(kv_ids, 1 - q_dim))
+    return hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal, *segments)
+
+
+def _segment_refs(refs, plan: "Plan"):
+    """Split a kernel's trailing refs into (q ids, kv ids, spans) or Nones, and the rest."""
+    if not plan.segmented:
+        return (None, None, None), refs
+    return tuple(refs[:3]), refs[3:]
+
+
+def _span_reader(spans_ref, batch):
+    """tile -> its (first, end) segment span, read as scalars; None without segment ids."""
+    if spans_ref is None:
+        return None
+    return lambda tile: (spans_ref[0, batch, tile], spans_ref[1, batch, tile])
+
 
 
 def _zeros(shape, layout):
@@ -340,16 +428,21 @@ def smem_bytes(plan: Plan) -> dict[str, int]:
 
 # -- forward -------------------------------------------------------------------------
 
-def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
-                    qo_smem2, k_smem, v_smem, lse_smem2, k_ready, v_ready, q_ready,
-                    k_free, v_free, schedule, *, plan: Plan):
+def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, *refs, plan: Plan):
+    (q_seg_ref, kv_seg_ref, spans_ref), refs = _segment_refs(refs, plan)
+    (out_ref, lse_ref, qo_smem2, k_smem, v_smem, lse_smem2, k_ready, v_ready, q_ready,
+     k_free, v_free, schedule) = refs
     c = plan.config
     bq, bk, stages, d = c.block_q, c.block_kv, c.stages, plan.head_dim
     batch, head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     # The heaviest query tiles (most visible keys under causal masks) start first.
     q_cta = plan.num_q_ctas - 1 - lax.axis_index("q_seq")
     prefix, kv_len, q_offset = _read_scalars(scalars_ref, batch)
-    cta_steps = forward_cta_steps(plan, q_cta, prefix, kv_len, q_offset)
+    spans = _span_reader(spans_ref, batch)
+    cta_first, cta_end = cta_range(forward_ranges, plan, q_cta, prefix, kv_len, q_offset, spans)
+
+    def slot_of(kv_step):
+        return _slot(kv_step - cta_first, stages)
 
     def sync_schedule():
         if c.schedule_barrier:
@@ -357,9 +450,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
             plgpu.barrier_wait(schedule)
 
     def wait_next_key_tile(step):
-        @pl.when(step + 1 < cta_steps)
+        @pl.when(step + 1 < cta_end)
         def _():
-            plgpu.barrier_wait(k_ready.at[_slot(step + 1, stages)])
+            plgpu.barrier_wait(k_ready.at[slot_of(step + 1)])
 
     @pl.when(wg < COMPUTE_WGS)
     def _compute():
@@ -367,14 +460,16 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
         qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
         q_block = COMPUTE_WGS * q_cta + wg
         first_row = q_block * bq
-        num_full, num_visible = forward_ranges(plan, q_block, prefix, kv_len, q_offset)
+        first, split, end = forward_ranges(plan, q_block, prefix, kv_len, q_offset,
+                                           None if spans is None else spans(q_block))
         rows = (batch, pl.ds(first_row, bq), head)
         plgpu.copy_gmem_to_smem(q_ref.at[rows], qo_smem, q_ready.at[wg])
+        q_ids = None if q_seg_ref is None else _segment_ids(q_seg_ref, batch, first_row, bq, 0)
         plgpu.barrier_wait(q_ready.at[wg])
 
         def step(kv_step, carry, *, masked: bool):
             acc, m, l = carry
-            slot = _slot(kv_step, stages)
+            slot = slot_of(kv_step)
 
             def scores(acc_ref):
                 plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
@@ -384,10 +479,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
             s2 = pl.run_scoped(scores, plgpu.ACC((bq, bk), jnp.float32)) * plan.qk_scale
             plgpu.barrier_arrive(k_free.at[slot])
             if masked:  # positions made here, so they hold no registers in unmasked loops
-                q_pos = _positions(bq, bk, 0, q_offset + first_row)
-                k_pos = _positions(bq, bk, 1, kv_step * bk)
-                s2 = hopper_tile.mask_scores(
-                    s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
+                kv_ids = None if kv_seg_ref is None else _segment_ids(kv_seg_ref, batch, kv_step * bk, bk, 1)
+                s2 = hopper_tile.mask_scores(s2, _tile_visible(
+                    plan, (bq, bk), 0, q_offset + first_row, kv_step * bk, prefix, kv_len, q_ids, kv_ids))
             m, alpha, p, l = hopper_tile.softmax_update(s2, m, l, may_be_empty=masked)
             acc = acc * hopper_tile.rows_to_tile(alpha, acc.shape)
             p16 = p.astype(plan.dtype)
@@ -409,7 +503,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
 
         def drain(kv_step, _):
             # A tile only the other warpgroup needs: release the buffers, keep in step.
-            slot = _slot(kv_step, stages)
+            slot = slot_of(kv_step)
             plgpu.barrier_arrive(k_free.at[slot])
             sync_schedule()
             plgpu.barrier_wait(v_ready.at[slot])
@@ -423,15 +517,16 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
                                    plgpu.Layout.WGMMA.reduce(1)),
                  _zeros((bq,), plgpu.Layout.WGMMA.reduce(1)))
 
-        @pl.when(cta_steps > 0)
+        @pl.when(cta_end > cta_first)
         def _():
             plgpu.barrier_wait(k_ready.at[0])
 
         if c.schedule_barrier:
             pl.when(wg == 1)(sync_schedule)
-        carry = lax.fori_loop(0, num_full, functools.partial(step, masked=False), carry)
-        carry = lax.fori_loop(num_full, num_visible, functools.partial(step, masked=True), carry)
-        lax.fori_loop(num_visible, cta_steps, drain, ())
+        lax.fori_loop(cta_first, first, drain, ())
+        carry = lax.fori_loop(first, split, functools.partial(step, masked=False), carry)
+        carry = lax.fori_loop(split, end, functools.partial(step, masked=True), carry)
+        lax.fori_loop(end, cta_end, drain, ())
         if c.schedule_barrier:
             pl.when(wg == 0)(sync_schedule)
 
@@ -450,17 +545,17 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, out_ref, lse_ref,
         plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
         kv_head = lax.div(head, jnp.int32(plan.group))
 
-        @pl.loop(0, cta_steps)
-        def _(kv_step):
-            slot = _slot(kv_step, stages)
-            tile = (batch, pl.ds(kv_step * bk, bk), kv_head)
+        @pl.loop(0, cta_end - cta_first)
+        def _(i):
+            slot = _slot(i, stages)
+            tile = (batch, pl.ds((cta_first + i) * bk, bk), kv_head)
 
-            @pl.when(kv_step >= stages)
+            @pl.when(i >= stages)
             def _():
                 plgpu.barrier_wait(k_free.at[slot])
             plgpu.copy_gmem_to_smem(k_ref.at[tile], k_smem.at[slot], k_ready.at[slot])
 
-            @pl.when(kv_step >= stages)
+            @pl.when(i >= stages)
             def _():
                 plgpu.barrier_wait(v_free.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[tile], v_smem.at[slot], v_ready.at[slot])
@@ -481,13 +576,14 @@ def forward(q, k, v, kmask: KernelMask, plan: Plan):
         num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
         compiler_params=_COMPILER_PARAMS,
-    )(q_p, k_p, v_p, scalars_operand(kmask))
+    )(q_p, k_p, v_p, scalars_operand(kmask), *_segment_operands(kmask, plan, "forward"))
     return out[:, :plan.q_len], lse2[:, :, :plan.q_len]
 
 
 # -- backward: dk, dv (and dq with TMA reduce-add) -------------------------------------
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *refs, plan: Plan):
+    (q_seg_ref, kv_seg_ref, spans_ref), refs = _segment_refs(refs, plan)
     atomic = plan.config.dq_mode == "atomic"
     if atomic:
         (dq_acc_ref, dk_ref, dv_ref, k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem,
@@ -497,12 +593,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
          kv_ready, q_ready, do_ready, lse_ready, delta_ready, free) = refs
     c = plan.config
     bq, bk, stages, d, group = c.block_q_bwd, c.block_kv_bwd, c.stages, plan.head_dim, plan.group
-    num_q_blocks = plan.num_q_blocks_bwd
     batch, kv_head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     kv_cta = lax.axis_index("kv_seq")  # early keys are seen by the most queries: first
     prefix, kv_len, q_offset = _read_scalars(scalars_ref, batch)
-    cta_first = dkv_cta_first(plan, kv_cta, prefix, kv_len, q_offset)
-    steps_per_head = num_q_blocks - cta_first
+    spans = _span_reader(spans_ref, batch)
+    cta_first, cta_end = cta_range(dkv_ranges, plan, kv_cta, prefix, kv_len, q_offset, spans)
+    steps_per_head = cta_end - cta_first
 
     @pl.when(wg < COMPUTE_WGS)
     def _compute():
@@ -515,7 +611,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem, kv_ready.at[1, wg])
         plgpu.barrier_wait(kv_ready.at[0, wg])
         plgpu.barrier_wait(kv_ready.at[1, wg])
-        first_visible, first_full = dkv_ranges(plan, kv_block, prefix, kv_len, q_offset)
+        first, split, end = dkv_ranges(plan, kv_block, prefix, kv_len, q_offset,
+                                       None if spans is None else spans(kv_block))
+        kv_ids = None if kv_seg_ref is None else _segment_ids(kv_seg_ref, batch, first_key, bk, 0)
 
         def step(q_block, carry, *, g, masked: bool):
             dk, dv = carry
@@ -524,10 +622,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
             plgpu.barrier_wait(q_ready.at[slot])
             s2_t = _matmul(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * plan.qk_scale
             if masked:
-                k_pos = _positions(bk, bq, 0, first_key)
-                q_pos = _positions(bk, bq, 1, q_offset + first_row)
-                s2_t = hopper_tile.mask_scores(
-                    s2_t, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
+                q_ids = None if q_seg_ref is None else _segment_ids(q_seg_ref, batch, first_row, bq, 1)
+                s2_t = hopper_tile.mask_scores(s2_t, _tile_visible(
+                    plan, (bk, bq), 1, q_offset + first_row, first_key, prefix, kv_len, q_ids, kv_ids))
             plgpu.barrier_wait(lse_ready.at[slot])
             lse2 = plgpu.load(lse_smem.at[slot], layout=plgpu.Layout.WGMMA.reduce(0))
             p_t = hopper_tile.probs_t(s2_t, lse2)
@@ -568,11 +665,11 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
             return ()
 
         def head_loop(g, carry):
-            lax.fori_loop(cta_first, first_visible, functools.partial(drain, g=g), ())
-            carry = lax.fori_loop(first_visible, first_full,
-                                  functools.partial(step, g=g, masked=True), carry)
-            return lax.fori_loop(first_full, num_q_blocks,
-                                 functools.partial(step, g=g, masked=False), carry)
+            lax.fori_loop(cta_first, first, functools.partial(drain, g=g), ())
+            carry = lax.fori_loop(first, split, functools.partial(step, g=g, masked=True), carry)
+            carry = lax.fori_loop(split, end, functools.partial(step, g=g, masked=False), carry)
+            lax.fori_loop(end, cta_end, functools.partial(drain, g=g), ())
+            return carry
 
         dk, dv = lax.fori_loop(0, group, head_loop, (_zeros((bk, d), plgpu.Layout.WGMMA),
                                                      _zeros((bk, d), plgpu.Layout.WGMMA)))
@@ -607,10 +704,10 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
             plgpu.copy_gmem_to_smem(delta_ref.at[stats], delta_smem.at[slot], delta_ready.at[slot])
 
 
-def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
+def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, segments, plan: Plan):
     """(dk, dv, dq_accumulator or None); dq_accumulator is float32 and lacks the scale."""
     atomic = plan.config.dq_mode == "atomic"
-    operands = [q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars]
+    operands = [q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, *segments]
     dq_acc = None
     if atomic:
         dq_acc = jax.new_ref(
@@ -632,15 +729,20 @@ def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
 
 # -- backward: dq (separate kernel) --------------------------------------------------
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_ref,
-               q_smem2, do_smem2, lse_smem2, delta_smem2, k_smem, v_smem, row_ready,
-               k_ready, v_ready, free, *, plan: Plan):
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *refs, plan: Plan):
+    (q_seg_ref, kv_seg_ref, spans_ref), refs = _segment_refs(refs, plan)
+    (dq_ref, q_smem2, do_smem2, lse_smem2, delta_smem2, k_smem, v_smem, row_ready,
+     k_ready, v_ready, free) = refs
     c = plan.config
     bq, bk, stages, d = c.block_q_dq, c.block_kv_dq, c.stages, plan.head_dim
     batch, head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     q_cta = plan.num_q_ctas_dq - 1 - lax.axis_index("q_seq")
     prefix, kv_len, q_offset = _read_scalars(scalars_ref, batch)
-    cta_steps = dq_cta_steps(plan, q_cta, prefix, kv_len, q_offset)
+    spans = _span_reader(spans_ref, batch)
+    cta_first, cta_end = cta_range(dq_ranges, plan, q_cta, prefix, kv_len, q_offset, spans)
+
+    def slot_of(kv_step):
+        return _slot(kv_step - cta_first, stages)
 
     @pl.when(wg < COMPUTE_WGS)
     def _compute():
@@ -659,17 +761,18 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_
             plgpu.barrier_wait(row_ready.at[i, wg])
         lse2 = plgpu.load(lse_smem, layout=plgpu.Layout.WGMMA.reduce(1))
         delta = plgpu.load(delta_smem, layout=plgpu.Layout.WGMMA.reduce(1))
-        num_full, num_visible = dq_ranges(plan, q_block, prefix, kv_len, q_offset)
+        first, split, end = dq_ranges(plan, q_block, prefix, kv_len, q_offset,
+                                      None if spans is None else spans(q_block))
+        q_ids = None if q_seg_ref is None else _segment_ids(q_seg_ref, batch, first_row, bq, 0)
 
         def step(kv_step, dq, *, masked: bool):
-            slot = _slot(kv_step, stages)
+            slot = slot_of(kv_step)
             plgpu.barrier_wait(k_ready.at[slot])
             s2 = _matmul(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * plan.qk_scale
             if masked:
-                q_pos = _positions(bq, bk, 0, q_offset + first_row)
-                k_pos = _positions(bq, bk, 1, kv_step * bk)
-                s2 = hopper_tile.mask_scores(
-                    s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
+                kv_ids = None if kv_seg_ref is None else _segment_ids(kv_seg_ref, batch, kv_step * bk, bk, 1)
+                s2 = hopper_tile.mask_scores(s2, _tile_visible(
+                    plan, (bq, bk), 0, q_offset + first_row, kv_step * bk, prefix, kv_len, q_ids, kv_ids))
             p = hopper_tile.probs(s2, lse2)
             plgpu.barrier_wait(v_ready.at[slot])
             dp = _matmul(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
@@ -679,16 +782,17 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_
             return dq
 
         def drain(kv_step, _):
-            slot = _slot(kv_step, stages)
+            slot = slot_of(kv_step)
             plgpu.barrier_wait(k_ready.at[slot])
             plgpu.barrier_wait(v_ready.at[slot])
             plgpu.barrier_arrive(free.at[slot])
             return ()
 
         dq = _zeros((bq, d), plgpu.Layout.WGMMA)
-        dq = lax.fori_loop(0, num_full, functools.partial(step, masked=False), dq)
-        dq = lax.fori_loop(num_full, num_visible, functools.partial(step, masked=True), dq)
-        lax.fori_loop(num_visible, cta_steps, drain, ())
+        lax.fori_loop(cta_first, first, drain, ())
+        dq = lax.fori_loop(first, split, functools.partial(step, masked=False), dq)
+        dq = lax.fori_loop(split, end, functools.partial(step, masked=True), dq)
+        lax.fori_loop(end, cta_end, drain, ())
         q_smem[...] = (dq * plan.scale).astype(plan.dtype)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
@@ -699,19 +803,19 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, dq_
         plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
         kv_head = lax.div(head, jnp.int32(plan.group))
 
-        @pl.loop(0, cta_steps)
-        def _(kv_step):
-            slot = _slot(kv_step, stages)
-            tile = (batch, pl.ds(kv_step * bk, bk), kv_head)
+        @pl.loop(0, cta_end - cta_first)
+        def _(i):
+            slot = _slot(i, stages)
+            tile = (batch, pl.ds((cta_first + i) * bk, bk), kv_head)
 
-            @pl.when(kv_step >= stages)
+            @pl.when(i >= stages)
             def _():
                 plgpu.barrier_wait(free.at[slot])
             plgpu.copy_gmem_to_smem(k_ref.at[tile], k_smem.at[slot], k_ready.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[tile], v_smem.at[slot], v_ready.at[slot])
 
 
-def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
+def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, segments, plan: Plan):
     return plgpu.kernel(
         functools.partial(_dq_kernel, plan=plan),
         out_type=jax.ShapeDtypeStruct(q_p.shape, plan.dtype),
@@ -721,7 +825,7 @@ def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan: Plan):
         num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
         compiler_params=_COMPILER_PARAMS,
-    )(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars)
+    )(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, *segments)
 
 
 def backward(q, k, v, kmask: KernelMask, lse2, delta, do, plan: Plan):
@@ -733,9 +837,11 @@ def backward(q, k, v, kmask: KernelMask, lse2, delta, do, plan: Plan):
                      constant_values=jnp.inf)
     delta_p = pad_axis(delta, 2, plan.q_len_padded)
     scalars = scalars_operand(kmask)
-    dk, dv, dq_acc = _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan)
+    dk, dv, dq_acc = _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars,
+                                   _segment_operands(kmask, plan, "dkv"), plan)
     if dq_acc is None:
-        dq = _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars, plan)
+        dq = _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, scalars,
+                          _segment_operands(kmask, plan, "dq"), plan)
     else:
         dq = (dq_acc * plan.scale).astype(plan.dtype)
     return dq[:, :plan.q_len], dk[:, :plan.kv_len], dv[:, :plan.kv_len]
@@ -753,7 +859,7 @@ def flash_attention_hopper(
     """Masked flash attention on Hopper GPUs (Pallas Mosaic GPU); differentiable.
 
     q [B, Tq, H, D], k and v [B, Tk, Hkv, D]; D in (64, 128); bf16 or fp16 (float32
-    accumulation); H a multiple of Hkv. Any `AttentionMask` without segment ids;
+    accumulation); H a multiple of Hkv. Any `AttentionMask` (segment ids included);
     lengths need not be multiples of the tiles. Needs an sm_90 GPU to run; lowering
     can be checked anywhere (see tests/test_kernels_hopper.py).
     """

@@ -6,6 +6,7 @@
    float32 reference on fresh random inputs (seed printed): prefix 0, prefix = length,
    per-example prefixes, keys padded to length 0 (rows that see nothing -> exact
    zeros), GQA, Tq != Tk with query offsets, lengths that are not tile multiples,
+   packed segments (sorted and unsorted ids),
    head_dim 64 and 128, bf16 (and fp16 for two cases), both dq modes. The forward runs
    twice and must match bitwise (a moving result is a race).
 2. The two dq modes timed against each other at the target shape.
@@ -53,6 +54,18 @@ class Case:
     empty_examples: tuple[int, ...] = ()  # examples whose rows see no key
 
 
+def _packed(lengths_per_example, total: int) -> jax.Array:
+    """[B, total] segment ids of sequences packed back to back (ids 1, 2, ...; the rest one more id)."""
+    rows = [np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)]
+                           + [np.full(total - sum(lengths), len(lengths) + 1)]) for lengths in lengths_per_example]
+    return jnp.asarray(np.stack(rows), jnp.int32)
+
+
+def _random_ids(batch: int, total: int) -> jax.Array:
+    """Ids in {0, 1, 2} in no order: every tile pair is visited and masked element by element."""
+    return jnp.asarray(np.random.default_rng(0).integers(0, 3, (batch, total)), jnp.int32)
+
+
 def cases() -> list[Case]:
     return [
         Case("prefix_lm_edges", 4, 1000, 1000, 4, 4, 128,
@@ -65,6 +78,11 @@ def cases() -> list[Case]:
              AttentionMask.bidirectional(kv_lengths=jnp.array([777, 300]))),
         Case("prefix_diffusion_offset", 2, 256, 1024, 4, 1, 128,
              AttentionMask.prefix_diffusion(jnp.array([200, 50]), q_offset=jnp.array([768, 100]))),
+        Case("packed_causal_gqa", 2, 2000, 2000, 8, 2, 128, AttentionMask.causal_mask(
+            q_segment_ids=_packed([(500, 700, 800), (1000, 1000)], 2000),
+            kv_segment_ids=_packed([(500, 700, 800), (1000, 1000)], 2000))),
+        Case("unsorted_segments_prefix_lm", 2, 640, 640, 4, 4, 64, AttentionMask.prefix_lm(
+            jnp.array([100, 640]), q_segment_ids=_random_ids(2, 640), kv_segment_ids=_random_ids(2, 640))),
         Case("target_prefix_lm", TARGET["batch"], TARGET["seq_len"], TARGET["seq_len"],
              TARGET["heads"], TARGET["heads"], 128,
              kernels_bench.make_mask("prefix_lm", TARGET["batch"], TARGET["seq_len"])),

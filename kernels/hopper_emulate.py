@@ -43,47 +43,79 @@ def _scalars(kmask: KernelMask, b: int):
     return int(kmask.prefix[b]), int(kmask.kv_len[b]), int(kmask.q_offset[b])
 
 
-def _tile_positions(rows: int, cols: int, first_row, first_col):
-    return (first_row + jnp.arange(rows)[:, None], first_col + jnp.arange(cols)[None, :])
+def _spans(kmask: KernelMask, plan: hopper.Plan, kernel: str, b: int):
+    """tile -> (first, end) segment span of example b as ints, or None without segment ids."""
+    spans = hopper.segment_spans(kmask, plan, kernel)
+    if spans is None:
+        return None
+    spans = np.asarray(spans)
+    return lambda tile: (int(spans[0, b, tile]), int(spans[1, b, tile]))
 
 
-# One tile of each pass, jitted so that the eager replay stays quick.
+def _ints(values):
+    return tuple(int(v) for v in values)
 
-@functools.partial(jax.jit, static_argnames=("plan", "masked"))
-def _forward_step(q_tile, k_tile, v_tile, acc, m, l, first_q, first_k, prefix, kv_len, *,
-                  plan: hopper.Plan, masked: bool):
+
+# One tile of each pass, jitted so that the eager replay stays quick. `mask` is the
+# tile's element mask ([queries, keys]) on masked steps, None on unmasked ones.
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _forward_step(q_tile, k_tile, v_tile, acc, m, l, mask, *, plan: hopper.Plan):
     s2 = _dot(q_tile, k_tile.T) * plan.qk_scale
-    if masked:
-        q_pos, k_pos = _tile_positions(q_tile.shape[0], k_tile.shape[0], first_q, first_k)
-        s2 = hopper_tile.mask_scores(s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
-    m, alpha, p, l = hopper_tile.softmax_update(s2, m, l, may_be_empty=masked)
+    if mask is not None:
+        s2 = hopper_tile.mask_scores(s2, mask)
+    m, alpha, p, l = hopper_tile.softmax_update(s2, m, l, may_be_empty=mask is not None)
     acc = acc * hopper_tile.rows_to_tile(alpha, acc.shape) + _dot(p.astype(plan.dtype), v_tile)
     return acc, m, l
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "masked"))
-def _dkv_step(k_tile, v_tile, q_tile, do_tile, lse2, delta, dk, dv, first_q, first_k, prefix,
-              kv_len, *, plan: hopper.Plan, masked: bool):
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _dkv_step(k_tile, v_tile, q_tile, do_tile, lse2, delta, dk, dv, mask, *, plan: hopper.Plan):
     s2_t = _dot(k_tile, q_tile.T) * plan.qk_scale
-    if masked:
-        k_pos, q_pos = _tile_positions(k_tile.shape[0], q_tile.shape[0], first_k, first_q)
-        s2_t = hopper_tile.mask_scores(s2_t, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
+    if mask is not None:
+        s2_t = hopper_tile.mask_scores(s2_t, mask.T)
     p_t = hopper_tile.probs_t(s2_t, lse2)
     dv = dv + _dot(p_t.astype(plan.dtype), do_tile)
     ds_t = hopper_tile.dscores_t(p_t, _dot(v_tile, do_tile.T), delta).astype(plan.dtype)
     return dk + _dot(ds_t, q_tile), dv, _dot(ds_t.T, k_tile)
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "masked"))
-def _dq_step(q_tile, do_tile, k_tile, v_tile, lse2, delta, dq, first_q, first_k, prefix, kv_len,
-             *, plan: hopper.Plan, masked: bool):
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _dq_step(q_tile, do_tile, k_tile, v_tile, lse2, delta, dq, mask, *, plan: hopper.Plan):
     s2 = _dot(q_tile, k_tile.T) * plan.qk_scale
-    if masked:
-        q_pos, k_pos = _tile_positions(q_tile.shape[0], k_tile.shape[0], first_q, first_k)
-        s2 = hopper_tile.mask_scores(s2, hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal))
+    if mask is not None:
+        s2 = hopper_tile.mask_scores(s2, mask)
     p = hopper_tile.probs(s2, lse2)
     ds = hopper_tile.dscores(p, _dot(do_tile, v_tile.T), delta).astype(plan.dtype)
     return dq + _dot(ds, k_tile)
+
+
+class _TileMasks:
+    """Element masks of one example's tiles, as the kernels build them in masked steps."""
+
+    def __init__(self, kmask: KernelMask, plan: hopper.Plan, b: int):
+        self.prefix, self.kv_len, self.q_offset = _scalars(kmask, b)
+        self.causal = plan.causal
+        self.q_ids = None if kmask.q_segment_ids is None else np.asarray(kmask.q_segment_ids[b])
+        self.kv_ids = None if kmask.kv_segment_ids is None else np.asarray(kmask.kv_segment_ids[b])
+
+    def __call__(self, first_row: int, rows: int, first_key: int, keys: int):
+        """[rows, keys] mask of query rows [first_row, +rows) against keys [first_key, +keys)."""
+        q_pos = self.q_offset + first_row + np.arange(rows)[:, None]
+        k_pos = first_key + np.arange(keys)[None, :]
+        segments = ()
+        if self.q_ids is not None:
+            segments = (self.q_ids[first_row:first_row + rows, None], self.kv_ids[None, first_key:first_key + keys])
+        return jnp.asarray(hopper_tile.visible(q_pos, k_pos, self.prefix, self.kv_len, self.causal, *segments))
+
+
+def _walk(cta_first: int, cta_end: int, wg_range, first_masked: bool):
+    """(step, masked) for the steps a compute warpgroup computes, checking that its range
+    lies inside its block's; the other steps of [cta_first, cta_end) it drains."""
+    first, split, end = wg_range
+    assert first >= end or (cta_first <= first <= split <= end <= cta_end), (cta_first, cta_end, wg_range)
+    for step in range(first, end):
+        yield step, (step < split) == first_masked
 
 
 def forward(q, k, v, kmask: KernelMask, plan: hopper.Plan, counts: TileCounts):
@@ -95,28 +127,25 @@ def forward(q, k, v, kmask: KernelMask, plan: hopper.Plan, counts: TileCounts):
     out = np.zeros(q_p.shape, np.float32)
     lse2 = np.zeros((plan.batch, plan.num_heads, plan.q_len_padded), np.float32)
     for b in range(plan.batch):
-        prefix, kv_len, q_offset = _scalars(kmask, b)
+        scalars, spans, masks = _scalars(kmask, b), _spans(kmask, plan, "forward", b), _TileMasks(kmask, plan, b)
         for h in range(plan.num_heads):
             kv_head = h // plan.group
             for q_cta in range(plan.num_q_ctas):
-                cta_steps = int(hopper.forward_cta_steps(plan, q_cta, prefix, kv_len, q_offset))
-                counts.forward_fetched += cta_steps
+                cta_first, cta_end = _ints(hopper.cta_range(hopper.forward_ranges, plan, q_cta, *scalars, spans))
+                counts.forward_fetched += cta_end - cta_first
                 for wg in range(hopper.COMPUTE_WGS):
                     q_block = hopper.COMPUTE_WGS * q_cta + wg
-                    num_full, num_visible = map(int, hopper.forward_ranges(
-                        plan, q_block, prefix, kv_len, q_offset))
-                    assert num_visible <= cta_steps
+                    wg_range = _ints(hopper.forward_ranges(plan, q_block, *scalars,
+                                                           None if spans is None else spans(q_block)))
                     rows = slice(q_block * bq, (q_block + 1) * bq)
-                    q_tile = q_p[b, rows, h]
-                    q_pos = q_offset + q_block * bq
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
                     m = jnp.full((bq,), -jnp.inf, jnp.float32)
                     l = jnp.zeros((bq,), jnp.float32)
-                    for step in range(num_visible):
+                    for step, masked in _walk(cta_first, cta_end, wg_range, first_masked=False):
                         keys = slice(step * bk, (step + 1) * bk)
-                        acc, m, l = _forward_step(
-                            q_tile, k_p[b, keys, kv_head], v_p[b, keys, kv_head], acc, m, l,
-                            q_pos, step * bk, prefix, kv_len, plan=plan, masked=step >= num_full)
+                        mask = masks(q_block * bq, bq, step * bk, bk) if masked else None
+                        acc, m, l = _forward_step(q_p[b, rows, h], k_p[b, keys, kv_head], v_p[b, keys, kv_head],
+                                                  acc, m, l, mask, plan=plan)
                         counts.forward_computed += 1
                     o, lse = hopper_tile.softmax_finish(acc, m, l)
                     out[b, rows, h] = np.asarray(o.astype(plan.dtype), np.float32)
@@ -142,30 +171,27 @@ def _backward_dkv(inputs, kmask, plan, counts):
     dv = np.zeros(v_p.shape, np.float32)
     dq_acc = np.zeros(q_p.shape, np.float32)
     for b in range(plan.batch):
-        prefix, kv_len, q_offset = _scalars(kmask, b)
+        scalars, spans, masks = _scalars(kmask, b), _spans(kmask, plan, "dkv", b), _TileMasks(kmask, plan, b)
         for kv_head in range(plan.num_kv_heads):
             for kv_cta in range(plan.num_kv_ctas):
-                cta_first = int(hopper.dkv_cta_first(plan, kv_cta, prefix, kv_len, q_offset))
-                counts.dkv_fetched += plan.group * (plan.num_q_blocks_bwd - cta_first)
+                cta_first, cta_end = _ints(hopper.cta_range(hopper.dkv_ranges, plan, kv_cta, *scalars, spans))
+                counts.dkv_fetched += plan.group * (cta_end - cta_first)
                 for wg in range(hopper.COMPUTE_WGS):
                     kv_block = hopper.COMPUTE_WGS * kv_cta + wg
-                    first_visible, first_full = map(int, hopper.dkv_ranges(
-                        plan, kv_block, prefix, kv_len, q_offset))
-                    assert first_visible >= cta_first
+                    wg_range = _ints(hopper.dkv_ranges(plan, kv_block, *scalars,
+                                                       None if spans is None else spans(kv_block)))
                     keys = slice(kv_block * bk, (kv_block + 1) * bk)
                     k_tile, v_tile = k_p[b, keys, kv_head], v_p[b, keys, kv_head]
-                    k_pos = kv_block * bk
                     dk_acc = jnp.zeros((bk, plan.head_dim), jnp.float32)
                     dv_acc = jnp.zeros((bk, plan.head_dim), jnp.float32)
                     for g in range(plan.group):
                         head = kv_head * plan.group + g
-                        for q_block in range(first_visible, plan.num_q_blocks_bwd):
+                        for q_block, masked in _walk(cta_first, cta_end, wg_range, first_masked=True):
                             rows = slice(q_block * bq, (q_block + 1) * bq)
+                            mask = masks(q_block * bq, bq, kv_block * bk, bk) if masked else None
                             dk_acc, dv_acc, dq_part = _dkv_step(
                                 k_tile, v_tile, q_p[b, rows, head], do_p[b, rows, head],
-                                lse2_p[b, head, rows], delta_p[b, head, rows], dk_acc, dv_acc,
-                                q_offset + q_block * bq, k_pos, prefix, kv_len, plan=plan,
-                                masked=q_block < first_full)
+                                lse2_p[b, head, rows], delta_p[b, head, rows], dk_acc, dv_acc, mask, plan=plan)
                             dq_acc[b, rows, head] += np.asarray(dq_part)
                             counts.dkv_computed += 1
                     dk[b, keys, kv_head] = np.asarray((dk_acc * plan.scale).astype(plan.dtype), np.float32)
@@ -179,27 +205,24 @@ def _backward_dq(inputs, kmask, plan, counts):
     bq, bk = c.block_q_dq, c.block_kv_dq
     dq = np.zeros(q_p.shape, np.float32)
     for b in range(plan.batch):
-        prefix, kv_len, q_offset = _scalars(kmask, b)
+        scalars, spans, masks = _scalars(kmask, b), _spans(kmask, plan, "dq", b), _TileMasks(kmask, plan, b)
         for h in range(plan.num_heads):
             kv_head = h // plan.group
             for q_cta in range(plan.num_q_ctas_dq):
-                cta_steps = int(hopper.dq_cta_steps(plan, q_cta, prefix, kv_len, q_offset))
-                counts.dq_fetched += cta_steps
+                cta_first, cta_end = _ints(hopper.cta_range(hopper.dq_ranges, plan, q_cta, *scalars, spans))
+                counts.dq_fetched += cta_end - cta_first
                 for wg in range(hopper.COMPUTE_WGS):
                     q_block = hopper.COMPUTE_WGS * q_cta + wg
-                    num_full, num_visible = map(int, hopper.dq_ranges(
-                        plan, q_block, prefix, kv_len, q_offset))
-                    assert num_visible <= cta_steps
+                    wg_range = _ints(hopper.dq_ranges(plan, q_block, *scalars,
+                                                      None if spans is None else spans(q_block)))
                     rows = slice(q_block * bq, (q_block + 1) * bq)
-                    q_tile, do_tile = q_p[b, rows, h], do_p[b, rows, h]
-                    q_pos = q_offset + q_block * bq
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
-                    for step in range(num_visible):
+                    for step, masked in _walk(cta_first, cta_end, wg_range, first_masked=False):
                         keys = slice(step * bk, (step + 1) * bk)
-                        acc = _dq_step(q_tile, do_tile, k_p[b, keys, kv_head], v_p[b, keys, kv_head],
-                                       lse2_p[b, h, rows], delta_p[b, h, rows], acc, q_pos,
-                                       step * bk, prefix, kv_len, plan=plan,
-                                       masked=step >= num_full)
+                        mask = masks(q_block * bq, bq, step * bk, bk) if masked else None
+                        acc = _dq_step(q_p[b, rows, h], do_p[b, rows, h], k_p[b, keys, kv_head],
+                                       v_p[b, keys, kv_head], lse2_p[b, h, rows], delta_p[b, h, rows], acc,
+                                       mask, plan=plan)
                         counts.dq_computed += 1
                     dq[b, rows, h] = np.asarray((acc * plan.scale).astype(plan.dtype), np.float32)
     return jnp.asarray(dq, plan.dtype)

@@ -6,7 +6,8 @@ Three kinds of check, because Mosaic GPU interpret mode cannot run these kernels
   the shared-memory limit (checked here by arithmetic) or a run;
 * numerics: `hopper_emulate` replays each block's tile schedule with the kernels' own
   range functions and tile math, against the float32 reference (output, dq, dk, dv);
-* tile skipping: the emulated passes compute exactly the tiles that hold a visible pair.
+* tile skipping: the emulated passes compute exactly the tiles that hold a visible pair
+  (with packed segments too: tiles pairing only different segments are skipped).
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def _rel_err(x, ref):
     return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6)
 
 
+def _packed_ids(lengths_per_example, total):
+    """[B, total] int32 segment ids of sequences packed one after another (ids 1, 2, ...);
+    positions after the last sequence form one more segment, so ids never decrease."""
+    rows = []
+    for lengths in lengths_per_example:
+        ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)]
+                             + [np.full(total - sum(lengths), len(lengths) + 1)])
+        rows.append(ids)
+    return jnp.asarray(np.stack(rows), jnp.int32)
+
+
+PACKED_384 = _packed_ids([(100, 150, 134), (40, 200, 60)], 384)
+SHUFFLED_IDS = jnp.asarray(np.random.default_rng(5).integers(0, 3, (2, 192)), jnp.int32)
+
 # (name, batch, q_len, kv_len, heads, kv_heads, head_dim, mask)
 CASES = [
     ("prefix_lm_edges", 4, 200, 200, 2, 2, 64,
@@ -68,6 +83,13 @@ CASES = [
     ("causal_offset_tq_lt_tk", 2, 130, 300, 2, 1, 128,
      AttentionMask.causal_mask(q_offset=jnp.array([170, 0]), kv_lengths=jnp.array([300, 250]))),
     ("bidirectional_d128", 2, 192, 192, 2, 2, 128, AttentionMask.bidirectional()),
+    ("packed_causal_gqa", 2, 384, 384, 4, 2, 64,
+     AttentionMask.causal_mask(q_segment_ids=PACKED_384, kv_segment_ids=PACKED_384)),
+    ("packed_prefix_diffusion_padded", 2, 384, 384, 2, 2, 64,
+     AttentionMask.prefix_diffusion(jnp.array([130, 0]), kv_lengths=jnp.array([384, 250]),
+                                    q_segment_ids=PACKED_384, kv_segment_ids=PACKED_384)),
+    ("unsorted_segments_bidirectional_d128", 2, 192, 192, 2, 1, 128,
+     AttentionMask.bidirectional(q_segment_ids=SHUFFLED_IDS, kv_segment_ids=SHUFFLED_IDS)),
 ]
 
 
@@ -103,10 +125,19 @@ def _visible_tiles(dense, row_tile, col_tile):
     return int(tiles.any(axis=(1, 3)).sum())
 
 
-def test_hidden_tiles_are_skipped():
+PACKED_512 = _packed_ids([(100, 150, 262), (300, 90), (512,)], 512)
+SKIP_MASKS = {
+    "prefix_lm_padded": AttentionMask.prefix_lm(jnp.array([100, 0, 300]), kv_lengths=jnp.array([512, 512, 400])),
+    # Packed causal sequences: tiles pairing only different sequences hold no visible pair.
+    "packed_causal": AttentionMask.causal_mask(q_segment_ids=PACKED_512, kv_segment_ids=PACKED_512),
+}
+
+
+@pytest.mark.parametrize("mask_name", SKIP_MASKS)
+def test_hidden_tiles_are_skipped(mask_name):
     """Each pass computes exactly the tiles holding a visible pair (T a multiple of the tiles)."""
     batch, length, heads = 3, 512, 1
-    mask = AttentionMask.prefix_lm(jnp.array([100, 0, 300]), kv_lengths=jnp.array([512, 512, 400]))
+    mask = SKIP_MASKS[mask_name]
     q, k, v, do = _random_qkv(jax.random.key(2), batch, length, length, heads, heads, 64)
     config = hopper.HopperConfig(dq_mode="separate")
     _, _, counts, plan = _emulated(q, k, v, do, mask, config)
@@ -139,6 +170,7 @@ def _lower(fn, q_shape, kv_shape, dtype, grad: bool) -> str:
         return jax.jit(f).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
 
 
+PACKED_1000 = _packed_ids([(300, 700), (1000,)], 1000)
 LOWERING_CASES = [
     # (head_dim, dtype, dq_mode, mask)
     (64, jnp.bfloat16, "separate",
@@ -146,11 +178,16 @@ LOWERING_CASES = [
     (128, jnp.bfloat16, "atomic",
      AttentionMask.prefix_diffusion(jnp.array([0, 1000]), q_offset=jnp.array([0, 24]))),
     (128, jnp.float16, "separate", AttentionMask.causal_mask()),
+    (64, jnp.bfloat16, "separate", AttentionMask.causal_mask(q_segment_ids=PACKED_1000, kv_segment_ids=PACKED_1000)),
+    (128, jnp.bfloat16, "atomic", AttentionMask.prefix_lm(
+        jnp.array([3, 500]), kv_lengths=jnp.array([1000, 800]), q_segment_ids=PACKED_1000,
+        kv_segment_ids=PACKED_1000)),
 ]
 
 
 @pytest.mark.parametrize("case", LOWERING_CASES,
-                         ids=[f"d{c[0]}-{jnp.dtype(c[1]).name}-{c[2]}-{c[3].kind}" for c in LOWERING_CASES])
+                         ids=[f"d{c[0]}-{jnp.dtype(c[1]).name}-{c[2]}-{c[3].kind}{'-segments' * c[3].has_segments}"
+                              for c in LOWERING_CASES])
 def test_kernels_lower_for_h100(case):
     head_dim, dtype, dq_mode, mask = case
     config = hopper.HopperConfig(dq_mode=dq_mode)
@@ -171,7 +208,7 @@ def test_adapter_declines_what_it_cannot_do(monkeypatch):
     assert impl.why_not(q, q, q, mask, "gpu") is None
     assert impl.why_not(q, q, q, mask.replace(kv_lengths=jnp.array([100])), "gpu") is None
     ids = jnp.zeros((1, 128), jnp.int32)
-    assert "segment" in impl.why_not(q, q, q, mask.replace(q_segment_ids=ids, kv_segment_ids=ids), "gpu")
+    assert impl.why_not(q, q, q, mask.replace(q_segment_ids=ids, kv_segment_ids=ids), "gpu") is None
     f32 = q.astype(jnp.float32)
     assert "dtype" in impl.why_not(f32, f32, f32, mask, "gpu")
     q96 = jnp.zeros((1, 128, 2, 96), jnp.bfloat16)
@@ -200,3 +237,15 @@ def test_is_hopper_by_capability_or_name():
     assert hopper.is_hopper(Dev("NVIDIA H200"))
     assert not hopper.is_hopper(Dev("NVIDIA A100-SXM4-80GB", "8.0"))
     assert not hopper.is_hopper(Dev("NVIDIA B200", "10.0"))
+
+
+def test_device_check_cases_lower_for_h100():
+    """Every case `hopper_check` runs on the H100 lowers here first, so device time is not
+    spent on a lowering error."""
+    from workbench.kernels import hopper_check
+
+    for case in hopper_check.cases():
+        fn = lambda q, k, v, mask=case.mask: hopper.flash_attention_hopper(q, k, v, mask)
+        text = _lower(fn, (case.batch, case.q_len, case.heads, case.head_dim),
+                      (case.batch, case.kv_len, case.kv_heads, case.head_dim), jnp.bfloat16, grad=True)
+        assert text.count("stablehlo.custom_call @mosaic_gpu_v2(") == 3, case.name
