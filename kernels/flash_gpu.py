@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Optional
 
 import jax
@@ -31,31 +32,69 @@ from workbench.kernels.common import (KernelMask, PlanBase, check_supported, ker
 from workbench.attention.mask import AttentionMask
 
 _MIN_BLOCK = 16  # Triton's smallest matmul tile
+_MAX_WARPS = 32  # 1024 threads, CUDA's most per program
+_PASS_SUFFIX = {"fwd": "", "dq": "_dq", "dkv": "_dkv"}  # GpuBlockSizes field suffix of each pallas_call
+
+
+def default_num_warps(head_dim: int) -> int:
+    """Warps per program where a pass's num_warps is None (as JAX's own Triton kernel)."""
+    return 4 if head_dim <= 64 else 8
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_power_of_two(value) -> bool:
+    return _is_whole(value) and value > 0 and not value & (value - 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class GpuBlockSizes:
-    """Tile sizes. Powers of two, at least 16; clipped to the (padded) sequence length.
+    """Tiles and Triton launch settings for each of the three pallas_calls: the forward (no
+    suffix), dk/dv (`_dkv`) and dq (`_dq`).
 
-    The defaults follow the Triton fused-attention tutorial: a wide q tile for the
-    forward and dq passes, a wide kv tile for the dk/dv pass.
+    Tiles are powers of two, at least 16, clipped to the (padded) sequence length. Launch
+    settings: warps per program (None: `default_num_warps`, 4 at head_dim 64, 8 at 128) and
+    software-pipeline stages. The defaults follow the Triton fused-attention tutorial: a
+    wide q tile for the forward and dq passes, a wide kv tile for the dk/dv pass.
     """
 
     block_q: int = 128
     block_k: int = 64
+    num_warps: Optional[int] = None
+    num_stages: int = 2
     block_q_dkv: int = 32
     block_k_dkv: int = 128
+    num_warps_dkv: Optional[int] = None
+    num_stages_dkv: int = 2
     block_q_dq: int = 128
     block_k_dq: int = 32
-    num_warps: Optional[int] = None  # None: 4 for head_dim 64, 8 for 128
-    num_stages: int = 2
+    num_warps_dq: Optional[int] = None
+    num_stages_dq: int = 2
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name.startswith("block_") and (value < _MIN_BLOCK or value & (value - 1)):
-                raise ValueError(f"GpuBlockSizes.{field.name}={value}: expected a power of two >= "
+            name, value = field.name, getattr(self, field.name)
+            if name.startswith("block_") and not (_is_power_of_two(value) and value >= _MIN_BLOCK):
+                raise ValueError(f"GpuBlockSizes.{name}={value!r}: expected a power of two >= "
                                  f"{_MIN_BLOCK} (Triton tiles)")
+            if name.startswith("num_warps") and value is not None and not (
+                    _is_power_of_two(value) and value <= _MAX_WARPS):
+                raise ValueError(f"GpuBlockSizes.{name}={value!r}: expected a power of two from 1 to "
+                                 f"{_MAX_WARPS} (Triton warps per program), or None for the head_dim "
+                                 f"default (4 at 64, 8 at 128); e.g. {name}=4")
+            if name.startswith("num_stages") and not (_is_whole(value) and value >= 1):
+                raise ValueError(f"GpuBlockSizes.{name}={value!r}: expected a whole number >= 1 (Triton "
+                                 f"software-pipeline stages; 1 turns pipelining off); e.g. {name}=2")
+
+    def launch(self, pass_name: str, head_dim: int) -> tuple[int, int]:
+        """(num_warps, num_stages) of the "fwd", "dq" or "dkv" pallas_call at `head_dim`."""
+        if pass_name not in _PASS_SUFFIX:
+            raise ValueError(f"pass_name={pass_name!r}: expected one of {tuple(_PASS_SUFFIX)}")
+        suffix = _PASS_SUFFIX[pass_name]
+        warps = getattr(self, "num_warps" + suffix)
+        return (default_num_warps(head_dim) if warps is None else warps), getattr(self, "num_stages" + suffix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +105,9 @@ class _Plan(PlanBase):
     blocks: GpuBlockSizes
     interpret: bool
 
-    def compiler_params(self, warps_for_64: int = 4, warps_for_128: int = 8):
-        warps = self.blocks.num_warps or (warps_for_64 if self.head_dim <= 64 else warps_for_128)
-        return pl_triton.CompilerParams(num_warps=warps, num_stages=self.blocks.num_stages)
+    def compiler_params(self, pass_name: str):
+        num_warps, num_stages = self.blocks.launch(pass_name, self.head_dim)
+        return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 def _fit(block: int, length: int) -> int:
@@ -188,7 +227,7 @@ def _forward(q, k, v, kmask: KernelMask, plan: _Plan):
                    pl.BlockSpec((None, None, blocks.block_q), lambda i, b, h: (b, h, i))],
         out_shape=[jax.ShapeDtypeStruct(q_p.shape, q.dtype),
                    jax.ShapeDtypeStruct((plan.batch, plan.num_heads, plan.q_len_padded), jnp.float32)],
-        compiler_params=plan.compiler_params(),
+        compiler_params=plan.compiler_params("fwd"),
         interpret=plan.interpret,
         name="flash_attention_fwd",
     )(*operands)
@@ -258,7 +297,7 @@ def _backward_dq(q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask: KernelMask, plan: 
         in_specs=in_specs,
         out_specs=row,
         out_shape=jax.ShapeDtypeStruct(q_p.shape, q_p.dtype),
-        compiler_params=plan.compiler_params(),
+        compiler_params=plan.compiler_params("dq"),
         interpret=plan.interpret,
         name="flash_attention_bwd_dq",
     )(*operands)
@@ -337,7 +376,7 @@ def _backward_dkv(q_p, k_p, v_p, do_p, lse2_p, delta_p, kmask: KernelMask, plan:
         out_specs=[kv_tile, kv_tile],
         out_shape=[jax.ShapeDtypeStruct(k_p.shape, k_p.dtype),
                    jax.ShapeDtypeStruct(v_p.shape, v_p.dtype)],
-        compiler_params=plan.compiler_params(),
+        compiler_params=plan.compiler_params("dkv"),
         interpret=plan.interpret,
         name="flash_attention_bwd_dkv",
     )(*operands)
