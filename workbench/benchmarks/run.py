@@ -8,7 +8,7 @@ import importlib
 from typing import Optional, Sequence
 
 BENCHMARKS = ("models", "kernels", "decode_speed")  # `make bench`
-OPTIONAL = ("pretrain_budget", "kernel_tuning")  # ~10 min on CPU; block-size sweep (~5 min on an H100)
+OPTIONAL = ("pretrain_budget", "kernel_tuning")  # ~10 min on CPU; block-size sweep (~4-7 min on an H100, estimated)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
