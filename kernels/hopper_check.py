@@ -6,15 +6,17 @@
    float32 reference on fresh random inputs (seed printed): prefix 0, prefix = length,
    per-example prefixes, keys padded to length 0 (rows that see nothing -> exact
    zeros), GQA, Tq != Tk with query offsets, lengths that are not tile multiples,
-   packed segments (sorted and unsorted ids),
-   head_dim 64 and 128, bf16 (and fp16 for two cases), both dq modes. The forward runs
-   twice and must match bitwise (a moving result is a race).
-2. The two dq modes timed against each other at the target shape.
+   packed segments (sorted and unsorted ids), head_dim 64 and 128, bf16 (and fp16 for
+   two cases), for every `--variants` configuration. The forward runs twice and must
+   match bitwise (a moving result is a race).
+2. Each `--variants` configuration (default: the two dq modes) timed side by side at the
+   target shape on prefix-LM, causal, bidirectional and packed causal masks.
 3. `workbench.benchmarks.kernels` at the target shape (B=4, T=4096, H=16, bf16).
 
 `--ptxas` makes Mosaic GPU print ptxas's register and spill report for every kernel it
 compiles (MOSAIC_GPU_DUMP_PTXAS), and `--dump-to DIR` also writes PTX/SASS there.
-Each case reports its own failure and the rest still run; a short table ends the output.
+Each case reports its own failure and the rest still run; a short table ends the output
+and everything goes to OUT/hopper_check.json.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
 from workbench.benchmarks import kernels as kernels_bench
 from workbench.benchmarks.timing import median_seconds
+from workbench.config import save_json
 from workbench.kernels import hopper
 
 TOLERANCE = 1e-2  # norm-relative error, bf16/fp16 operands with float32 accumulation
@@ -131,15 +134,26 @@ def check_case(case: Case, dtype, config: hopper.HopperConfig, seed: int) -> dic
     return dict(errors=errors, problems=problems)
 
 
-def run_checks(seed: int, dq_modes: Sequence[str]) -> list[dict]:
+# Configurations to check and time side by side (one device call measures several). All
+# fit in shared memory at head_dim 128 (3 stages do not: 232,568 bytes in the forward).
+VARIANTS: dict[str, hopper.HopperConfig] = {
+    "separate": hopper.HopperConfig(),
+    "atomic": hopper.HopperConfig(dq_mode="atomic"),
+    "bwd_kv128": hopper.HopperConfig(block_kv_bwd=128),
+    "no_schedule_barrier": hopper.HopperConfig(schedule_barrier=False),
+}
+DEFAULT_VARIANTS = ("separate", "atomic")
+
+
+def run_checks(seed: int, variants: Sequence[str]) -> list[dict]:
     rows = []
-    plan = [(case, jnp.bfloat16, mode) for case in cases() for mode in dq_modes]
-    plan += [(case, jnp.float16, dq_modes[0]) for case in cases()[:2]]
-    for i, (case, dtype, mode) in enumerate(plan):
-        row = dict(case=case.name, dtype=jnp.dtype(dtype).name, dq_mode=mode)
+    plan = [(case, jnp.bfloat16, name) for case in cases() for name in variants]
+    plan += [(case, jnp.float16, variants[0]) for case in cases()[:2]]
+    for i, (case, dtype, name) in enumerate(plan):
+        row = dict(case=case.name, dtype=jnp.dtype(dtype).name, variant=name)
         start = time.perf_counter()
         try:
-            row.update(check_case(case, dtype, hopper.HopperConfig(dq_mode=mode), seed + i))
+            row.update(check_case(case, dtype, VARIANTS[name], seed + i))
         except Exception as err:  # report and go on: one broken config must not hide the rest
             row.update(errors={}, problems=[f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"])
             traceback.print_exc()
@@ -152,43 +166,65 @@ def run_checks(seed: int, dq_modes: Sequence[str]) -> list[dict]:
 def _check_line(row: dict) -> str:
     errs = " ".join(f"{name}={row['errors'].get(name, float('nan')):.1e}" for name in ("out", "dq", "dk", "dv"))
     status = "ok" if not row["problems"] else "FAIL: " + "; ".join(row["problems"])
-    return f"{row['case']:<24} {row['dtype']:<9} {row['dq_mode']:<9} {errs}  {row['seconds']:5.1f}s  {status}"
+    return f"{row['case']:<28} {row['dtype']:<9} {row['variant']:<19} {errs}  {row['seconds']:5.1f}s  {status}"
 
 
-def time_dq_modes(dq_modes: Sequence[str], seed: int) -> list[str]:
-    """fwd and fwd+bwd TFLOP/s of each dq mode at the target shape, D=128."""
+def _timing_masks(batch: int, length: int) -> dict[str, AttentionMask]:
+    """The benchmark's masks plus packed causal sequences (4 per example) for the segment path."""
+    masks = {name: kernels_bench.make_mask(name, batch, length) for name in ("prefix_lm", "causal", "bidirectional")}
+    ids = _packed([(length // 4,) * 4] * batch, length)
+    masks["packed_causal"] = AttentionMask.causal_mask(q_segment_ids=ids, kv_segment_ids=ids)
+    return masks
+
+
+def time_variants(variants: Sequence[str], seed: int) -> list[dict]:
+    """fwd and fwd+bwd TFLOP/s (unmasked work) of each variant at the target shape, D=128.
+
+    A variant whose shared memory does not fit is reported and skipped."""
     b, t, h = TARGET["batch"], TARGET["seq_len"], TARGET["heads"]
     keys = jax.random.split(jax.random.key(seed), 4)
     q, k, v = (jax.random.normal(key, (b, t, h, 128), jnp.bfloat16) for key in keys[:3])
     do = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
-    lines = []
-    for mask_name in ("prefix_lm", "causal", "bidirectional"):
-        mask = kernels_bench.make_mask(mask_name, b, t)
+    rows = []
+    for mask_name, mask in _timing_masks(b, t).items():
         flops = 4.0 * b * h * t * t * 128 * float(mask.density(b, t, t))
-        for mode in dq_modes:
-            config = hopper.HopperConfig(dq_mode=mode)
+        for name in variants:
+            config = VARIANTS[name]
+            row = dict(mask=mask_name, variant=name)
+            smem = hopper.smem_bytes(hopper.make_plan(q, k, mask, None, config))
             fn = lambda q, k, v, c=config, m=mask: hopper.flash_attention_hopper(q, k, v, m, config=c)
 
             def fwd_bwd(q, k, v, do, fn=fn):
                 out, vjp = jax.vjp(fn, q, k, v)
                 return out, vjp(do)
             try:
+                if max(smem.values()) > hopper.SMEM_LIMIT_BYTES:
+                    raise ValueError(f"shared memory {smem} over {hopper.SMEM_LIMIT_BYTES} bytes")
                 fwd_s, _ = median_seconds(jax.jit(fn), (q, k, v), 3, 10)
                 both_s, _ = median_seconds(jax.jit(fwd_bwd), (q, k, v, do), 3, 10)
-                lines.append(f"{mask_name:<14} dq_mode={mode:<9} fwd {flops / fwd_s / 1e12:6.1f} "
-                             f"fwd+bwd {3.5 * flops / both_s / 1e12:6.1f} TFLOP/s "
-                             f"({fwd_s * 1e3:.3f} / {both_s * 1e3:.3f} ms)")
+                row.update(fwd_tflops=flops / fwd_s / 1e12, fwd_bwd_tflops=3.5 * flops / both_s / 1e12,
+                           fwd_ms=fwd_s * 1e3, fwd_bwd_ms=both_s * 1e3)
             except Exception as err:
-                lines.append(f"{mask_name:<14} dq_mode={mode:<9} {type(err).__name__}: {str(err)[:200]}")
-            print(lines[-1], flush=True)
-    return lines
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            rows.append(row)
+            print(_timing_line(row), flush=True)
+    return rows
+
+
+def _timing_line(row: dict) -> str:
+    head = f"{row['mask']:<14} {row['variant']:<19}"
+    if "error" in row:
+        return f"{head} {row['error']}"
+    return (f"{head} fwd {row['fwd_tflops']:6.1f} fwd+bwd {row['fwd_bwd_tflops']:6.1f} TFLOP/s "
+            f"({row['fwd_ms']:.3f} / {row['fwd_bwd_ms']:.3f} ms)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/hopper_check", help="folder for the benchmark results")
     parser.add_argument("--seed", type=int, default=None, help="default: from the clock (printed)")
-    parser.add_argument("--dq-modes", nargs="+", default=list(hopper.DQ_MODES), choices=hopper.DQ_MODES)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                        help="HopperConfig variants to check and time side by side (see VARIANTS)")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--bench-head-dims", type=int, nargs="+", default=[128], choices=hopper.HEAD_DIMS)
@@ -204,8 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, seed {seed}, "
           f"hopper: {hopper.is_hopper(device)}", flush=True)
 
-    check_rows = [] if args.skip_checks else run_checks(seed, args.dq_modes)
-    mode_lines = [] if args.skip_bench else time_dq_modes(args.dq_modes, seed)
+    check_rows = [] if args.skip_checks else run_checks(seed, args.variants)
+    timing_rows = [] if args.skip_bench else time_variants(args.variants, seed)
     if not args.skip_bench:
         config = dataclasses.replace(kernels_bench.default_config(jax.default_backend()),
                                      head_dims=tuple(args.bench_head_dims),
@@ -218,8 +254,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(_check_line(row))
     failed = sum(bool(row["problems"]) for row in check_rows)
     print(f"checks: {len(check_rows) - failed} ok, {failed} failed (tolerance {TOLERANCE:g})")
-    for line in mode_lines:
-        print(line)
+    for row in timing_rows:
+        print(_timing_line(row))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "hopper_check.json", dict(device=device.device_kind, jax=jax.__version__, seed=seed,
+                                              checks=check_rows, timings=timing_rows,
+                                              variants={name: dataclasses.asdict(VARIANTS[name])
+                                                        for name in args.variants}))
+    print("wrote", out / "hopper_check.json")
 
 
 if __name__ == "__main__":

@@ -249,3 +249,15 @@ def test_device_check_cases_lower_for_h100():
         text = _lower(fn, (case.batch, case.q_len, case.heads, case.head_dim),
                       (case.batch, case.kv_len, case.kv_heads, case.head_dim), jnp.bfloat16, grad=True)
         assert text.count("stablehlo.custom_call @mosaic_gpu_v2(") == 3, case.name
+
+
+@pytest.mark.parametrize("variant", ["bwd_kv128", "no_schedule_barrier"])
+def test_device_check_variants_lower_for_h100(variant):
+    """The configurations `hopper_check --variants` can time lower (packed prefix-LM, GQA)."""
+    from workbench.kernels import hopper_check
+
+    config = hopper_check.VARIANTS[variant]
+    mask = LOWERING_CASES[-1][3]
+    fn = lambda q, k, v: hopper.flash_attention_hopper(q, k, v, mask, config=config)
+    text = _lower(fn, (2, 1000, 4, 128), (2, 1000, 2, 128), jnp.bfloat16, grad=True)
+    assert text.count("stablehlo.custom_call @mosaic_gpu_v2(") == (3 if config.dq_mode == "separate" else 2)
