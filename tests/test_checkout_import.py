@@ -1,0 +1,29 @@
+"""A checkout used without installing it (PYTHONPATH=<checkout>, as on a lent GPU machine
+that has JAX but no network) imports the kernels as `workbench.kernels`, like an install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def test_device_scripts_import_from_an_uninstalled_checkout(tmp_path):
+    # -S skips site.py, so the editable install's .pth finder is not loaded; the venv's
+    # site-packages is added as a plain path (third-party packages only).
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(CHECKOUT)!r}]\n"
+        f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+        "assert not any('editable' in str(finder) for finder in sys.meta_path)\n"
+        "import workbench.kernels.hopper_check, workbench.benchmarks.kernel_tuning, workbench.kernels.adapters\n"
+        "import workbench.kernels as kernels\n"
+        f"assert kernels.__file__ == {str(CHECKOUT / 'kernels' / '__init__.py')!r}, kernels.__file__\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
