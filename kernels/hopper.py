@@ -182,7 +182,8 @@ def scalars_operand(kmask: KernelMask) -> jax.Array:
 # and end is the last query tile (dk/dv). With them, `span` is the tile's segment span
 # (`block_mask.segment_tile_spans`: tiles outside it share no segment id) and every
 # visible tile is masked. The copy warpgroup fetches the union of its block's ranges,
-# [cta_first, cta_end); a compute warpgroup drains the tiles of that union outside its own.
+# [cta_first, cta_end) (`cta_range`); a compute warpgroup drains the tiles of that union
+# outside its own range (`warpgroup_range`), so every warpgroup walks every step once.
 
 def forward_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
     """(first, split, end) key tiles of width block_kv for a block_q query tile."""
@@ -190,7 +191,7 @@ def forward_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
     num_full, num_visible = block_mask.kv_block_range(
         q_block, block_q=c.block_q, block_k=c.block_kv, q_len=plan.q_len, prefix=prefix,
         kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=span is not None)
-    return _nonempty_or_at(block_mask.kv_tile_span(num_full, num_visible, span), span)
+    return block_mask.kv_tile_span(num_full, num_visible, span)
 
 
 def dkv_ranges(plan: Plan, kv_block, prefix, kv_len, q_offset, span=None):
@@ -200,8 +201,7 @@ def dkv_ranges(plan: Plan, kv_block, prefix, kv_len, q_offset, span=None):
         kv_block, block_q=c.block_q_bwd, block_k=c.block_kv_bwd,
         num_q_blocks=plan.num_q_blocks_bwd, prefix=prefix, kv_len=kv_len, q_offset=q_offset,
         causal=plan.causal, segmented=span is not None)
-    return _nonempty_or_at(
-        block_mask.q_tile_span(first_visible, first_full, plan.num_q_blocks_bwd, span), span)
+    return block_mask.q_tile_span(first_visible, first_full, plan.num_q_blocks_bwd, span)
 
 
 def dq_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
@@ -210,18 +210,7 @@ def dq_ranges(plan: Plan, q_block, prefix, kv_len, q_offset, span=None):
     num_full, num_visible = block_mask.kv_block_range(
         q_block, block_q=c.block_q_dq, block_k=c.block_kv_dq, q_len=plan.q_len, prefix=prefix,
         kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=span is not None)
-    return _nonempty_or_at(block_mask.kv_tile_span(num_full, num_visible, span), span)
-
-
-def _nonempty_or_at(tile_range, span):
-    """With a segment span a range can come out reversed (span past the visible tiles):
-    make it the empty range at its end, so that draining [cta_first, first) and [end,
-    cta_end) covers the whole block range exactly once."""
-    first, split, end = tile_range
-    if span is None:
-        return tile_range
-    first = jnp.minimum(first, end)
-    return first, jnp.clip(split, first, end), end
+    return block_mask.kv_tile_span(num_full, num_visible, span)
 
 
 def cta_range(range_fn, plan: Plan, cta, prefix, kv_len, q_offset, spans=None):
@@ -241,6 +230,22 @@ def cta_range(range_fn, plan: Plan, cta, prefix, kv_len, q_offset, spans=None):
     first = functools.reduce(jnp.minimum, [jnp.where(e > f, f, never) for f, _, e in ranges])
     end = functools.reduce(jnp.maximum, [jnp.where(e > f, e, 0) for f, _, e in ranges])
     return jnp.minimum(first, end), end
+
+
+def warpgroup_range(range_fn, plan: Plan, tile, prefix, kv_len, q_offset, spans, block_range):
+    """A compute warpgroup's (first, split, end) for `tile`, inside its block's range.
+
+    Without segment ids the ranges lie inside the block's by construction. With them an
+    empty range can sit anywhere (e.g. at tile 0 when the block's starts at 5); clipped
+    into [cta_first, cta_end], draining [cta_first, first) and [end, cta_end) then walks
+    each of the block's steps exactly once, as the barrier protocol needs."""
+    if spans is None:
+        return range_fn(plan, tile, prefix, kv_len, q_offset)
+    first, split, end = range_fn(plan, tile, prefix, kv_len, q_offset, spans(tile))
+    cta_first, cta_end = block_range
+    first = jnp.clip(first, cta_first, cta_end)
+    end = jnp.clip(end, first, cta_end)
+    return first, jnp.clip(split, first, end), end
 
 
 def segment_spans(kmask: KernelMask, plan: Plan, kernel: str) -> Optional[jax.Array]:
@@ -461,8 +466,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, scalars_ref, *refs, plan: Plan):
         qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
         q_block = COMPUTE_WGS * q_cta + wg
         first_row = q_block * bq
-        first, split, end = forward_ranges(plan, q_block, prefix, kv_len, q_offset,
-                                           None if spans is None else spans(q_block))
+        first, split, end = warpgroup_range(forward_ranges, plan, q_block, prefix, kv_len, q_offset, spans,
+                                            (cta_first, cta_end))
         rows = (batch, pl.ds(first_row, bq), head)
         plgpu.copy_gmem_to_smem(q_ref.at[rows], qo_smem, q_ready.at[wg])
         q_ids = None if q_seg_ref is None else _segment_ids(q_seg_ref, batch, first_row, bq, 0)
@@ -612,8 +617,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *r
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem, kv_ready.at[1, wg])
         plgpu.barrier_wait(kv_ready.at[0, wg])
         plgpu.barrier_wait(kv_ready.at[1, wg])
-        first, split, end = dkv_ranges(plan, kv_block, prefix, kv_len, q_offset,
-                                       None if spans is None else spans(kv_block))
+        first, split, end = warpgroup_range(dkv_ranges, plan, kv_block, prefix, kv_len, q_offset, spans,
+                                            (cta_first, cta_end))
         kv_ids = None if kv_seg_ref is None else _segment_ids(kv_seg_ref, batch, first_key, bk, 0)
 
         def step(q_block, carry, *, g, masked: bool):
@@ -762,8 +767,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, scalars_ref, *re
             plgpu.barrier_wait(row_ready.at[i, wg])
         lse2 = plgpu.load(lse_smem, layout=plgpu.Layout.WGMMA.reduce(1))
         delta = plgpu.load(delta_smem, layout=plgpu.Layout.WGMMA.reduce(1))
-        first, split, end = dq_ranges(plan, q_block, prefix, kv_len, q_offset,
-                                      None if spans is None else spans(q_block))
+        first, split, end = warpgroup_range(dq_ranges, plan, q_block, prefix, kv_len, q_offset, spans,
+                                            (cta_first, cta_end))
         q_ids = None if q_seg_ref is None else _segment_ids(q_seg_ref, batch, first_row, bq, 0)
 
         def step(kv_step, dq, *, masked: bool):

@@ -110,10 +110,13 @@ class _TileMasks:
 
 
 def _walk(cta_first: int, cta_end: int, wg_range, first_masked: bool):
-    """(step, masked) for the steps a compute warpgroup computes, checking that its range
-    lies inside its block's; the other steps of [cta_first, cta_end) it drains."""
+    """(step, masked) for the steps a compute warpgroup computes, as the kernels loop:
+    drain [cta_first, first), compute [first, split) and [split, end), drain [end, cta_end).
+    Checks the barrier protocol's invariant: every warpgroup of a block walks each of the
+    block's steps exactly once (a drained or computed step more or less would deadlock)."""
     first, split, end = wg_range
-    assert first >= end or (cta_first <= first <= split <= end <= cta_end), (cta_first, cta_end, wg_range)
+    walked = [*range(cta_first, first), *range(first, split), *range(split, end), *range(end, cta_end)]
+    assert walked == list(range(cta_first, cta_end)), (cta_first, cta_end, wg_range)
     for step in range(first, end):
         yield step, (step < split) == first_masked
 
@@ -135,8 +138,8 @@ def forward(q, k, v, kmask: KernelMask, plan: hopper.Plan, counts: TileCounts):
                 counts.forward_fetched += cta_end - cta_first
                 for wg in range(hopper.COMPUTE_WGS):
                     q_block = hopper.COMPUTE_WGS * q_cta + wg
-                    wg_range = _ints(hopper.forward_ranges(plan, q_block, *scalars,
-                                                           None if spans is None else spans(q_block)))
+                    wg_range = _ints(hopper.warpgroup_range(hopper.forward_ranges, plan, q_block, *scalars, spans,
+                                                               (cta_first, cta_end)))
                     rows = slice(q_block * bq, (q_block + 1) * bq)
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
                     m = jnp.full((bq,), -jnp.inf, jnp.float32)
@@ -178,8 +181,8 @@ def _backward_dkv(inputs, kmask, plan, counts):
                 counts.dkv_fetched += plan.group * (cta_end - cta_first)
                 for wg in range(hopper.COMPUTE_WGS):
                     kv_block = hopper.COMPUTE_WGS * kv_cta + wg
-                    wg_range = _ints(hopper.dkv_ranges(plan, kv_block, *scalars,
-                                                       None if spans is None else spans(kv_block)))
+                    wg_range = _ints(hopper.warpgroup_range(hopper.dkv_ranges, plan, kv_block, *scalars, spans,
+                                                               (cta_first, cta_end)))
                     keys = slice(kv_block * bk, (kv_block + 1) * bk)
                     k_tile, v_tile = k_p[b, keys, kv_head], v_p[b, keys, kv_head]
                     dk_acc = jnp.zeros((bk, plan.head_dim), jnp.float32)
@@ -213,8 +216,8 @@ def _backward_dq(inputs, kmask, plan, counts):
                 counts.dq_fetched += cta_end - cta_first
                 for wg in range(hopper.COMPUTE_WGS):
                     q_block = hopper.COMPUTE_WGS * q_cta + wg
-                    wg_range = _ints(hopper.dq_ranges(plan, q_block, *scalars,
-                                                      None if spans is None else spans(q_block)))
+                    wg_range = _ints(hopper.warpgroup_range(hopper.dq_ranges, plan, q_block, *scalars, spans,
+                                                               (cta_first, cta_end)))
                     rows = slice(q_block * bq, (q_block + 1) * bq)
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
                     for step, masked in _walk(cta_first, cta_end, wg_range, first_masked=False):
