@@ -109,7 +109,7 @@ class _TileMasks:
         return jnp.asarray(hopper_tile.visible(q_pos, k_pos, self.prefix, self.kv_len, self.causal, *segments))
 
 
-def _walk(cta_first: int, cta_end: int, wg_range, first_masked: bool):
+def walk_steps(cta_first: int, cta_end: int, wg_range, first_masked: bool):
     """(step, masked) for the steps a compute warpgroup computes, as the kernels loop:
     drain [cta_first, first), compute [first, split) and [split, end), drain [end, cta_end).
     Checks the barrier protocol's invariant: every warpgroup of a block walks each of the
@@ -144,7 +144,7 @@ def forward(q, k, v, kmask: KernelMask, plan: hopper.Plan, counts: TileCounts):
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
                     m = jnp.full((bq,), -jnp.inf, jnp.float32)
                     l = jnp.zeros((bq,), jnp.float32)
-                    for step, masked in _walk(cta_first, cta_end, wg_range, first_masked=False):
+                    for step, masked in walk_steps(cta_first, cta_end, wg_range, first_masked=False):
                         keys = slice(step * bk, (step + 1) * bk)
                         mask = masks(q_block * bq, bq, step * bk, bk) if masked else None
                         acc, m, l = _forward_step(q_p[b, rows, h], k_p[b, keys, kv_head], v_p[b, keys, kv_head],
@@ -189,7 +189,7 @@ def _backward_dkv(inputs, kmask, plan, counts):
                     dv_acc = jnp.zeros((bk, plan.head_dim), jnp.float32)
                     for g in range(plan.group):
                         head = kv_head * plan.group + g
-                        for q_block, masked in _walk(cta_first, cta_end, wg_range, first_masked=True):
+                        for q_block, masked in walk_steps(cta_first, cta_end, wg_range, first_masked=True):
                             rows = slice(q_block * bq, (q_block + 1) * bq)
                             mask = masks(q_block * bq, bq, kv_block * bk, bk) if masked else None
                             dk_acc, dv_acc, dq_part = _dkv_step(
@@ -220,7 +220,7 @@ def _backward_dq(inputs, kmask, plan, counts):
                                                                (cta_first, cta_end)))
                     rows = slice(q_block * bq, (q_block + 1) * bq)
                     acc = jnp.zeros((bq, plan.head_dim), jnp.float32)
-                    for step, masked in _walk(cta_first, cta_end, wg_range, first_masked=False):
+                    for step, masked in walk_steps(cta_first, cta_end, wg_range, first_masked=False):
                         keys = slice(step * bk, (step + 1) * bk)
                         mask = masks(q_block * bq, bq, step * bk, bk) if masked else None
                         acc = _dq_step(q_p[b, rows, h], do_p[b, rows, h], k_p[b, keys, kv_head],

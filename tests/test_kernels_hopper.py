@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import AbstractDevice, AbstractMesh
 
 from workbench.attention.mask import AttentionMask
@@ -261,3 +263,75 @@ def test_device_check_variants_lower_for_h100(variant):
     fn = lambda q, k, v: hopper.flash_attention_hopper(q, k, v, mask, config=config)
     text = _lower(fn, (2, 1000, 4, 128), (2, 1000, 2, 128), jnp.bfloat16, grad=True)
     assert text.count("stablehlo.custom_call @mosaic_gpu_v2(") == (3 if config.dq_mode == "separate" else 2)
+
+
+def _schedule_ids(draw, length: int):
+    """Packed sequences (sorted ids) or arbitrary ids in runs."""
+    cuts = sorted(draw(st.lists(st.integers(1, length - 1), max_size=3, unique=True)))
+    packed = np.searchsorted(np.asarray(cuts), np.arange(length), side="right")
+    if draw(st.booleans()):
+        return packed
+    return np.asarray(draw(st.lists(st.integers(0, 2), min_size=4, max_size=4)))[packed]
+
+
+@st.composite
+def _schedule_masks(draw):
+    batch = 2
+    q_len = draw(st.sampled_from([64, 200, 256, 384]))
+    kv_len = q_len + draw(st.sampled_from([0, 0, 70, 136]))  # longer keys: queries at an offset
+    per_example = lambda strategy: jnp.asarray(draw(st.lists(strategy, min_size=batch, max_size=batch)))  # noqa: E731
+    fields = dict(causal=draw(st.booleans()),
+                  prefix_len=per_example(st.sampled_from([0, q_len]) | st.integers(0, kv_len)),
+                  kv_lengths=per_example(st.sampled_from([0, kv_len]) | st.integers(0, kv_len)),
+                  q_offset=per_example(st.just(0) | st.integers(0, kv_len - q_len)) if kv_len > q_len else None)
+    if draw(st.sampled_from(["segments", "segments", "none"])) == "segments":
+        ids = np.stack([_schedule_ids(draw, q_len) for _ in range(batch)])
+        fields.update(q_segment_ids=jnp.asarray(ids, jnp.int32),
+                      kv_segment_ids=jnp.asarray(np.pad(ids, ((0, 0), (0, kv_len - q_len)), mode="edge"), jnp.int32))
+    return q_len, kv_len, AttentionMask(**fields)
+
+
+@settings(max_examples=30)
+@given(_schedule_masks())
+def test_schedules_cover_every_visible_tile(case):
+    """For random masks (prefix, key padding, offsets, sorted or unsorted segments), every
+    pass's schedule: walks each block step once per warpgroup, computes every tile that holds
+    a visible pair, and leaves the element mask out only where every pair is visible."""
+    q_len, kv_len, mask = case
+    q = jax.ShapeDtypeStruct((2, q_len, 1, 64), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((2, kv_len, 1, 64), jnp.bfloat16)
+    plan = hopper.make_plan(q, k, mask, None, hopper.HopperConfig())
+    kmask = kernel_mask(mask, plan.batch, q_len, kv_len, plan.q_len_padded, plan.kv_len_padded)
+    dense = np.zeros((2, plan.q_len_padded, plan.kv_len_padded), bool)
+    dense[:, :q_len, :kv_len] = np.asarray(mask.dense(2, q_len, kv_len))
+    c = plan.config
+    passes = [  # (kernel, range_fn, blocks, block_rows, block_cols, walks query tiles?)
+        ("forward", hopper.forward_ranges, plan.num_q_ctas, c.block_q, c.block_kv, False),
+        ("dq", hopper.dq_ranges, plan.num_q_ctas_dq, c.block_q_dq, c.block_kv_dq, False),
+        ("dkv", hopper.dkv_ranges, plan.num_kv_ctas, c.block_kv_bwd, c.block_q_bwd, True),
+    ]
+    for kernel, range_fn, num_ctas, block_rows, block_cols, walks_queries in passes:
+        spans = hopper.segment_spans(kmask, plan, kernel)
+        for b in range(2):
+            scalars = [int(x[b]) for x in (kmask.prefix, kmask.kv_len, kmask.q_offset)]
+            tile_spans = None if spans is None else (lambda t: (int(spans[0, b, t]), int(spans[1, b, t])))
+            pairs = dense[b].T if walks_queries else dense[b]  # [tile rows, walked cols]
+            # Padding query rows need no mask: the forward discards them, the backward gives
+            # them lse2 = +inf (p = 0). Padding keys always need one (kv_len bounds them).
+            real_queries = np.arange(plan.q_len_padded) < q_len
+            for cta in range(num_ctas):
+                block = tuple(map(int, hopper.cta_range(range_fn, plan, cta, *scalars, tile_spans)))
+                for wg in range(hopper.COMPUTE_WGS):
+                    tile = hopper.COMPUTE_WGS * cta + wg
+                    wg_range = tuple(map(int, hopper.warpgroup_range(range_fn, plan, tile, *scalars, tile_spans, block)))
+                    computed = dict(hopper_emulate.walk_steps(*block, wg_range, first_masked=walks_queries))
+                    rows = slice(tile * block_rows, (tile + 1) * block_rows)
+                    for step in range(pairs.shape[1] // block_cols):
+                        cols = slice(step * block_cols, (step + 1) * block_cols)
+                        pair_tile = pairs[rows, cols]
+                        pair_tile = pair_tile[:, real_queries[cols]] if walks_queries else pair_tile[real_queries[rows]]
+                        where = f"{kernel} example {b} tile {tile} step {step}"
+                        if pair_tile.any():
+                            assert step in computed, f"{where}: a visible tile is skipped"
+                        if step in computed and not computed[step]:
+                            assert pair_tile.all(), f"{where}: computed without the element mask"
