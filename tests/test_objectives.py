@@ -153,3 +153,17 @@ def test_masked_diffusion_weights_by_inverse_rate():
     ce = cross_entropy(denoiser_logits(model, batch, jnp.where(hit, 3, batch.tokens)), batch.tokens)
     expected = sum(float(ce[b, p] / rates[b]) for b in range(2) for p in range(8) if hit[b, p]) / float(weights.sum())
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_diffusion_accuracy_is_split_into_all_targets_and_non_padding():
+    model = build_model(tiny(attention="bidirectional"), 0)
+    batch = _diffusion_batch()  # 5 text targets (EOS included), 3 padding targets
+    rng = jax.random.key(5)
+    _, metrics = diffusion_loss(model, batch, rng, LossConfig(kind="diffusion", unroll=False))
+    clean, targets = batch.tokens, batch.target_mask
+    noisy, _, _ = uniform_corrupt(jax.random.split(rng)[0], clean, targets.astype(jnp.float32), V, (0, 1, 2))
+    right = np.asarray(jnp.argmax(denoiser_logits(model, batch, noisy), -1) == clean)
+    targets, text = np.asarray(targets), np.asarray(targets & (clean != 0))
+    assert text.sum() == 5 and targets.sum() == 8
+    np.testing.assert_allclose(float(metrics["accuracy"]), right[targets].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["accuracy_non_pad"]), right[text].mean(), rtol=1e-6)

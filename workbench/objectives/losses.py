@@ -5,7 +5,10 @@
   token is replaced with probability r by a uniformly random non-special token; loss
   L1 + L2, where L2 feeds the argmax (or a sample at `unroll_temperature`) of the first
   pass back in at target positions, keeps input positions clean, and passes no gradient
-  through that choice. Target padding is predicted like any token (the model learns length).
+  through that choice. Target padding is predicted like any token, with the same weight
+  (the model learns length; the paper has no length model). `accuracy_non_pad` reports the
+  first pass's accuracy on the other target tokens: most of a padded canvas is padding,
+  so the plain `accuracy` can be high while the text itself is not learned yet.
 * Masked diffusion (absorbing state): each target token becomes the mask token with
   probability t ~ U(0, 1); cross-entropy on masked positions weighted by 1/t.
 
@@ -34,6 +37,7 @@ class LossConfig:
     min_mask_rate: float = 1e-3  # masked diffusion: t ~ U(min_mask_rate, 1) keeps 1/t finite
     special_ids: tuple[int, ...] = (0, 1, 2)  # never sampled as corruption (pad, eos, unk, ...)
     mask_id: int = 3  # masked diffusion's absorbing token
+    pad_id: int = 0  # target padding (the tokenizer's fixed pad id); only splits the accuracy metric
 
     def __post_init__(self):
         if self.kind not in ("ar", "diffusion", "masked_diffusion"):
@@ -116,7 +120,9 @@ def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     logits1 = denoiser_logits(model, batch, noisy)
     loss1 = _weighted_mean(cross_entropy(logits1, clean), weights)
     correct = (jnp.argmax(logits1, -1) == clean).astype(jnp.float32)
-    metrics = {"loss_l1": loss1, "accuracy": _weighted_mean(correct, weights), "target_tokens": jnp.sum(weights)}
+    text_weights = weights * (clean != config.pad_id)
+    metrics = {"loss_l1": loss1, "accuracy": _weighted_mean(correct, weights),
+               "accuracy_non_pad": _weighted_mean(correct, text_weights), "target_tokens": jnp.sum(weights)}
     loss = loss1
     if config.unroll:
         first_pass = jax.lax.stop_gradient(logits1)
