@@ -120,7 +120,8 @@ def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig
 def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "diffusion", **kw):
     from workbench.objectives.losses import LossConfig
 
-    return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id, **kw)
+    return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id,
+                      pad_id=tokenizer.pad_id, **kw)
 
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:
