@@ -299,7 +299,7 @@ def _segment_ids(ids_ref, batch, start, size: int, dim: int):
                       optimized=False)
 
 
-def _tile_visible(plan: "Plan", shape, q_dim: int, q_start, k_start, prefix, kv_len, q_ids=None, kv_ids=None):
+def _tile_visible(plan: Plan, shape, q_dim: int, q_start, k_start, prefix, kv_len, q_ids=None, kv_ids=None):
     """Boolean WGMMA tile of visible pairs; queries run along `q_dim` (0: rows), keys along
     the other; q_ids / kv_ids are the tile's segment ids along those dims (or None)."""
     rows, cols = shape
@@ -312,7 +312,7 @@ def _tile_visible(plan: "Plan", shape, q_dim: int, q_start, k_start, prefix, kv_
     return hopper_tile.visible(q_pos, k_pos, prefix, kv_len, plan.causal, *segments)
 
 
-def _segment_refs(refs, plan: "Plan"):
+def _segment_refs(refs, plan: Plan):
     """Split a kernel's trailing refs into (q ids, kv ids, spans) or Nones, and the rest."""
     if not plan.segmented:
         return (None, None, None), refs
@@ -324,7 +324,6 @@ def _span_reader(spans_ref, batch):
     if spans_ref is None:
         return None
     return lambda tile: (spans_ref[0, batch, tile], spans_ref[1, batch, tile])
-
 
 
 def _zeros(shape, layout):
