@@ -116,7 +116,9 @@ def walk_steps(cta_first: int, cta_end: int, wg_range, first_masked: bool):
     block's steps exactly once (a drained or computed step more or less would deadlock)."""
     first, split, end = wg_range
     walked = [*range(cta_first, first), *range(first, split), *range(split, end), *range(end, cta_end)]
-    assert walked == list(range(cta_first, cta_end)), (cta_first, cta_end, wg_range)
+    if walked != list(range(cta_first, cta_end)):  # raised even under python -O
+        raise AssertionError(f"warpgroup range {wg_range} does not walk block steps "
+                             f"[{cta_first}, {cta_end}) exactly once")
     for step in range(first, end):
         yield step, (step < split) == first_masked
 
