@@ -217,15 +217,8 @@ def cta_range(range_fn, plan: Plan, cta, prefix, kv_len, q_offset, spans=None):
     """[cta_first, cta_end): the union of the ranges of block `cta`'s compute warpgroups
     (`range_fn` is one of the three above; `spans(tile)` gives a tile's segment span, or
     None without segment ids). Empty ranges add nothing; (0, 0) when all are empty."""
-    ranges = []
-    for wg in range(COMPUTE_WGS):
-        tile = COMPUTE_WGS * cta + wg
-        ranges.append(range_fn(plan, tile, prefix, kv_len, q_offset, None if spans is None else spans(tile)))
-    firsts, ends = [r[0] for r in ranges], [r[2] for r in ranges]
-    if all(isinstance(f, int) and f == 0 for f in firsts):  # forward and dq without segments
-        return 0, functools.reduce(jnp.maximum, ends)
-    if all(isinstance(e, int) for e in ends) and len(set(ends)) == 1:  # dk/dv without segments
-        return functools.reduce(jnp.minimum, firsts), ends[0]
+    ranges = [range_fn(plan, tile, prefix, kv_len, q_offset, None if spans is None else spans(tile))
+              for tile in (COMPUTE_WGS * cta + wg for wg in range(COMPUTE_WGS))]
     never = jnp.int32(jnp.iinfo(jnp.int32).max)
     first = functools.reduce(jnp.minimum, [jnp.where(e > f, f, never) for f, _, e in ranges])
     end = functools.reduce(jnp.maximum, [jnp.where(e > f, e, 0) for f, _, e in ranges])
@@ -233,15 +226,12 @@ def cta_range(range_fn, plan: Plan, cta, prefix, kv_len, q_offset, spans=None):
 
 
 def warpgroup_range(range_fn, plan: Plan, tile, prefix, kv_len, q_offset, spans, block_range):
-    """A compute warpgroup's (first, split, end) for `tile`, inside its block's range.
-
-    Without segment ids the ranges lie inside the block's by construction. With them an
-    empty range can sit anywhere (e.g. at tile 0 when the block's starts at 5); clipped
-    into [cta_first, cta_end], draining [cta_first, first) and [end, cta_end) then walks
-    each of the block's steps exactly once, as the barrier protocol needs."""
-    if spans is None:
-        return range_fn(plan, tile, prefix, kv_len, q_offset)
-    first, split, end = range_fn(plan, tile, prefix, kv_len, q_offset, spans(tile))
+    """A compute warpgroup's (first, split, end) for `tile`, clipped into its block's range
+    [cta_first, cta_end]: draining [cta_first, first) and [end, cta_end) then walks each of
+    the block's steps exactly once, as the barrier protocol needs. (Non-empty ranges lie
+    inside by construction; an empty one can sit anywhere, e.g. at tile 0 while the block
+    starts at 5, or past the block when every range is empty.)"""
+    first, split, end = range_fn(plan, tile, prefix, kv_len, q_offset, None if spans is None else spans(tile))
     cta_first, cta_end = block_range
     first = jnp.clip(first, cta_first, cta_end)
     end = jnp.clip(end, first, cta_end)
