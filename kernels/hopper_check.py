@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.attention.mask import AttentionMask
-from workbench.attention.reference import xla_attention
 from workbench.benchmarks import kernels as kernels_bench
 from workbench.benchmarks.timing import median_seconds
 from workbench.config import save_json
@@ -57,7 +56,7 @@ class Case:
     empty_examples: tuple[int, ...] = ()  # examples whose rows see no key
 
 
-def _packed(lengths_per_example, total: int) -> jax.Array:
+def packed_segment_ids(lengths_per_example, total: int) -> jax.Array:
     """[B, total] segment ids of sequences packed back to back (ids 1, 2, ...; the rest one more id)."""
     rows = [np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)]
                            + [np.full(total - sum(lengths), len(lengths) + 1)]) for lengths in lengths_per_example]
@@ -82,24 +81,14 @@ def cases() -> list[Case]:
         Case("prefix_diffusion_offset", 2, 256, 1024, 4, 1, 128,
              AttentionMask.prefix_diffusion(jnp.array([200, 50]), q_offset=jnp.array([768, 100]))),
         Case("packed_causal_gqa", 2, 2000, 2000, 8, 2, 128, AttentionMask.causal_mask(
-            q_segment_ids=_packed([(500, 700, 800), (1000, 1000)], 2000),
-            kv_segment_ids=_packed([(500, 700, 800), (1000, 1000)], 2000))),
+            q_segment_ids=packed_segment_ids([(500, 700, 800), (1000, 1000)], 2000),
+            kv_segment_ids=packed_segment_ids([(500, 700, 800), (1000, 1000)], 2000))),
         Case("unsorted_segments_prefix_lm", 2, 640, 640, 4, 4, 64, AttentionMask.prefix_lm(
             jnp.array([100, 640]), q_segment_ids=_random_ids(2, 640), kv_segment_ids=_random_ids(2, 640))),
         Case("target_prefix_lm", TARGET["batch"], TARGET["seq_len"], TARGET["seq_len"],
              TARGET["heads"], TARGET["heads"], 128,
              kernels_bench.make_mask("prefix_lm", TARGET["batch"], TARGET["seq_len"])),
     ]
-
-
-def _inputs(case: Case, dtype, seed: int):
-    keys = jax.random.split(jax.random.key(seed), 4)
-    q = jax.random.normal(keys[0], (case.batch, case.q_len, case.heads, case.head_dim), dtype)
-    kv_shape = (case.batch, case.kv_len, case.kv_heads, case.head_dim)
-    k = jax.random.normal(keys[1], kv_shape, dtype)
-    v = jax.random.normal(keys[2], kv_shape, dtype)
-    do = jax.random.normal(keys[3], q.shape, dtype)
-    return q, k, v, do
 
 
 def _rel_err(x, ref) -> float:
@@ -109,21 +98,21 @@ def _rel_err(x, ref) -> float:
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6))
 
 
+def _attention(config: hopper.HopperConfig):
+    """(q, k, v, mask) -> out of the Hopper kernel with this configuration."""
+    return lambda q, k, v, mask: hopper.flash_attention_hopper(q, k, v, mask, config=config)
+
+
 def check_case(case: Case, dtype, config: hopper.HopperConfig, seed: int) -> dict:
-    q, k, v, do = _inputs(case, dtype, seed)
-    fn = jax.jit(lambda q, k, v: hopper.flash_attention_hopper(q, k, v, case.mask, config=config))
-
-    def fwd_bwd(q, k, v, do):
-        out, vjp = jax.vjp(fn, q, k, v)
-        return out, vjp(do)
-
-    out, (dq, dk, dv) = jax.block_until_ready(jax.jit(fwd_bwd)(q, k, v, do))
-    again = jax.block_until_ready(fn(q, k, v))
-    upcast = [x.astype(jnp.float32) for x in (q, k, v)]
-    ref_out, ref_vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, case.mask), *upcast)
-    ref_grads = ref_vjp(do.astype(jnp.float32))
+    q, k, v, do = kernels_bench.random_inputs(jax.random.key(seed), case.batch, case.q_len, case.kv_len,
+                                              case.heads, case.kv_heads, case.head_dim, dtype)
+    attention = _attention(config)
+    out, dq, dk, dv = jax.block_until_ready(jax.jit(kernels_bench.forward_backward(attention))(
+        q, k, v, case.mask, do))
+    again = jax.block_until_ready(jax.jit(attention)(q, k, v, case.mask))
+    reference = kernels_bench.reference_outputs(q, k, v, case.mask, do)
     errors = {name: _rel_err(x, ref) for name, x, ref in
-              zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), (ref_out, *ref_grads))}
+              zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), reference)}
     problems = [f"{name} err {err:.2e}" for name, err in errors.items() if not err < TOLERANCE]
     if not np.array_equal(np.asarray(out), np.asarray(again)):
         problems.append("forward differs between two runs")
@@ -172,7 +161,7 @@ def _check_line(row: dict) -> str:
 def _timing_masks(batch: int, length: int) -> dict[str, AttentionMask]:
     """The benchmark's masks plus packed causal sequences (4 per example) for the segment path."""
     masks = {name: kernels_bench.make_mask(name, batch, length) for name in ("prefix_lm", "causal", "bidirectional")}
-    ids = _packed([(length // 4,) * 4] * batch, length)
+    ids = packed_segment_ids([(length // 4,) * 4] * batch, length)
     masks["packed_causal"] = AttentionMask.causal_mask(q_segment_ids=ids, kv_segment_ids=ids)
     return masks
 
@@ -182,9 +171,7 @@ def time_variants(variants: Sequence[str], seed: int) -> list[dict]:
 
     A variant whose shared memory does not fit is reported and skipped."""
     b, t, h = TARGET["batch"], TARGET["seq_len"], TARGET["heads"]
-    keys = jax.random.split(jax.random.key(seed), 4)
-    q, k, v = (jax.random.normal(key, (b, t, h, 128), jnp.bfloat16) for key in keys[:3])
-    do = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    q, k, v, do = kernels_bench.random_inputs(jax.random.key(seed), b, t, t, h, h, 128, jnp.bfloat16)
     rows = []
     for mask_name, mask in _timing_masks(b, t).items():
         flops = 4.0 * b * h * t * t * 128 * float(mask.density(b, t, t))
@@ -192,16 +179,13 @@ def time_variants(variants: Sequence[str], seed: int) -> list[dict]:
             config = VARIANTS[name]
             row = dict(mask=mask_name, variant=name)
             smem = hopper.smem_bytes(hopper.make_plan(q, k, mask, None, config))
-            fn = lambda q, k, v, c=config, m=mask: hopper.flash_attention_hopper(q, k, v, m, config=c)
-
-            def fwd_bwd(q, k, v, do, fn=fn):
-                out, vjp = jax.vjp(fn, q, k, v)
-                return out, vjp(do)
+            attention = _attention(config)
             try:
                 if max(smem.values()) > hopper.SMEM_LIMIT_BYTES:
                     raise ValueError(f"shared memory {smem} over {hopper.SMEM_LIMIT_BYTES} bytes")
-                fwd_s, _ = median_seconds(jax.jit(fn), (q, k, v), 3, 10)
-                both_s, _ = median_seconds(jax.jit(fwd_bwd), (q, k, v, do), 3, 10)
+                fwd_s, _ = median_seconds(jax.jit(attention), (q, k, v, mask), 3, 10)
+                both_s, _ = median_seconds(jax.jit(kernels_bench.forward_backward(attention)),
+                                           (q, k, v, mask, do), 3, 10)
                 row.update(fwd_tflops=flops / fwd_s / 1e12, fwd_bwd_tflops=3.5 * flops / both_s / 1e12,
                            fwd_ms=fwd_s * 1e3, fwd_bwd_ms=both_s * 1e3)
             except Exception as err:

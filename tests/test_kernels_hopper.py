@@ -12,6 +12,7 @@ Three kinds of check, because Mosaic GPU interpret mode cannot run these kernels
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import jax
@@ -24,7 +25,8 @@ from jax.sharding import AbstractDevice, AbstractMesh
 
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
-from workbench.kernels import adapters, hopper, hopper_emulate
+from workbench.kernels import adapters, hopper, hopper_check, hopper_emulate
+from workbench.kernels.hopper_check import packed_segment_ids
 from workbench.kernels.common import kernel_mask
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
@@ -62,18 +64,7 @@ def _rel_err(x, ref):
     return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6)
 
 
-def _packed_ids(lengths_per_example, total):
-    """[B, total] int32 segment ids of sequences packed one after another (ids 1, 2, ...);
-    positions after the last sequence form one more segment, so ids never decrease."""
-    rows = []
-    for lengths in lengths_per_example:
-        ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)]
-                             + [np.full(total - sum(lengths), len(lengths) + 1)])
-        rows.append(ids)
-    return jnp.asarray(np.stack(rows), jnp.int32)
-
-
-PACKED_384 = _packed_ids([(100, 150, 134), (40, 200, 60)], 384)
+PACKED_384 = packed_segment_ids([(100, 150, 134), (40, 200, 60)], 384)
 SHUFFLED_IDS = jnp.asarray(np.random.default_rng(5).integers(0, 3, (2, 192)), jnp.int32)
 
 # (name, batch, q_len, kv_len, heads, kv_heads, head_dim, mask)
@@ -127,7 +118,7 @@ def _visible_tiles(dense, row_tile, col_tile):
     return int(tiles.any(axis=(1, 3)).sum())
 
 
-PACKED_512 = _packed_ids([(100, 150, 262), (300, 90), (512,)], 512)
+PACKED_512 = packed_segment_ids([(100, 150, 262), (300, 90), (512,)], 512)
 SKIP_MASKS = {
     "prefix_lm_padded": AttentionMask.prefix_lm(jnp.array([100, 0, 300]), kv_lengths=jnp.array([512, 512, 400])),
     # Packed causal sequences: tiles pairing only different sequences hold no visible pair.
@@ -172,7 +163,7 @@ def _lower(fn, q_shape, kv_shape, dtype, grad: bool) -> str:
         return jax.jit(f).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
 
 
-PACKED_1000 = _packed_ids([(300, 700), (1000,)], 1000)
+PACKED_1000 = packed_segment_ids([(300, 700), (1000,)], 1000)
 LOWERING_CASES = [
     # (head_dim, dtype, dq_mode, mask)
     (64, jnp.bfloat16, "separate",
@@ -244,8 +235,6 @@ def test_is_hopper_by_capability_or_name():
 def test_device_check_cases_lower_for_h100():
     """Every case `hopper_check` runs on the H100 lowers here first, so device time is not
     spent on a lowering error."""
-    from workbench.kernels import hopper_check
-
     for case in hopper_check.cases():
         fn = lambda q, k, v, mask=case.mask: hopper.flash_attention_hopper(q, k, v, mask)
         text = _lower(fn, (case.batch, case.q_len, case.heads, case.head_dim),
@@ -256,8 +245,6 @@ def test_device_check_cases_lower_for_h100():
 @pytest.mark.parametrize("variant", ["bwd_kv128", "no_schedule_barrier"])
 def test_device_check_variants_lower_for_h100(variant):
     """The configurations `hopper_check --variants` can time lower (packed prefix-LM, GQA)."""
-    from workbench.kernels import hopper_check
-
     config = hopper_check.VARIANTS[variant]
     mask = LOWERING_CASES[-1][3]
     fn = lambda q, k, v: hopper.flash_attention_hopper(q, k, v, mask, config=config)
@@ -335,3 +322,28 @@ def test_schedules_cover_every_visible_tile(case):
                             assert step in computed, f"{where}: a visible tile is skipped"
                         if step in computed and not computed[step]:
                             assert pair_tile.all(), f"{where}: computed without the element mask"
+
+
+def test_device_check_script_runs_end_to_end_on_cpu(monkeypatch, tmp_path):
+    """hopper_check's plumbing (inputs, reference, error table, timing rows, JSON) with the
+    kernel swapped for the dense reference, so that a mistake there costs no device time;
+    a wrong kernel must be reported, not pass."""
+    ids = PACKED_384[:, :128]
+    small = [hopper_check.Case("packed_gqa", 2, 128, 128, 4, 2, 64,
+                               AttentionMask.causal_mask(q_segment_ids=ids, kv_segment_ids=ids)),
+             hopper_check.Case("empty", 2, 64, 64, 2, 2, 64, AttentionMask.prefix_lm(
+                 jnp.array([5, 0]), kv_lengths=jnp.array([64, 0])), empty_examples=(1,))]
+    monkeypatch.setattr(hopper_check, "cases", lambda: small)
+    monkeypatch.setattr(hopper_check, "TARGET", dict(batch=2, seq_len=128, heads=2))
+    exact = lambda q, k, v, mask, config=None: xla_attention(q, k, v, mask).astype(q.dtype)  # noqa: E731
+    monkeypatch.setattr(hopper, "flash_attention_hopper", exact)
+    hopper_check.main(["--out", str(tmp_path), "--seed", "3"])
+    saved = json.loads((tmp_path / "hopper_check.json").read_text())
+    assert [row["problems"] for row in saved["checks"]] == [[]] * 6  # 2 cases x 2 variants + 2 in fp16
+    assert {row["mask"] for row in saved["timings"]} == {"prefix_lm", "causal", "bidirectional", "packed_causal"}
+    assert all(row["fwd_tflops"] > 0 for row in saved["timings"])
+    assert (tmp_path / "bench" / "results.json").is_file()
+
+    monkeypatch.setattr(hopper, "flash_attention_hopper", lambda q, k, v, mask, config=None: 0.5 * exact(q, k, v, mask))
+    rows = hopper_check.run_checks(3, ["separate"])
+    assert all(any("err" in problem for problem in row["problems"]) for row in rows)

@@ -21,7 +21,6 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from workbench.attention import dispatch
 from workbench.attention.mask import AttentionMask
@@ -179,15 +178,33 @@ def available_impls(platform: str) -> list[BenchImpl]:
     return impls + _tokamax_impls(platform)
 
 
-def _forward(fn):
-    return jax.jit(lambda q, k, v, mask: fn(q, k, v, mask))
+def random_inputs(key: jax.Array, batch: int, q_len: int, kv_len: int, heads: int, kv_heads: int,
+                  head_dim: int, dtype) -> tuple[jax.Array, ...]:
+    """(q [B, Tq, H, D], k and v [B, Tk, Hkv, D], d_out like q): standard normal, in `dtype`."""
+    keys = jax.random.split(key, 4)
+    q = jax.random.normal(keys[0], (batch, q_len, heads, head_dim), dtype)
+    k = jax.random.normal(keys[1], (batch, kv_len, kv_heads, head_dim), dtype)
+    v = jax.random.normal(keys[2], (batch, kv_len, kv_heads, head_dim), dtype)
+    return q, k, v, jax.random.normal(keys[3], q.shape, dtype)
 
 
-def _forward_backward(fn):
+def forward_backward(fn: Callable) -> Callable:
+    """(q, k, v, mask, d_out) -> [out, dq, dk, dv] of attention fn(q, k, v, mask)."""
     def step(q, k, v, mask, d_out):
         out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask), q, k, v)
-        return out, vjp(d_out.astype(out.dtype))
-    return jax.jit(step)
+        return [out, *vjp(d_out.astype(out.dtype))]
+    return step
+
+
+def reference_outputs(q, k, v, mask: AttentionMask, d_out) -> list[jax.Array]:
+    """[out, dq, dk, dv] of the dense float32 reference (full-precision matmuls, also on GPU)."""
+    upcast = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
+    with jax.default_matmul_precision("highest"):
+        return jax.block_until_ready(forward_backward(xla_attention)(*upcast[:3], mask, upcast[3]))
+
+
+def _forward(fn):
+    return jax.jit(lambda q, k, v, mask: [fn(q, k, v, mask)])
 
 
 def _max_abs_err(xs, refs) -> float:
@@ -198,7 +215,8 @@ def _bench_case(impl: BenchImpl, q, k, v, mask, d_out, reference, flops: float, 
     """Rows for one impl on one (mask, head_dim): forward and forward+backward."""
     reason = impl.why_not(q, k, v, mask)
     rows = []
-    for pass_name, make, factor in (("fwd", _forward, 1.0), ("fwd+bwd", _forward_backward, BACKWARD_FACTOR)):
+    for pass_name, make, factor in (("fwd", _forward, 1.0),
+                                    ("fwd+bwd", lambda fn: jax.jit(forward_backward(fn)), BACKWARD_FACTOR)):
         row = dict(impl=impl.name, phase=pass_name, status="ok", time_ms=None, tflops=None, max_abs_err=None)
         if reason is not None:
             row["status"] = f"unsupported: {reason}"
@@ -206,12 +224,11 @@ def _bench_case(impl: BenchImpl, q, k, v, mask, d_out, reference, flops: float, 
             continue
         args = (q, k, v, mask) if pass_name == "fwd" else (q, k, v, mask, d_out)
         try:
-            seconds, result = median_seconds(make(impl.fn), args, config.warmup, config.repeats)
+            seconds, outputs = median_seconds(make(impl.fn), args, config.warmup, config.repeats)
         except Exception as err:  # a failing impl is reported in its row, the others still run
             row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
             rows.append(row)
             continue
-        outputs = [result] if pass_name == "fwd" else [result[0], *result[1]]
         row.update(time_ms=seconds * 1e3, tflops=flops * factor / seconds / 1e12,
                    max_abs_err=_max_abs_err(outputs, reference[:len(outputs)]))
         rows.append(row)
@@ -228,11 +245,7 @@ def run(out_dir: Path | str, config: Optional[BenchConfig] = None) -> list[dict]
     b, t, h, hkv = config.batch, config.seq_len, config.heads, config.kv_heads
     rows, skipped = [], {}
     for head_dim in config.head_dims:
-        keys = jax.random.split(jax.random.key(config.seed), 4)
-        q = jax.random.normal(keys[0], (b, t, h, head_dim), dtype)
-        k = jax.random.normal(keys[1], (b, t, hkv, head_dim), dtype)
-        v = jax.random.normal(keys[2], (b, t, hkv, head_dim), dtype)
-        d_out = jax.random.normal(keys[3], q.shape, jnp.float32)
+        q, k, v, d_out = random_inputs(jax.random.key(config.seed), b, t, t, h, hkv, head_dim, dtype)
         masks = {name: make_mask(name, b, t) for name in config.masks}
         reasons = {i.name: [i.why_not(q, k, v, m) for m in masks.values()] for i in impls}
         for name, why in reasons.items():  # impls for another platform stay out of the table
@@ -241,13 +254,11 @@ def run(out_dir: Path | str, config: Optional[BenchConfig] = None) -> list[dict]
         for mask_name, mask in masks.items():
             density = float(mask.density(b, t, t))
             flops = 4.0 * b * h * t * t * head_dim * density
-            upcast = [x.astype(jnp.float32) for x in (q, k, v)]
-            ref_out, ref_vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), *upcast)
-            reference = [ref_out, *ref_vjp(d_out)]
+            reference = reference_outputs(q, k, v, mask, d_out)
             for impl in (i for i in impls if i.name not in skipped):
                 for row in _bench_case(impl, q, k, v, mask, d_out, reference, flops, config):
                     rows.append(dict(row, mask=mask_name, density=density, head_dim=head_dim))
-            del reference, ref_out, ref_vjp
+            del reference
     result = dict(platform=platform, device=str(jax.devices()[0].device_kind),
                   interpret_mode=interpret, config=dataclasses.asdict(config), rows=rows,
                   skipped_impls=skipped)

@@ -12,8 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from workbench.attention.reference import xla_attention
-from workbench.benchmarks.kernels import make_mask
+from workbench.benchmarks.kernels import forward_backward, make_mask, random_inputs, reference_outputs
 from workbench.benchmarks.timing import median_seconds
 from workbench.benchmarks.tuning_space import STEPS, TuneConfig, step_values
 from workbench.kernels.flash_gpu import flash_attention_gpu
@@ -35,18 +34,11 @@ class TuneCase:
 
 def make_case(config: TuneConfig, mask_name: str, head_dim: int) -> TuneCase:
     bench = config.bench
-    b, t, dtype = bench.batch, bench.seq_len, jnp.dtype(bench.dtype)
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(bench.seed), head_dim), 4)
-    q = jax.random.normal(keys[0], (b, t, bench.heads, head_dim), dtype)
-    k = jax.random.normal(keys[1], (b, t, bench.kv_heads, head_dim), dtype)
-    v = jax.random.normal(keys[2], (b, t, bench.kv_heads, head_dim), dtype)
-    d_out = jax.random.normal(keys[3], q.shape, jnp.float32)
+    b, t = bench.batch, bench.seq_len
+    q, k, v, d_out = random_inputs(jax.random.fold_in(jax.random.key(bench.seed), head_dim), b, t, t,
+                                   bench.heads, bench.kv_heads, head_dim, jnp.dtype(bench.dtype))
     mask = make_mask(mask_name, b, t)
-    with jax.default_matmul_precision("highest"):
-        upcast = [x.astype(jnp.float32) for x in (q, k, v)]
-        out, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask), *upcast)
-        reference = jax.block_until_ready((out, *vjp(d_out)))
-    return TuneCase(mask_name, head_dim, (q, k, v, mask, d_out), reference)
+    return TuneCase(mask_name, head_dim, (q, k, v, mask, d_out), tuple(reference_outputs(q, k, v, mask, d_out)))
 
 
 def attention_fn(config: TuneConfig, blocks) -> Callable:
@@ -60,11 +52,7 @@ def _timed_fn(attention: Callable, forward_only: bool) -> tuple[Callable, int]:
     """(fn of (q, k, v, mask, d_out) returning [out] or [out, dq, dk, dv], argument count)."""
     if forward_only:
         return (lambda q, k, v, mask: [attention(q, k, v, mask)]), 4
-
-    def step(q, k, v, mask, d_out):
-        out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, mask), q, k, v)
-        return [out, *vjp(d_out.astype(out.dtype))]
-    return step, 5
+    return forward_backward(attention), 5
 
 
 def relative_error(x: jax.Array, ref: jax.Array) -> float:
