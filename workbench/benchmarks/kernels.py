@@ -49,6 +49,16 @@ class BenchConfig:
     impls: Optional[tuple[str, ...]] = None  # None: every impl available on this platform
     seed: int = 0
 
+    def __post_init__(self):
+        unknown = [m for m in self.masks if m not in MASKS]
+        if unknown or not self.masks:
+            raise ValueError(f"masks={self.masks!r}: expected a non-empty subset of {MASKS}")
+        if not self.head_dims:
+            raise ValueError(f"head_dims={self.head_dims!r}: expected at least one head_dim")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: expected warmup >= 0 and "
+                             f"repeats >= 1")
+
 
 def default_config(platform: str) -> BenchConfig:
     if platform == "cpu":
