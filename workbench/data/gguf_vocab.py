@@ -88,17 +88,23 @@ def _field(reader, key: str, default=None):
     return default if field is None else field.contents()
 
 
-def read_gguf_vocab(path: str | Path) -> GGUFVocab:
-    """The tokenizer metadata of the GGUF file at `path` (tensors are not read)."""
+def open_gguf(path: str | Path):
+    """A `gguf.GGUFReader` for `path` (parsing the header takes seconds: share one reader)."""
     import gguf
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} not found; pass the path of a .gguf model file")
     try:
-        reader = gguf.GGUFReader(str(path), "r")
+        return gguf.GGUFReader(str(path), "r")
     except Exception as err:  # the reader raises ValueError/struct errors on foreign files
         raise UnsupportedTokenizerError(f"{path} is not a readable GGUF file ({err})") from err
+
+
+def read_gguf_vocab(source) -> GGUFVocab:
+    """The tokenizer metadata of a GGUF file: a path, or a `gguf.GGUFReader` already open on it."""
+    reader = open_gguf(source) if isinstance(source, (str, Path)) else source
+    path = Path(getattr(reader.data, "filename", None) or "<GGUF reader>")
     model = _field(reader, "tokenizer.ggml.model")
     if model is None:
         raise UnsupportedTokenizerError(f"{path} has no tokenizer.ggml.model: it carries no tokenizer")

@@ -91,9 +91,10 @@ class HFTokenizer(TextTokenizer):
     # --- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_gguf(cls, path: str | Path) -> "HFTokenizer":
-        """The tokenizer described by the metadata of the GGUF file at `path`."""
-        return cls.from_gguf_vocab(read_gguf_vocab(path))
+    def from_gguf(cls, source) -> "HFTokenizer":
+        """The tokenizer described by a GGUF file's metadata: its path, or a `gguf.GGUFReader` on it
+        (the model importer shares its reader: opening one takes seconds)."""
+        return cls.from_gguf_vocab(read_gguf_vocab(source))
 
     @classmethod
     def from_gguf_vocab(cls, vocab: GGUFVocab) -> "HFTokenizer":
