@@ -32,6 +32,7 @@ from workbench.data.hf_tokenizer import _byte_alphabet
 GOLDEN = Path(__file__).parent / "golden"
 SMOLLM2 = json.loads((GOLDEN / "tokenizer_smollm2.json").read_text(encoding="utf-8"))
 SMALL = json.loads((GOLDEN / "tokenizer_small_bpe.json").read_text(encoding="utf-8"))
+TINY = json.loads((GOLDEN / "tokenizer_tiny_gguf.json").read_text(encoding="utf-8"))
 # Bytes SmolLM2's vocabulary has no token for: six control characters, and lead bytes of UTF-8 that
 # only unassigned planes (U+40000..U+BFFFF) or no character at all use. The BPE drops them, like the reference.
 UNSPELLABLE_BYTES = frozenset((4, 6, 19, 20, 22, 29, 192, 193, 241, 242, *range(245, 256)))
@@ -148,6 +149,24 @@ def test_tokenizer_json_round_trip(smollm2, tmp_path):
     chat = SMOLLM2["chats"][2]
     assert loaded.render_chat(chat["messages"], add_generation_prompt=True) == chat["rendered"]
     assert isinstance(load_tokenizer(GGUF), HFTokenizer)
+
+
+@pytest.mark.parametrize("name", sorted(TINY["files"]))
+def test_tiny_gguf_pre_tokenizers_equal_reference(name, tmp_path):
+    """Tokenizer-only GGUF files for the other supported pre-tokenizers (gpt-2, llama-bpe with
+    add_bos, qwen2), with control and user-defined tokens, read as transformers reads them."""
+    golden = TINY["files"][name]
+    tokenizer = HFTokenizer.from_gguf(GOLDEN / name)
+    assert tokenizer.vocab_size == golden["vocab_size"] and tokenizer.add_bos == golden["add_bos"]
+    assert {role: getattr(tokenizer.specials, role) for role in ("bos", "eos", "pad", "unk")} == {
+        **golden["special_ids"], "pad": golden["special_ids"]["pad"] or tokenizer.specials.eos}
+    texts = [TINY["texts"][row["name"]] for row in golden["texts"]]
+    assert tokenizer.encode_batch(texts) == [row["ids"] for row in golden["texts"]]
+    for chat in golden["chats"]:
+        assert tokenizer.render_chat(chat["messages"], add_generation_prompt=chat["add_generation_prompt"]) == chat["rendered"]
+        assert tokenizer.encode_chat(chat["messages"], add_generation_prompt=chat["add_generation_prompt"]) == chat["ids"]
+    reloaded = HFTokenizer.from_folder(tokenizer.save(tmp_path / "saved"))
+    assert reloaded.encode_batch(texts) == [row["ids"] for row in golden["texts"]] and reloaded.add_bos == golden["add_bos"]
 
 
 def test_folder_saved_by_transformers_equals_reference():

