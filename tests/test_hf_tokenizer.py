@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from workbench.data import (
     ChatTemplateError,
+    DataError,
     HFTokenizer,
     MaskToken,
     SpecialIds,
@@ -187,6 +188,17 @@ def test_folder_saved_by_transformers_equals_reference():
         tokenizer.render_chat([{"role": "robot", "content": "beep"}])
 
 
+def test_load_tokenizer_tells_folders_apart(tmp_path):
+    folder = HFTokenizer.from_folder(GOLDEN / SMALL["folder"]).save(tmp_path / "hf")
+    (folder / "tokenizer.model").write_bytes(b"a SentencePiece model, as Llama 2 folders ship beside tokenizer.json")
+    assert isinstance(load_tokenizer(folder), HFTokenizer)
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(DataError, match="not a SentencePiece model"):  # now taken for a workbench SentencePiece folder
+        load_tokenizer(folder)
+    (folder / "tokenizer.model").unlink()
+    assert isinstance(load_tokenizer(folder), HFTokenizer)  # tokenizer.json alone
+
+
 def test_add_bos_flag_in_config_rebuilds_post_processor(tmp_path):
     folder = tmp_path / "small"
     HFTokenizer.from_folder(GOLDEN / SMALL["folder"]).save(folder)
@@ -283,7 +295,7 @@ def test_missing_and_foreign_files(tmp_path):
         HFTokenizer.from_gguf(tmp_path / "fake.gguf")
     with pytest.raises(FileNotFoundError, match="tokenizer.json not found; expected a Hugging Face tokenizer folder"):
         HFTokenizer.from_folder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no tokenizer at .*: expected a .gguf file"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer at .*: expected a .gguf file, a folder with tokenizer.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(ValueError, match="not a tokenizer.json the `tokenizers` library can read"):

@@ -336,18 +336,24 @@ def _adds(backend: Backend, bos: Optional[int]) -> bool:
 
 
 def load_tokenizer(source: str | Path) -> TextTokenizer:
-    """A tokenizer from a SentencePiece folder (tokenizer.model), a Hugging Face folder
-    (tokenizer.json + tokenizer_config.json) or a .gguf file."""
+    """A tokenizer from a .gguf file, a Hugging Face folder (tokenizer.json + tokenizer_config.json)
+    or a SentencePiece folder written by `train_tokenizer` (tokenizer.model + an info tokenizer.json).
+
+    Hugging Face folders of SentencePiece models (Llama 2, TinyLlama) hold a tokenizer.model too;
+    tokenizer_config.json, which `train_tokenizer` never writes, tells them apart.
+    """
     from workbench.data.tokenizer import MODEL_FILE, Tokenizer
 
     path = Path(source)
     if path.is_file() and path.suffix == ".gguf":
         return HFTokenizer.from_gguf(path)
+    if path.is_dir() and (path / TOKENIZER_FILE).is_file() and (path / CONFIG_FILE).is_file():
+        return HFTokenizer.from_folder(path)
     if path.is_dir() and (path / MODEL_FILE).is_file():
         return Tokenizer.load(path)
     if path.is_dir() and (path / TOKENIZER_FILE).is_file():
         return HFTokenizer.from_folder(path)
     raise FileNotFoundError(
-        f"no tokenizer at {path}: expected a .gguf file, a folder with {MODEL_FILE} (SentencePiece, "
-        f"written by train_tokenizer) or a folder with {TOKENIZER_FILE} (Hugging Face)"
+        f"no tokenizer at {path}: expected a .gguf file, a folder with {TOKENIZER_FILE} and {CONFIG_FILE} "
+        f"(Hugging Face) or a folder with {MODEL_FILE} (SentencePiece, written by train_tokenizer)"
     )

@@ -96,7 +96,10 @@ class Tokenizer(TextTokenizer):
 
     def __init__(self, model_proto: bytes, info: Optional[dict] = None):
         self._proto = bytes(model_proto)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as err:
+            raise DataError(f"not a SentencePiece model ({len(self._proto)} bytes; {err}); expected a tokenizer.model written by train_tokenizer") from err
         self.info = dict(info or {})
         expected = {0: PAD, 1: EOS, 2: UNK, 3: MASK}
         found = {i: self._sp.id_to_piece(i) for i in expected if i < self._sp.get_piece_size()}
