@@ -33,6 +33,7 @@ from workbench.data.hf_tokenizer import _byte_alphabet
 GOLDEN = Path(__file__).parent / "golden"
 SMOLLM2 = json.loads((GOLDEN / "tokenizer_smollm2.json").read_text(encoding="utf-8"))
 SMALL = json.loads((GOLDEN / "tokenizer_small_bpe.json").read_text(encoding="utf-8"))
+LLAMA_SP = json.loads((GOLDEN / "tokenizer_llama_sp.json").read_text(encoding="utf-8"))
 TINY = json.loads((GOLDEN / "tokenizer_tiny_gguf.json").read_text(encoding="utf-8"))
 # Bytes SmolLM2's vocabulary has no token for: six control characters, and lead bytes of UTF-8 that
 # only unassigned planes (U+40000..U+BFFFF) or no character at all use. The BPE drops them, like the reference.
@@ -170,21 +171,24 @@ def test_tiny_gguf_pre_tokenizers_equal_reference(name, tmp_path):
     assert reloaded.encode_batch(texts) == [row["ids"] for row in golden["texts"]] and reloaded.add_bos == golden["add_bos"]
 
 
-def test_folder_saved_by_transformers_equals_reference():
-    """A folder written by transformers' save_pretrained (add_bos in tokenizer.json's post-processor,
-    chat_template.jinja, extra special tokens) loads to the same ids and chat text."""
-    tokenizer = HFTokenizer.from_folder(GOLDEN / SMALL["folder"])
-    assert tokenizer.vocab_size == SMALL["vocab_size"] and tokenizer.add_bos
-    assert {role: getattr(tokenizer.specials, role) for role in ("bos", "eos", "pad", "unk")} == SMALL["special_ids"]
-    assert tokenizer.specials.control == (0, 1, 2, 3)
-    for row in SMALL["texts"]:
+@pytest.mark.parametrize("golden, control", [(SMALL, (0, 1, 2, 3)), (LLAMA_SP, (0, 1, 2))], ids=["small_bpe", "llama_sp"])
+def test_folder_saved_by_transformers_equals_reference(golden, control):
+    """Folders written by transformers' save_pretrained (bos added by tokenizer.json's post-processor,
+    chat_template.jinja, extra special tokens; a byte-level BPE and a Llama-2-style SentencePiece
+    BPE with byte fallback) load to the same ids, decoded text and chat text."""
+    tokenizer = HFTokenizer.from_folder(GOLDEN / golden["folder"])
+    assert tokenizer.vocab_size == golden["vocab_size"] and tokenizer.add_bos
+    specials = {role: getattr(tokenizer.specials, role) for role in ("bos", "eos", "pad", "unk")}
+    assert specials == {**golden["special_ids"], "pad": golden["special_ids"]["pad"] or tokenizer.specials.eos}
+    assert tokenizer.specials.control == control
+    for row in golden["texts"]:
         assert tokenizer.encode(row["text"]) == row["ids"], row["name"]
         assert tokenizer.decode(row["ids"], stop_at_eos=False, stop_at_pad=False) == row["decoded"], row["name"]
-    for chat in SMALL["chats"]:
+    for chat in golden["chats"]:
         rendered = tokenizer.render_chat(chat["messages"], add_generation_prompt=chat["add_generation_prompt"])
         assert rendered == chat["rendered"]
         assert tokenizer.encode_chat(chat["messages"], add_generation_prompt=chat["add_generation_prompt"]) == chat["ids"]
-    with pytest.raises(ChatTemplateError, match=SMALL["unknown_role_error"]):
+    with pytest.raises(ChatTemplateError, match=golden["unknown_role_error"]):
         tokenizer.render_chat([{"role": "robot", "content": "beep"}])
 
 

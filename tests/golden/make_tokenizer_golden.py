@@ -20,6 +20,8 @@ Writes, next to this script:
 - tokenizer_small_bpe/ (a tokenizer folder saved by `save_pretrained`, ~30 KB) and
   tokenizer_small_bpe.json: a small byte-level BPE with add_bos_token and a chat template that uses
   bos/eos, `tojson` and `raise_exception`, to test loading a Hugging Face folder.
+- tokenizer_llama_sp/ and tokenizer_llama_sp.json: the same for a Llama-2-style SentencePiece BPE
+  (Metaspace, byte fallback) laid out by transformers' LlamaTokenizer.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.metadata
+import io
 import hashlib
 import json
 import os
@@ -37,10 +40,12 @@ import tempfile
 from pathlib import Path
 
 import gguf
+import sentencepiece
 import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import generate_merges
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -163,16 +168,11 @@ def smollm2_golden(gguf_path: Path, texts: dict[str, str]) -> dict:
     }
 
 
-def small_bpe_golden(texts: dict[str, str], out_dir: Path) -> dict:
-    """Train a small byte-level BPE, save it with save_pretrained, and record what transformers reads back."""
-    backend = train_bpe(texts, 600, ["<s>", "</s>", "<pad>", "<|user|>"])
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        additional_special_tokens=["<|user|>"], add_bos_token=True, chat_template=SMALL_TEMPLATE,
-    )
+def folder_golden(tokenizer, texts: dict[str, str], out_dir: Path) -> dict:
+    """Save `tokenizer` with save_pretrained into `out_dir` and record what transformers reads back."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    wrapped.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     reloaded = AutoTokenizer.from_pretrained(out_dir)
     rows = []
     for name, text in texts.items():
@@ -195,6 +195,34 @@ def small_bpe_golden(texts: dict[str, str], out_dir: Path) -> dict:
         "chats": chats(reloaded, CONVERSATIONS),
         "unknown_role_error": error,
     }
+
+
+def small_bpe_golden(texts: dict[str, str], out_dir: Path) -> dict:
+    """A small byte-level BPE with add_bos_token, extra special tokens and a chat template."""
+    backend = train_bpe(texts, 600, ["<s>", "</s>", "<pad>", "<|user|>"])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=["<|user|>"], add_bos_token=True, chat_template=SMALL_TEMPLATE,
+    )
+    return folder_golden(wrapped, texts, out_dir)
+
+
+def llama_sp_golden(texts: dict[str, str], out_dir: Path) -> dict:
+    """A Llama-2-style folder: a SentencePiece BPE (byte fallback, Metaspace) trained here, as
+    transformers' LlamaTokenizer lays it out in tokenizer.json, with add_bos_token."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts.values()) * 3), model_writer=model, vocab_size=700, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, split_digits=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", allow_whitespace_only_pieces=True,
+        num_threads=1, minloglevel=2,
+    )
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    merges = generate_merges(vocab, {piece: processor.get_score(i) for i, piece in enumerate(pieces)})
+    llama = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, chat_template=SMALL_TEMPLATE)
+    return folder_golden(llama, texts, out_dir)
 
 
 def train_bpe(texts: dict[str, str], vocab_size: int, special_tokens: list[str], digit_runs: bool = False) -> tokenizers.Tokenizer:
@@ -293,6 +321,7 @@ def main() -> None:
     outputs = {
         HERE / "tokenizer_smollm2.json": smollm2_golden(gguf_path, texts),
         HERE / "tokenizer_small_bpe.json": small_bpe_golden(texts, HERE / "tokenizer_small_bpe"),
+        HERE / "tokenizer_llama_sp.json": llama_sp_golden(texts, HERE / "tokenizer_llama_sp"),
         HERE / "tokenizer_tiny_gguf.json": tiny_gguf_golden(texts),
     }
     for path, data in outputs.items():

@@ -108,10 +108,10 @@ class HFTokenizer(TextTokenizer):
         bad = [m for m, pair in zip(vocab.merges, merges) if len(pair) != 2]
         if bad:
             raise ValueError(f"GGUF merge {bad[0]!r} in {vocab.source} is not two space-separated pieces")
-        backend = Backend(models.BPE(vocab=dict(zip(pieces, range(len(pieces)))), merges=merges, unk_token=None,
-                                     fuse_unk=False, byte_fallback=False))
         if len(set(pieces)) != len(pieces):
             raise ValueError(f"GGUF vocabulary in {vocab.source} repeats tokens; ids would be ambiguous")
+        backend = Backend(models.BPE(vocab=dict(zip(pieces, range(len(pieces)))), merges=merges, unk_token=None,
+                                     fuse_unk=False, byte_fallback=False))
         backend.pre_tokenizer = pre_tokenizer
         backend.decoder = decoders.ByteLevel()
         # Control tokens (chat markers, separators) match whole in text as special tokens;
