@@ -150,7 +150,7 @@ def test_tokenizer_json_round_trip(smollm2, tmp_path):
     assert loaded.specials == smollm2.specials and loaded.sha256 == smollm2.sha256
     chat = SMOLLM2["chats"][2]
     assert loaded.render_chat(chat["messages"], add_generation_prompt=True) == chat["rendered"]
-    assert isinstance(load_tokenizer(GGUF), HFTokenizer)
+    assert isinstance(load_tokenizer(GOLDEN / "tokenizer_tiny_gpt-2.gguf"), HFTokenizer)
 
 
 @pytest.mark.parametrize("name", sorted(TINY["files"]))
