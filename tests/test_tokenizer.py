@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workbench.data import (
+    ChatTemplateError,
     DataError,
     SpecialIds,
     TextTokenizer,
@@ -103,6 +104,9 @@ def test_implements_the_tokenizer_interface(trained):
     with pytest.raises(ValueError, match="tokenizer has 1000 ids but the model's vocab_size is 8000"):
         check_vocab_matches(tokenizer, 8000)
     assert tokenizer.encode_batch([]) == []
+    assert tokenizer.chat_template is None
+    with pytest.raises(ChatTemplateError, match="has no chat template"):
+        tokenizer.render_chat([{"role": "user", "content": "hi"}])
 
 
 def test_digits_and_french_characters_are_single_pieces(trained):

@@ -25,11 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, processors
 
-from workbench.data import chat
 from workbench.data.gguf_vocab import CONTROL, USER_DEFINED, GGUFVocab, pre_tokenizer_for, read_gguf_vocab
 from workbench.data.special import MaskToken, SpecialIds
 from workbench.data.text_tokenizer import TextTokenizer
@@ -249,18 +248,7 @@ class HFTokenizer(TextTokenizer):
     def _decode_ids(self, ids: list[int]) -> str:
         return self._backend.decode(ids, skip_special_tokens=False)
 
-    # --- chat -----------------------------------------------------------------------------------
-
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables) -> str:
-        """The conversation as text, by the model's own chat template."""
-        special_tokens = {f"{role}_token": self.id_to_piece(getattr(self._specials, role))
-                          for role in _ROLES if getattr(self._specials, role) is not None}
-        return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                                special_tokens=special_tokens, **variables)
-
-    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables) -> list[int]:
-        """Ids of the rendered conversation; the template writes its own bos, so none is added."""
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, **variables)
+    def _encode_rendered(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
 
     # --- saving ---------------------------------------------------------------------------------

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from workbench.data import chat
 from workbench.data.special import SpecialIds
 
 
 class TextTokenizer(abc.ABC):
-    """Text <-> ids, the vocabulary, and the special ids as one object (`specials`)."""
+    """Text <-> ids, the vocabulary, the special ids as one object (`specials`), and the chat
+    template of instruct models (`chat_template`, None where the model has none)."""
+
+    chat_template: Optional[str] = None
 
     @property
     @abc.abstractmethod
@@ -113,6 +117,23 @@ class TextTokenizer(abc.ABC):
 
     def decode_batch(self, batch: Iterable[Iterable[int]], *, stop_at_eos: bool = True, stop_at_pad: bool = True) -> list[str]:
         return [self.decode(ids, stop_at_eos=stop_at_eos, stop_at_pad=stop_at_pad) for ids in batch]
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables) -> str:
+        """The conversation as text, by the model's own chat template (a named error where it has none)."""
+        roles = ("bos", "eos", "unk", "pad", "mask")
+        special_tokens = {f"{role}_token": self.id_to_piece(getattr(self.specials, role))
+                          for role in roles if getattr(self.specials, role) is not None}
+        return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                                special_tokens=special_tokens, **variables)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **variables) -> list[int]:
+        """Ids of the rendered conversation; the template writes its own bos, so none is added."""
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, **variables)
+        return self._encode_rendered(text)
+
+    def _encode_rendered(self, text: str) -> list[int]:
+        """Ids of text that already carries its special tokens (a rendered chat)."""
+        return self._encode_texts([text])[0]
 
 
 def check_vocab_matches(tokenizer: TextTokenizer, vocab_size: int, *, allow_padding: bool = False) -> None:
