@@ -108,6 +108,10 @@ def test_batch_and_eos(smollm2):
     assert smollm2.decode(smollm2.encode("Hello") + [2] + smollm2.encode(" world")) == "Hello"
     with pytest.raises(ValueError, match="token id 49152 is outside the vocabulary"):
         smollm2.decode([49152])
+    with pytest.raises(ValueError, match="token id -1 is outside the vocabulary"):
+        smollm2.id_to_piece(-1)
+    with pytest.raises(KeyError, match="piece 'Ġnot-a-piece' is not in the vocabulary"):
+        smollm2.piece_to_id("Ġnot-a-piece")
 
 
 @needs_gguf

@@ -105,6 +105,12 @@ def test_implements_the_tokenizer_interface(trained):
         check_vocab_matches(tokenizer, 8000)
     assert tokenizer.encode_batch([]) == []
     assert tokenizer.chat_template is None
+    with pytest.raises(KeyError, match="piece 'no-such-piece' is not in the vocabulary"):
+        tokenizer.piece_to_id("no-such-piece")
+    with pytest.raises(ValueError, match="token id 1000 is outside the vocabulary"):
+        tokenizer.id_to_piece(1000)
+    with pytest.raises(TypeError, match="vocab_size='1000' must be an int"):
+        check_vocab_matches(tokenizer, "1000")
     with pytest.raises(ChatTemplateError, match="has no chat template"):
         tokenizer.render_chat([{"role": "user", "content": "hi"}])
 

@@ -230,17 +230,11 @@ class HFTokenizer(TextTokenizer):
         digest.update(json.dumps(self._config(), sort_keys=True).encode("utf-8"))
         return digest.hexdigest()
 
-    def id_to_piece(self, token_id: int) -> str:
-        piece = self._backend.id_to_token(int(token_id))
-        if piece is None:
-            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
-        return piece
+    def _piece(self, token_id: int) -> str:
+        return self._backend.id_to_token(token_id)
 
-    def piece_to_id(self, piece: str) -> int:
-        token_id = self._backend.token_to_id(piece)
-        if token_id is None:
-            raise KeyError(f"piece {piece!r} is not in the vocabulary")
-        return token_id
+    def _piece_id(self, piece: str) -> Optional[int]:
+        return self._backend.token_to_id(piece)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self._backend.encode_batch(texts, add_special_tokens=True)]

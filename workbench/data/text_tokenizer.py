@@ -40,10 +40,12 @@ class TextTokenizer(abc.ABC):
         """Hash of the tokenizer's defining file(s), recorded with every run."""
 
     @abc.abstractmethod
-    def id_to_piece(self, token_id: int) -> str: ...
+    def _piece(self, token_id: int) -> str:
+        """The vocabulary's spelling of an id known to be in range."""
 
     @abc.abstractmethod
-    def piece_to_id(self, piece: str) -> int: ...
+    def _piece_id(self, piece: str) -> Optional[int]:
+        """The id of `piece`, None if the vocabulary has no such piece."""
 
     @abc.abstractmethod
     def save(self, directory: str | Path) -> Path: ...
@@ -86,6 +88,18 @@ class TextTokenizer(abc.ABC):
     def special_ids(self) -> tuple[int, ...]:
         """Ids a diffusion corruption must never sample (`specials.reserved`)."""
         return self.specials.reserved
+
+    def id_to_piece(self, token_id: int) -> str:
+        token_id = int(token_id)
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return self._piece(token_id)
+
+    def piece_to_id(self, piece: str) -> int:
+        token_id = self._piece_id(piece)
+        if token_id is None:
+            raise KeyError(f"piece {piece!r} is not in the vocabulary")
+        return token_id
 
     def encode(self, text: str, *, add_eos: bool = False) -> list[int]:
         if not isinstance(text, str):
@@ -144,6 +158,8 @@ def check_vocab_matches(tokenizer: TextTokenizer, vocab_size: int, *, allow_padd
     128, e.g. Qwen2.5: 151,665 ids, 151,936 rows). A model with fewer rows than the tokenizer has
     ids can never be right: some ids would index past the embedding.
     """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size={vocab_size!r} must be an int (the model's embedding rows)")
     ids = tokenizer.vocab_size
     if ids == vocab_size or (allow_padding and ids < vocab_size):
         return

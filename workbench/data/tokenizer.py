@@ -148,11 +148,12 @@ class Tokenizer(TextTokenizer):
     def byte_ids(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.vocab_size) if self._sp.is_byte(i))
 
-    def id_to_piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
+    def _piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
 
-    def piece_to_id(self, piece: str) -> int:
-        return self._sp.piece_to_id(piece)
+    def _piece_id(self, piece: str) -> Optional[int]:
+        token_id = self._sp.piece_to_id(piece)  # the unk id for an unknown piece
+        return token_id if self._sp.id_to_piece(token_id) == piece else None
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode(texts, num_threads=1)
