@@ -14,7 +14,17 @@ import sentencepiece as spm
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workbench.data import DataError, Tokenizer, TokenizerConfig, train_tokenizer
+from workbench.data import (
+    ChatTemplateError,
+    DataError,
+    SpecialIds,
+    TextTokenizer,
+    Tokenizer,
+    TokenizerConfig,
+    check_vocab_matches,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 
 def _data_dir() -> Path | None:
@@ -81,6 +91,28 @@ def test_special_ids(trained):
     # Ordinary text never produces a special id.
     ids = {i for text in ENGLISH + FRENCH + PYTHON for i in tokenizer.encode(text)}
     assert not ids & set(tokenizer.special_ids)
+
+
+def test_implements_the_tokenizer_interface(trained):
+    tokenizer, out = trained
+    assert isinstance(tokenizer, TextTokenizer)
+    assert tokenizer.specials == SpecialIds(pad=0, eos=1, unk=2, mask=3, sentinels=tuple(range(4, 36)))
+    assert tokenizer.specials.bos is None and tokenizer.specials.reserved == tokenizer.special_ids
+    loaded = load_tokenizer(out)
+    assert isinstance(loaded, Tokenizer) and loaded.sha256 == tokenizer.sha256
+    check_vocab_matches(tokenizer, 1000)
+    with pytest.raises(ValueError, match="tokenizer has 1000 ids but the model's vocab_size is 8000"):
+        check_vocab_matches(tokenizer, 8000)
+    assert tokenizer.encode_batch([]) == []
+    assert tokenizer.chat_template is None
+    with pytest.raises(KeyError, match="piece 'no-such-piece' is not in the vocabulary"):
+        tokenizer.piece_to_id("no-such-piece")
+    with pytest.raises(ValueError, match="token id 1000 is outside the vocabulary"):
+        tokenizer.id_to_piece(1000)
+    with pytest.raises(TypeError, match="vocab_size='1000' must be an int"):
+        check_vocab_matches(tokenizer, "1000")
+    with pytest.raises(ChatTemplateError, match="has no chat template"):
+        tokenizer.render_chat([{"role": "user", "content": "hi"}])
 
 
 def test_digits_and_french_characters_are_single_pieces(trained):

@@ -1,4 +1,4 @@
-"""SentencePiece tokenizer trained offline on a mixture of English text, Python code and French.
+"""SentencePiece tokenizer (a `TextTokenizer`) trained offline on a mixture of English text, Python code and French.
 
 Fixed ids: pad=0, eos=1, unk=2, mask=3, then `num_sentinels` T5-style `<extra_id_k>` sentinels
 (4, 5, ...), then the 256 byte-fallback pieces, then the learned pieces. Text round-trips
@@ -19,13 +19,15 @@ import io
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from workbench.config import load_json, save_json, to_dict
 from workbench.data.files import DataError, resolve_data_dir
+from workbench.data.special import SpecialIds
+from workbench.data.text_tokenizer import TextTokenizer
 from workbench.data.text import chunk_lines
 
 log = logging.getLogger("workbench.data")
@@ -89,12 +91,15 @@ class TokenizerConfig:
         return presets[name]
 
 
-class Tokenizer:
-    """A trained SentencePiece model with the workbench's special ids."""
+class Tokenizer(TextTokenizer):
+    """A trained SentencePiece model with the workbench's special ids (no bos)."""
 
     def __init__(self, model_proto: bytes, info: Optional[dict] = None):
         self._proto = bytes(model_proto)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as err:
+            raise DataError(f"not a SentencePiece model ({len(self._proto)} bytes; {err}); expected a tokenizer.model written by train_tokenizer") from err
         self.info = dict(info or {})
         expected = {0: PAD, 1: EOS, 2: UNK, 3: MASK}
         found = {i: self._sp.id_to_piece(i) for i in expected if i < self._sp.get_piece_size()}
@@ -103,7 +108,7 @@ class Tokenizer:
         sentinels = []
         while 4 + len(sentinels) < self._sp.get_piece_size() and self._sp.id_to_piece(4 + len(sentinels)) == sentinel_piece(len(sentinels)):
             sentinels.append(4 + len(sentinels))
-        self._sentinel_ids = tuple(sentinels)
+        self._specials = SpecialIds(pad=0, eos=1, unk=2, mask=3, sentinels=tuple(sentinels))
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
@@ -136,74 +141,25 @@ class Tokenizer:
         return self._sp.get_piece_size()
 
     @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def eos_id(self) -> int:
-        return 1
-
-    @property
-    def unk_id(self) -> int:
-        return 2
-
-    @property
-    def mask_id(self) -> int:
-        return 3
-
-    @property
-    def sentinel_ids(self) -> tuple[int, ...]:
-        return self._sentinel_ids
-
-    def sentinel_id(self, k: int) -> int:
-        if not 0 <= k < len(self._sentinel_ids):
-            raise IndexError(f"sentinel {k} out of range; this tokenizer has {len(self._sentinel_ids)} sentinels")
-        return self._sentinel_ids[k]
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        """pad, eos, unk, mask and the sentinels: ids a diffusion corruption must never sample."""
-        return (self.pad_id, self.eos_id, self.unk_id, self.mask_id, *self._sentinel_ids)
+    def specials(self) -> SpecialIds:
+        return self._specials
 
     @property
     def byte_ids(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.vocab_size) if self._sp.is_byte(i))
 
-    def id_to_piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
+    def _piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
 
-    def piece_to_id(self, piece: str) -> int:
-        return self._sp.piece_to_id(piece)
+    def _piece_id(self, piece: str) -> Optional[int]:
+        token_id = self._sp.piece_to_id(piece)  # the unk id for an unknown piece
+        return token_id if self._sp.id_to_piece(token_id) == piece else None
 
-    def encode(self, text: str, *, add_eos: bool = False) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}; use encode_batch for lists")
-        ids = self._sp.encode(text)
-        return ids + [self.eos_id] if add_eos else ids
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts, num_threads=1)
 
-    def encode_batch(self, texts: Sequence[str], *, add_eos: bool = False) -> list[list[int]]:
-        texts = list(texts)
-        bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
-        if bad:
-            raise TypeError(f"encode_batch expects strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
-        batch = self._sp.encode(texts, num_threads=1)
-        return [ids + [self.eos_id] for ids in batch] if add_eos else batch
-
-    def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True, stop_at_pad: bool = True) -> str:
-        """Text of `ids`, cut at the first eos / pad (when asked); remaining pads and eos are dropped."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        stops = ({self.eos_id} if stop_at_eos else set()) | ({self.pad_id} if stop_at_pad else set())
-        for position, token in enumerate(ids):
-            if token in stops:
-                ids = ids[:position]
-                break
-        out_of_range = [i for i in ids if not 0 <= i < self.vocab_size]
-        if out_of_range:
-            raise ValueError(f"token id {out_of_range[0]} is outside the vocabulary [0, {self.vocab_size})")
-        return self._sp.decode([i for i in ids if i not in (self.pad_id, self.eos_id)])
-
-    def decode_batch(self, batch: Iterable[Iterable[int]], *, stop_at_eos: bool = True, stop_at_pad: bool = True) -> list[str]:
-        return [self.decode(ids, stop_at_eos=stop_at_eos, stop_at_pad=stop_at_pad) for ids in batch]
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
 
 
 def _sentences(document: str, max_chars: int) -> list[str]:
