@@ -238,3 +238,15 @@ def test_unpermute_turns_interleaved_rotary_into_half_split_rotary():
     assert np.abs(ours - ggml).max() > 1e-2  # the layouts differ, only dot products agree
     scores_ggml = np.einsum("bthd,bshd->bhts", ggml, ggml)
     np.testing.assert_allclose(np.einsum("bthd,bshd->bhts", ours, ours), scores_ggml, atol=1e-4)
+
+
+def test_export_round_trip_of_a_workbench_built_model(tmp_path):
+    """A model built here (num_kv_heads=None, bfloat16 compute) comes back with the same config."""
+    config = get_preset("tiny", vocab_size=70, scale_logits=False, attention="bidirectional", dtype="bfloat16")
+    model = build_model(config, 5)
+    again = load_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert again.config == config
+    assert all(_params(model)[k].tobytes() == v.tobytes() for k, v in _params(again.model).items())
+    assert load_pretrained(tmp_path / "m", dtype="float32", attention="causal").config == config.replace(
+        dtype="float32", attention="causal"
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from workbench.pretrained.errors import (
+    TensorMismatchError,
     UnsupportedArchitectureError,
     UnsupportedConfigError,
     UnsupportedQuantizationError,
@@ -96,6 +97,7 @@ class GGUFSource:
             )
         self.hf_config = self._hf_config()
         self._tensors = {}
+        self._shapes = {}
         for tensor in self.reader.tensors:
             qtype = tensor.tensor_type.name
             if qtype not in SUPPORTED_QUANTIZATIONS:
@@ -103,7 +105,10 @@ class GGUFSource:
                     f"{self.path.name}: tensor {tensor.name!r} is quantised as {qtype}, which is not supported; "
                     f"supported: {list(SUPPORTED_QUANTIZATIONS)} (re-quantise the model, e.g. to Q8_0)"
                 )
-            self._tensors[hf_name(tensor.name, self.path)] = tensor
+            name = hf_name(tensor.name, self.path)
+            self._tensors[name] = tensor
+            # GGUF lists dimensions innermost first; numpy/Hugging Face order is the reverse.
+            self._shapes[name] = tuple(int(n) for n in reversed(tensor.shape))
 
     def _field(self, name: str) -> Any:
         field = self.reader.fields[name]
@@ -135,8 +140,10 @@ class GGUFSource:
                 f"{self.path.name}: rotary over {rope_dim} of {head_dim} head dimensions is not supported; "
                 f"supported: rotary over the whole head"
             )
-        embed = next(t for t in self.reader.tensors if t.name == "token_embd.weight")
-        vocab = int(m.get(f"{arch}.vocab_size", int(embed.shape[-1])))
+        embed = [int(t.shape[-1]) for t in self.reader.tensors if t.name == "token_embd.weight"]
+        vocab = m.get(f"{arch}.vocab_size", embed[0] if embed else None)
+        if vocab is None:
+            raise TensorMismatchError(f"{self.path.name}: no {arch}.vocab_size and no token_embd.weight tensor")
         return {
             "model_type": "llama",
             "hidden_size": d_model,
@@ -148,17 +155,16 @@ class GGUFSource:
             "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
             "rope_theta": float(m.get(f"{arch}.rope.freq_base", 10_000.0)),
             "max_position_embeddings": int(key("context_length")),
-            "vocab_size": vocab,
+            "vocab_size": int(vocab),
             "tie_word_embeddings": not any(t.name == "output.weight" for t in self.reader.tensors),
         }
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        # GGUF lists dimensions innermost first; numpy/Hugging Face order is the reverse.
-        return {name: tuple(int(n) for n in reversed(t.shape)) for name, t in self._tensors.items()}
+        return dict(self._shapes)
 
     def load(self, name: str) -> np.ndarray:
         tensor = self._tensors[name]
-        shape = self.shapes()[name]
+        shape = self._shapes[name]
         data = self._gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
         data = data.reshape(shape)
         if name.endswith("self_attn.q_proj.weight"):

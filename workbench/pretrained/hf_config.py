@@ -28,8 +28,8 @@ _DEFAULTS = {
 }
 # Shape fields a workbench record must agree on with the Hugging Face keys beside it.
 _SHAPE_FIELDS = (
-    "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff", "tie_embeddings",
-    "rope_theta", "norm_eps", "head_dim_override", "qkv_bias", "qk_norm", "rope_scaling", "scale_logits",
+    "vocab_size", "d_model", "num_layers", "num_heads", "kv_heads", "d_ff", "tie_embeddings",
+    "rope_theta", "norm_eps", "head_dim", "qkv_bias", "qk_norm", "rope_scaling", "scale_logits",
 )
 
 
@@ -48,7 +48,7 @@ def _rope(hf: dict, model_type: str, where: str) -> tuple[float, Optional[RopeSc
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {}
     theta = params.get("rope_theta", hf.get("rope_theta", _DEFAULTS[model_type]["rope_theta"]))
-    merged = {**scaling, **params}
+    merged = {**params, **scaling}  # a transformers 4 rope_scaling wins over a default rope_parameters
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UnsupportedConfigError(
