@@ -93,6 +93,10 @@ def test_export_keeps_chat_template_and_calls_the_tokenizer_hook(tmp_path):
 
     folder = save_pretrained(dataclasses.replace(loaded, source=source, tokenizer=Files()), tmp_path / "out")
     again = load_pretrained(folder)
+    assert again.source.license is None
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\nlicense: apache-2.0\n---\n# card\n")
+    again = load_pretrained(folder)
+    assert again.source.license == "apache-2.0"
     assert again.source.chat_template == "{{ messages }}"
     assert again.source.token_ids == {"bos": 4, "eos": 5}
     assert again.source.tokenizer_file == str(folder / "tokenizer.json")
@@ -250,3 +254,45 @@ def test_export_round_trip_of_a_workbench_built_model(tmp_path):
     assert load_pretrained(tmp_path / "m", dtype="float32", attention="causal").config == config.replace(
         dtype="float32", attention="causal"
     )
+
+
+# config.json of public checkpoints (as on the hub; unused keys trimmed) and their parameter counts
+REAL_CONFIGS = {
+    "Llama-3.2-1B": (dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048, intermediate_size=8192,
+        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        attention_bias=False, mlp_bias=False, vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
+    ), 1_235_814_400),
+    "Qwen2.5-0.5B-Instruct": (dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_act="silu",
+        max_position_embeddings=32768, max_window_layers=21, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        sliding_window=32768, use_sliding_window=False, tie_word_embeddings=True, vocab_size=151936,
+    ), 494_032_768),
+    "Qwen3-0.6B": (dict(
+        architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=1024, intermediate_size=3072,
+        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+        max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
+        attention_bias=False, use_sliding_window=False, tie_word_embeddings=True, vocab_size=151936,
+    ), 596_049_920),
+    "TinyLlama-1.1B-Chat-v1.0": (dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048, intermediate_size=5632,
+        num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, hidden_act="silu",
+        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None,
+        tie_word_embeddings=False, vocab_size=32000,
+    ), 1_100_048_384),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
+def test_public_configs_give_their_published_parameter_counts(name):
+    from workbench.pretrained.hf_config import hf_config_from_model, model_config_from_hf
+
+    hf, total = REAL_CONFIGS[name]
+    config = model_config_from_hf(hf)
+    assert param_count(config)["total"] == total
+    assert count_params(nnx.eval_shape(lambda: build_model(config, 0))) == total
+    assert model_config_from_hf(hf_config_from_model(config)) == config  # the export's keys say the same

