@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workbench.models import build_model, count_params, get_preset, param_count
 from workbench.models.config import RopeScaling
@@ -296,3 +298,15 @@ def test_public_configs_give_their_published_parameter_counts(name):
     assert param_count(config)["total"] == total
     assert count_params(nnx.eval_shape(lambda: build_model(config, 0))) == total
     assert model_config_from_hf(hf_config_from_model(config)) == config  # the export's keys say the same
+
+
+@given(heads=st.integers(1, 6), half=st.integers(1, 8), kv_divisor=st.sampled_from([1, 2, 3]), cols=st.integers(1, 5))
+def test_unpermute_inverts_llama_cpp_permute_for_queries_and_grouped_keys(heads, half, kv_divisor, cols):
+    from workbench.pretrained.gguf_reader import permute_rows
+
+    kv_heads = max(1, heads // kv_divisor)
+    for n_rows_heads, permuted_with in ((heads, (heads, heads)), (kv_heads, (heads, kv_heads))):
+        w = np.arange(n_rows_heads * 2 * half * cols, dtype=np.float32).reshape(n_rows_heads * 2 * half, cols)
+        permuted = llama_cpp_permute(w, *permuted_with)
+        assert unpermute_rows(permuted, n_rows_heads).tobytes() == w.tobytes()
+        assert permute_rows(w, n_rows_heads).tobytes() == permuted.tobytes()
