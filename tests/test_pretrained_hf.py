@@ -85,6 +85,17 @@ def test_export_then_import_is_bitwise(name, attention, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_overwriting_a_sharded_folder_leaves_no_stale_shards(tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(GOLDEN / "pretrained_tiny_llama", folder)  # sharded, with an index
+    qwen = load_pretrained(GOLDEN / "pretrained_tiny_qwen2", dtype="float32")
+    save_pretrained(qwen, folder, overwrite=True)
+    assert not list(folder.glob("model-*.safetensors")) and not (folder / "model.safetensors.index.json").exists()
+    assert load_pretrained(folder).config == qwen.config
+
+
 def test_export_keeps_chat_template_and_calls_the_tokenizer_hook(tmp_path):
     loaded = load_pretrained(GOLDEN / "pretrained_tiny_qwen2", dtype="float32")
     source = dataclasses.replace(loaded.source, chat_template="{{ messages }}", token_ids={"eos": 5, "bos": 4})

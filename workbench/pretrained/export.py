@@ -19,7 +19,7 @@ from workbench.pretrained.api import Pretrained, SourceInfo
 from workbench.pretrained.convert import tensors_from_model
 from workbench.pretrained.errors import PretrainedError
 from workbench.pretrained.hf_config import WORKBENCH_KEY, hf_config_from_model
-from workbench.pretrained.hf_folder import SINGLE_FILE
+from workbench.pretrained.hf_folder import INDEX_FILE, SINGLE_FILE
 
 
 class TokenizerFiles(Protocol):
@@ -55,6 +55,8 @@ def save_pretrained(
     from safetensors.numpy import save_file  # only exports need it
 
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.glob("model*.safetensors"), folder / INDEX_FILE]:  # an overwritten sharded model
+        stale.unlink(missing_ok=True)
     save_file(tensors, str(folder / SINGLE_FILE), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
     if source is not None and source.chat_template:
