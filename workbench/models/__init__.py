@@ -3,6 +3,7 @@
 from workbench.models.config import (
     PRESETS,
     ModelConfig,
+    RopeScaling,
     default_compute_dtype,
     flops_per_token,
     get_preset,
@@ -21,6 +22,7 @@ __all__ = [
     "DecoderOnly",
     "EncoderDecoder",
     "ModelConfig",
+    "RopeScaling",
     "build_model",
     "count_params",
     "default_compute_dtype",

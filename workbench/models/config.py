@@ -17,6 +17,24 @@ AttentionKind = Literal["causal", "prefix_lm", "bidirectional", "prefix_diffusio
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1-style rotary frequency scaling (`rope_type: llama3` in Hugging Face configs):
+    long wavelengths are divided by `factor`, short ones kept, the band between interpolated."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_len: int
+
+    def __post_init__(self):
+        if self.factor <= 0 or self.original_max_len <= 0 or not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                f"rope scaling {self} needs factor > 0, original_max_len > 0 and "
+                f"0 < low_freq_factor < high_freq_factor"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A Transformer of the AR2Diff family.
 
@@ -41,11 +59,19 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype; parameters are always float32
     remat: bool = False  # rematerialise each layer in the backward pass
     attention_impl: str = "auto"  # see workbench.attention.attention
+    # Imported architectures (workbench.pretrained); the defaults are the workbench's own models.
+    head_dim_override: Optional[int] = None  # None: d_model / num_heads (Qwen3 sets its own)
+    qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2/2.5)
+    qk_norm: bool = False  # RMSNorm over each query/key head before rotary (Qwen3)
+    rope_scaling: Optional[RopeScaling] = None  # Llama 3.1-style frequency scaling
+    scale_logits: bool = True  # logits * d_model**-0.5 (workbench models); False for imported ones
 
     def __post_init__(self):
         if self.vocab_size <= 0:
             raise ValueError(f"vocab_size={self.vocab_size} must be positive; take it from the tokenizer")
-        if self.d_model % self.num_heads:
+        if self.head_dim_override is not None and self.head_dim_override <= 0:
+            raise ValueError(f"head_dim_override={self.head_dim_override} must be positive (or None)")
+        if self.head_dim_override is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} does not divide d_model={self.d_model}; "
                 f"choose num_heads among the divisors of d_model (head_dim = d_model / num_heads)"
@@ -69,7 +95,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+        return self.d_model // self.num_heads if self.head_dim_override is None else self.head_dim_override
 
     @property
     def kv_heads(self) -> int:
@@ -116,6 +142,8 @@ def param_count(config: ModelConfig) -> dict[str, int]:
     """Closed-form parameter count by part, and the total."""
     d, hd = config.d_model, config.head_dim
     attn = d * config.num_heads * hd * 2 + d * config.kv_heads * hd * 2  # q, o and k, v
+    attn += (config.num_heads + 2 * config.kv_heads) * hd if config.qkv_bias else 0
+    attn += 2 * hd if config.qk_norm else 0
     mlp = 3 * d * config.d_ff  # gate, up, down
     block = attn + mlp + 2 * d  # two RMSNorm scales
     embed = config.vocab_size * d * (1 if config.tie_embeddings else 2)

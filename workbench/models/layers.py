@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from workbench.attention import AttentionMask, attention, available_impls
-from workbench.models.config import ModelConfig
+from workbench.models.config import ModelConfig, RopeScaling
 
 # Register the Pallas adapters at import, not inside the first trace: Pallas registers JAX
 # config flags when first imported, which made each process compile its first step twice.
@@ -39,10 +39,28 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...]).astype(self.dtype)
 
 
-def rotary(x_BxTxHxD: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (half-split convention), computed in float32."""
-    head_dim = x_BxTxHxD.shape[-1]
+def rope_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> jax.Array:
+    """Inverse frequencies [head_dim/2] of the rotary pairs, with Llama 3.1 scaling if given."""
     freqs = theta ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) * 2.0 / head_dim)
+    if scaling is None:
+        return freqs
+    wavelen = 2 * jnp.pi / freqs
+    low_freq_wavelen = scaling.original_max_len / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_len / scaling.high_freq_factor
+    smooth = (scaling.original_max_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    between = (1 - smooth) * freqs / scaling.factor + smooth * freqs
+    scaled = jnp.where(wavelen > low_freq_wavelen, freqs / scaling.factor, freqs)
+    return jnp.where((wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen), between, scaled)
+
+
+def rotary(
+    x_BxTxHxD: jax.Array, positions_BxT: jax.Array, theta: float, scaling: Optional[RopeScaling] = None
+) -> jax.Array:
+    """Rotary position embedding (half-split convention, as Hugging Face Llama), in float32."""
+    head_dim = x_BxTxHxD.shape[-1]
+    freqs = rope_frequencies(head_dim, theta, scaling)
     angles = positions_BxT.astype(jnp.float32)[:, :, None, None] * freqs  # [B,T,1,D/2]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
@@ -50,11 +68,11 @@ def rotary(x_BxTxHxD: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.
     return out.astype(x_BxTxHxD.dtype)
 
 
-def _dense(d_in: int, d_out: int, config: ModelConfig, rngs: nnx.Rngs, std: float) -> nnx.Linear:
+def _dense(d_in: int, d_out: int, config: ModelConfig, rngs: nnx.Rngs, std: float, bias: bool = False) -> nnx.Linear:
     return nnx.Linear(
         d_in,
         d_out,
-        use_bias=False,
+        use_bias=bias,
         dtype=compute_dtype(config),
         param_dtype=jnp.float32,
         kernel_init=nnx.initializers.normal(std),
@@ -80,18 +98,24 @@ class Attention(nnx.Module):
         d, hd = config.d_model, config.head_dim
         self.config = config
         self.cross = cross
-        self.q = _dense(d, config.num_heads * hd, config, rngs, d**-0.5)
-        self.k = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5)
-        self.v = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5)
+        bias = config.qkv_bias
+        self.q = _dense(d, config.num_heads * hd, config, rngs, d**-0.5, bias)
+        self.k = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias)
+        self.v = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias)
         self.o = _dense(config.num_heads * hd, d, config, rngs, (config.num_heads * hd * 2 * config.num_layers) ** -0.5)
+        # Qwen3: per-head RMSNorm of queries and keys (before rotary), one scale shared by all heads
+        self.q_norm = RMSNorm(hd, config.norm_eps, compute_dtype(config)) if config.qk_norm else None
+        self.k_norm = RMSNorm(hd, config.norm_eps, compute_dtype(config)) if config.qk_norm else None
 
     def project_kv(self, x_BxSxD: jax.Array, positions_BxS: Optional[jax.Array]) -> KVCache:
         batch, length, _ = x_BxSxD.shape
         cfg = self.config
         k = self.k(x_BxSxD).reshape(batch, length, cfg.kv_heads, cfg.head_dim)
         v = self.v(x_BxSxD).reshape(batch, length, cfg.kv_heads, cfg.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         if not self.cross:
-            k = rotary(k, positions_BxS, cfg.rope_theta)
+            k = rotary(k, positions_BxS, cfg.rope_theta, cfg.rope_scaling)
         return {"k": k, "v": v}
 
     def __call__(
@@ -110,12 +134,14 @@ class Attention(nnx.Module):
         batch, length, _ = x_BxTxD.shape
         cfg = self.config
         q = self.q(x_BxTxD).reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if self.cross:
             if cross_kv is None:
                 raise ValueError("cross-attention needs cross_kv (see EncoderDecoder.cross_kv)")
             kv = cross_kv
         else:
-            q = rotary(q, positions_BxT, cfg.rope_theta)
+            q = rotary(q, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
             kv = self.project_kv(x_BxTxD, positions_BxT)
             if cache is not None:
                 kv = {name: write_at(cache[name], kv[name], positions_BxT[:, 0]) for name in ("k", "v")}

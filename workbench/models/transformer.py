@@ -89,9 +89,11 @@ class _Embedder(nnx.Module):
 
     def logits(self, x_BxTxD):
         table = self.embedding if self.lm_head is None else self.lm_head
-        # Scaled by 1/sqrt(d) so unit-variance embeddings give O(1) logits; float32 for the softmax.
+        # Scaled by 1/sqrt(d) so unit-variance embeddings give O(1) logits (not for imported
+        # models, trained without it); float32 for the softmax.
         w = table[...].astype(x_BxTxD.dtype)
-        return jnp.einsum("btd,vd->btv", x_BxTxD, w, preferred_element_type=jnp.float32) * self.config.d_model**-0.5
+        logits = jnp.einsum("btd,vd->btv", x_BxTxD, w, preferred_element_type=jnp.float32)
+        return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
 
 
 class DecoderOnly(nnx.Module):

