@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from workbench.attention.dispatch import attention, supporting_impls
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
-from workbench.kernels.adapters import IMPLS
+from workbench.attention.kernel_adapters import IMPLS
 from workbench.kernels.flash_gpu import GpuBlockSizes, flash_attention_gpu
 from workbench.kernels.flash_tpu import TpuBlockSizes, flash_attention_tpu
 
