@@ -10,10 +10,9 @@ handles the case exactly; the dense XLA reference ends every order and handles
 everything. No adapter ever substitutes a different mask. An impl named explicitly that
 cannot handle the case raises, naming the reason and listing those that can.
 
-The Pallas kernels register themselves: importing `workbench.kernels` (which
-`workbench.attention` does not do, so imports run models -> attention -> kernels)
-registers their adapters through `register`. `workbench.models` imports the kernels
-package once at import time for that.
+Only the reference and cuDNN are defined here; the Pallas kernels' adapters are in
+`workbench.attention.kernel_adapters`, which the package imports (and so registers) at
+its own import. Imports run one way: models -> attention -> kernels.
 """
 
 from __future__ import annotations
@@ -56,7 +55,8 @@ class AttentionImpl:
         """None when this impl handles the case, else why not (unsupported mask features first)."""
         unknown = [] if self.supports is None else sorted(mask.features - self.supports)
         if unknown:
-            return f"impl {self.name!r} does not support mask feature(s) {unknown} (it supports {sorted(self.supports)})"
+            return (f"impl {self.name!r} does not support mask feature(s) {unknown} "
+                    f"(it supports {sorted(self.supports)})")
         return self.why_not(q, k, v, mask, platform)
 
 
