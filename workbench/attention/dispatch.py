@@ -129,7 +129,7 @@ def attention(
       None) and keys at ``arange(Tk)``, so when Tq != Tk a causal mask is aligned top-left
       (query 0 sees key 0 only, unless ``q_offset`` moves it), not bottom-right.
     * A query row that sees no key (fully masked by padding, segments or offsets) gives
-      output 0, and its gradients with respect to q, k and v are 0, never NaN. Tq = 0 or
+      output 0; its dq is 0 and it adds nothing to dk and dv (never NaN). Tq = 0 or
       Tk = 0 is allowed: an empty output, or zeros.
 
     ``impl`` names a registered implementation or "auto" (see `AUTO_ORDER`); a mask feature
