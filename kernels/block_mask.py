@@ -2,9 +2,12 @@
 
 The mask rule (see `workbench.attention.mask`) ignoring segment ids is
 
-    visible(i, j) = j < kv_len  and  (j < prefix  or  (i >= prefix and (not causal or j <= i)))
+    visible(i, j) = j < kv_len  and  (j < prefix  or  (i >= prefix and rule(i, j)))
 
-with i, j absolute positions. It is monotone: widening i (later query) or narrowing j
+with i, j absolute positions (i may be negative: `q_offset` can be) and rule(i, j) one of
+True (bidirectional), j <= i (causal) or, with a static `block_size` b, j < block_end(i)
+where block_end(i) = prefix + ((i - prefix) // b + 1) * b (block-causal: a query sees its
+own block and every earlier one). It is monotone: widening i (later query) or narrowing j
 (earlier key) never hides a visible pair. Two consequences the kernels rely on:
 
 * the keys a query sees form a prefix ``[0, visible_key_count(i))`` of the sequence, and
@@ -13,7 +16,8 @@ with i, j absolute positions. It is monotone: widening i (later query) or narrow
 So for a q tile the visible kv tiles are ``[0, num_visible)`` and, of those, the fully
 visible ones (no per-element mask needed) are ``[0, num_full)``; for a kv tile the visible
 q tiles are ``[first_visible, num_q_blocks)`` with the fully visible ones from
-``first_full``. Loops run over exactly these ranges, so hidden tiles cost nothing.
+``first_full``. Loops run over exactly these ranges, so hidden tiles cost nothing: for a
+block-causal mask every tile above the block diagonal is skipped, as for a causal one.
 
 Every function works on Python ints and on traced int32 scalars alike (inside Triton and
 Mosaic kernels and in TPU index maps); divisions use `lax.div` on non-negative values.
@@ -27,6 +31,8 @@ spans the kernels iterate over.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -35,22 +41,40 @@ def _cdiv(x, d: int):
     return lax.div(x + (d - 1), d)
 
 
-def visible_key_count(q_pos, prefix, kv_len, causal: bool):
+def _block_start(pos, prefix, block_size: int):
+    """First position of the block holding `pos` (pos >= prefix; smaller pos give `prefix`)."""
+    return prefix + lax.div(jnp.maximum(pos - prefix, 0), block_size) * block_size
+
+
+def visible_key_count(q_pos, prefix, kv_len, causal: bool, block_size: Optional[int] = None):
     """Number of keys the query at absolute position `q_pos` sees: keys [0, count)."""
-    reach = (q_pos + 1) if causal else kv_len
+    if causal:
+        reach = q_pos + 1
+    elif block_size is not None:
+        reach = _block_start(q_pos, prefix, block_size) + block_size
+    else:
+        reach = kv_len
     reach = jnp.where(q_pos >= prefix, reach, 0)
     return jnp.minimum(kv_len, jnp.maximum(prefix, reach))
 
 
-def first_query_seeing(k_pos, prefix, kv_len, causal: bool, never):
-    """Smallest absolute query position that sees key `k_pos`; `never` when none does."""
-    after_prefix = jnp.maximum(k_pos, prefix) if causal else prefix
-    first = jnp.where(k_pos < prefix, 0, after_prefix)
+def first_query_seeing(k_pos, prefix, kv_len, causal: bool, never, lowest,
+                       block_size: Optional[int] = None):
+    """Smallest absolute query position that sees key `k_pos`: `lowest` (the first query's
+    position, which may be negative) for a prefix key that every query sees, `never` when
+    no query does."""
+    if causal:
+        after_prefix = jnp.maximum(k_pos, prefix)
+    elif block_size is not None:
+        after_prefix = _block_start(k_pos, prefix, block_size)
+    else:
+        after_prefix = prefix
+    first = jnp.where(k_pos < prefix, lowest, after_prefix)
     return jnp.where(k_pos >= kv_len, never, first)
 
 
 def kv_block_range(q_block, *, block_q: int, block_k: int, q_len: int, prefix, kv_len, q_offset,
-                   causal: bool, segmented: bool):
+                   causal: bool, segmented: bool, block_size: Optional[int] = None):
     """(num_full, num_visible) kv tiles for q tile `q_block`.
 
     kv tiles [0, num_full) need no element mask; [num_full, num_visible) need one; the rest
@@ -59,37 +83,41 @@ def kv_block_range(q_block, *, block_q: int, block_k: int, q_len: int, prefix, k
     """
     first_row = q_block * block_q
     last_row = jnp.minimum(first_row + block_q, q_len) - 1
-    num_visible = _cdiv(visible_key_count(q_offset + last_row, prefix, kv_len, causal), block_k)
+    num_visible = _cdiv(visible_key_count(q_offset + last_row, prefix, kv_len, causal, block_size), block_k)
     if segmented:
         return jnp.zeros_like(num_visible), num_visible
-    num_full = lax.div(visible_key_count(q_offset + first_row, prefix, kv_len, causal), block_k)
+    num_full = lax.div(visible_key_count(q_offset + first_row, prefix, kv_len, causal, block_size), block_k)
     return jnp.minimum(num_full, num_visible), num_visible
 
 
 def q_block_range(kv_block, *, block_q: int, block_k: int, num_q_blocks: int, prefix, kv_len,
-                  q_offset, causal: bool, segmented: bool):
+                  q_offset, causal: bool, segmented: bool, block_size: Optional[int] = None):
     """(first_visible, first_full) q tiles for kv tile `kv_block`.
 
     q tiles [first_visible, num_q_blocks) see the kv tile; of those, [first_full,
-    num_q_blocks) see all of it and need no element mask.
+    num_q_blocks) see all of it and need no element mask. Rows are counted from the first
+    query (at absolute position `q_offset`, possibly negative).
     """
     rows = num_q_blocks * block_q
     never = q_offset + rows
     first_key = kv_block * block_k
-    first_row = first_query_seeing(first_key, prefix, kv_len, causal, never) - q_offset
+    first_row = first_query_seeing(first_key, prefix, kv_len, causal, never, q_offset, block_size) - q_offset
     first_visible = lax.div(jnp.clip(first_row, 0, rows), block_q)
     if segmented:
         return first_visible, jnp.full_like(first_visible, num_q_blocks)
-    full_row = first_query_seeing(first_key + block_k - 1, prefix, kv_len, causal, never) - q_offset
+    full_row = first_query_seeing(first_key + block_k - 1, prefix, kv_len, causal, never, q_offset,
+                                  block_size) - q_offset
     first_full = _cdiv(jnp.clip(full_row, 0, rows), block_q)
     return first_visible, jnp.maximum(first_full, first_visible)
 
 
-def element_mask(q_pos, k_pos, prefix, kv_len, causal: bool):
+def element_mask(q_pos, k_pos, prefix, kv_len, causal: bool, block_size: Optional[int] = None):
     """Boolean visibility of (q_pos, k_pos) pairs; the arguments broadcast against each other."""
     after_prefix = q_pos >= prefix
     if causal:
         after_prefix = after_prefix & (k_pos <= q_pos)
+    elif block_size is not None:
+        after_prefix = after_prefix & (k_pos < _block_start(q_pos, prefix, block_size) + block_size)
     return ((k_pos < prefix) | after_prefix) & (k_pos < kv_len)
 
 

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from workbench.attention.mask import AttentionMask
-from workbench.attention.reference import check_shapes
 from workbench.kernels import block_mask
 from workbench.kernels.tile_math import LOG2E  # scores use exp2 with log2(e) folded into the scale
 
+if TYPE_CHECKING:  # kernels read the mask by its fields; they never import the attention layer
+    from workbench.attention.mask import AttentionMask
+
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+# The mask features (names from `AttentionMask.features`) the portable kernels compute; a
+# mask using any other feature is declined, never computed as a different mask.
+SUPPORTED_FEATURES = frozenset({"causal", "prefix", "key_padding", "segments", "q_offset", "block_causal"})
 
 
 class KernelMask(NamedTuple):
@@ -31,10 +35,23 @@ class KernelMask(NamedTuple):
     kv_segment_ids: Optional[jax.Array]  # [B, Tk_pad] or None
 
 
+def unsupported_features(mask: AttentionMask, supported: frozenset) -> Optional[str]:
+    """None when every feature the mask uses is in `supported`, else the reason."""
+    unknown = sorted(mask.features - supported)
+    if unknown:
+        return f"mask feature(s) {unknown} are not computed by this kernel (it computes {sorted(supported)})"
+    return None
+
+
 def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
     """None when the kernels handle this case, else the reason (shared by every adapter)."""
+    reason = unsupported_features(mask, SUPPORTED_FEATURES)
+    if reason is not None:
+        return reason
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         return f"q, k, v must be rank 4 [B, T, H, D]; got shapes {q.shape}, {k.shape}, {v.shape}"
+    if k.shape != v.shape or q.shape[0] != k.shape[0]:
+        return f"k and v must have one shape and share q's batch; got {q.shape}, {k.shape}, {v.shape}"
     head_dim = q.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
         return (f"head_dim must be one of {SUPPORTED_HEAD_DIMS} for q, k and v; got "
@@ -51,12 +68,20 @@ def check_supported(q, k, v, mask: AttentionMask, why_not=None, kernel: str = "P
     """Raise a ValueError saying what is supported when a kernel cannot run this case.
 
     `why_not(q, k, v, mask)` is the kernel's own support check (default: the portable kernels')."""
-    check_shapes(q, k, v)
     reason = (why_not or why_not_supported)(q, k, v, mask)
     if reason is not None:
         raise ValueError(f"{kernel} cannot run this case: {reason}. "
                          f"Use workbench.attention.attention(..., impl='auto') to fall back.")
     mask.validate(q.shape[0], q.shape[1], k.shape[1])
+
+
+def empty_attention(q: jax.Array, k: jax.Array) -> Optional[jax.Array]:
+    """The result when there are no queries (Tq = 0: an empty output) or no keys (Tk = 0:
+    every row sees nothing, so zeros, with zero gradients), else None. The kernels' grids
+    need at least one tile of each, so this case never reaches them."""
+    if q.shape[1] == 0 or k.shape[1] == 0:
+        return jnp.zeros(q.shape, q.dtype)
+    return None
 
 
 def next_power_of_2(n: int) -> int:
@@ -139,7 +164,7 @@ def flash_with_vjp(forward: ForwardFn, backward: BackwardFn):
 
 @dataclasses.dataclass(frozen=True)
 class PlanBase:
-    """Static facts every kernel's plan holds: shapes, padded lengths, scale, mask kind."""
+    """Static facts every kernel's plan holds: shapes, padded lengths, scale, mask rule."""
 
     batch: int
     q_len: int
@@ -151,6 +176,7 @@ class PlanBase:
     kv_len_padded: int
     scale: float
     causal: bool
+    block_size: Optional[int]  # block-causal blocks (static: it shapes the tile schedule)
 
     @property
     def group(self) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +27,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
-                                      next_power_of_2, pad_axis, q_segment_spans, round_up, run_flash)
-from workbench.attention.mask import AttentionMask
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, empty_attention, kernel_mask,
+                                      kv_segment_spans, next_power_of_2, pad_axis, q_segment_spans, round_up, run_flash)
+
+if TYPE_CHECKING:  # kernels read the mask by its fields; they never import the attention layer
+    from workbench.attention.mask import AttentionMask
 
 _MIN_BLOCK = 16  # Triton's smallest matmul tile
 _MAX_WARPS = 32  # 1024 threads, CUDA's most per program
@@ -126,7 +128,7 @@ def _make_plan(q, k, mask: AttentionMask, scale, blocks: GpuBlockSizes, interpre
     kv_multiple = max(fitted.block_k, fitted.block_k_dkv, fitted.block_k_dq)
     return _Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                  round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
-                 float(head_dim**-0.5 if scale is None else scale), mask.causal,
+                 float(head_dim**-0.5 if scale is None else scale), mask.causal, mask.block_size,
                  mask.has_segments, fitted, interpret)
 
 
@@ -150,7 +152,7 @@ def _read_segment_span(first_ref, end_ref):
 
 
 def _tile_visibility(plan: _Plan, q_pos, k_pos, prefix, kv_len, q_seg, kv_seg):
-    visible = block_mask.element_mask(q_pos, k_pos, prefix, kv_len, plan.causal)
+    visible = block_mask.element_mask(q_pos, k_pos, prefix, kv_len, plan.causal, plan.block_size)
     if plan.segmented:
         visible = visible & (q_seg == kv_seg)
     return visible
@@ -170,7 +172,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, prefix_ref, kv_len_ref, q_offset_ref, *
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
     first, split, end = block_mask.kv_tile_span(*block_mask.kv_block_range(
         q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, block_size=plan.block_size,
+        segmented=plan.segmented),
         segment_span)
 
     q = q_ref[...]
@@ -249,7 +252,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, prefix_ref, kv_l
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
     first, split, end = block_mask.kv_tile_span(*block_mask.kv_block_range(
         q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, block_size=plan.block_size,
+        segmented=plan.segmented),
         segment_span)
 
     q, do = q_ref[...], do_ref[...]
@@ -319,7 +323,8 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, prefix_ref, kv_
     prefix, kv_len, q_offset = _read_scalars(prefix_ref, kv_len_ref, q_offset_ref)
     first, split, end = block_mask.q_tile_span(*block_mask.q_block_range(
         kv_block, block_q=block_q, block_k=block_k, num_q_blocks=num_q_blocks, prefix=prefix,
-        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, segmented=plan.segmented),
+        kv_len=kv_len, q_offset=q_offset, causal=plan.causal, block_size=plan.block_size,
+        segmented=plan.segmented),
         num_q_blocks, segment_span)
 
     k, v = k_ref[...], v_ref[...]
@@ -407,10 +412,14 @@ def flash_attention_gpu(
     """Masked flash attention through Pallas-Triton; differentiable (custom VJP).
 
     q [B, Tq, H, D], k and v [B, Tk, Hkv, D] with D in (64, 128), H a multiple of Hkv,
-    bf16 or f32 (f32 accumulation). Any `AttentionMask`; lengths need not be multiples
-    of the tiles. `interpret=True` runs on CPU.
+    bf16 or f32 (f32 accumulation). Any `AttentionMask` (causal, prefix, block-causal, key
+    padding, segment ids, query offsets of either sign); lengths need not be multiples of
+    the tiles, and Tq = 0 or Tk = 0 gives an empty or zero output. `interpret=True` runs on CPU.
     """
     check_supported(q, k, v, mask)
+    empty = empty_attention(q, k)
+    if empty is not None:
+        return empty
     plan = _make_plan(q, k, mask, scale, block_sizes, interpret)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)

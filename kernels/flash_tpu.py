@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +29,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from workbench.attention.mask import AttentionMask
 from workbench.kernels import block_mask, tile_math
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
-                                      pad_axis, q_segment_spans, round_up, run_flash)
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, empty_attention, kernel_mask,
+                                      kv_segment_spans, pad_axis, q_segment_spans, round_up, run_flash)
+
+if TYPE_CHECKING:  # kernels read the mask by its fields; they never import the attention layer
+    from workbench.attention.mask import AttentionMask
 
 LANES = 128
 SUBLANES = 8
@@ -95,7 +97,7 @@ def _make_plan(q, k, mask: AttentionMask, scale, blocks: TpuBlockSizes, interpre
     kv_multiple = math.lcm(fitted.block_k, fitted.block_k_dkv, fitted.block_k_dq)
     return _Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                  round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
-                 float(head_dim**-0.5 if scale is None else scale), mask.causal,
+                 float(head_dim**-0.5 if scale is None else scale), mask.causal, mask.block_size,
                  mask.has_segments, fitted, interpret, simulate_tpu_memory)
 
 
@@ -147,7 +149,7 @@ def _kv_span(plan: _Plan, scalars: _Scalars, b, q_block, block_q: int, block_k: 
     b_range = block_mask.kv_block_range(
         q_block, block_q=block_q, block_k=block_k, q_len=plan.q_len, prefix=scalars.prefix[b],
         kv_len=scalars.kv_len[b], q_offset=scalars.q_offset[b], causal=plan.causal,
-        segmented=plan.segmented)
+        block_size=plan.block_size, segmented=plan.segmented)
     return block_mask.kv_tile_span(
         *b_range, scalars.segment_span(b, q_block, plan.q_len_padded // block_q))
 
@@ -158,7 +160,7 @@ def _q_span(plan: _Plan, scalars: _Scalars, b, kv_block, block_q: int, block_k: 
     b_range = block_mask.q_block_range(
         kv_block, block_q=block_q, block_k=block_k, num_q_blocks=num_q_blocks,
         prefix=scalars.prefix[b], kv_len=scalars.kv_len[b], q_offset=scalars.q_offset[b],
-        causal=plan.causal, segmented=plan.segmented)
+        causal=plan.causal, block_size=plan.block_size, segmented=plan.segmented)
     return block_mask.q_tile_span(
         *b_range, num_q_blocks, scalars.segment_span(b, kv_block, plan.kv_len_padded // block_k))
 
@@ -178,7 +180,8 @@ def _visible_block(index, first, end, count: int):
 
 
 def _visibility(plan: _Plan, q_pos, k_pos, b, scalars: _Scalars, q_seg, kv_seg):
-    visible = block_mask.element_mask(q_pos, k_pos, scalars.prefix[b], scalars.kv_len[b], plan.causal)
+    visible = block_mask.element_mask(q_pos, k_pos, scalars.prefix[b], scalars.kv_len[b], plan.causal,
+                                         plan.block_size)
     if plan.segmented:
         visible = visible & (q_seg == kv_seg)
     return visible
@@ -505,6 +508,9 @@ def flash_attention_tpu(
     kernel bodies and index maps about 50x faster (for wide randomized tests).
     """
     check_supported(q, k, v, mask)
+    empty = empty_attention(q, k)
+    if empty is not None:
+        return empty
     plan = _make_plan(q, k, mask, scale, block_sizes, interpret, simulate_tpu_memory)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)

@@ -13,13 +13,16 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 
 def test_device_scripts_import_from_an_uninstalled_checkout(tmp_path):
     # -S skips site.py, so the editable install's .pth finder is not loaded; the venv's
-    # site-packages is added as a plain path (third-party packages only).
+    # site-packages (and any a .pth chains to, as in a venv layered over another) are added
+    # as plain paths (third-party packages only).
+    site_dirs = [sysconfig.get_paths()["purelib"]] + [p for p in sys.path if p.endswith("site-packages")]
     code = (
         "import sys\n"
         f"sys.path[:0] = [{str(CHECKOUT)!r}]\n"
-        f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+        f"sys.path.extend({list(dict.fromkeys(site_dirs))!r})\n"
         "assert not any('editable' in str(finder) for finder in sys.meta_path)\n"
-        "import workbench.kernels.hopper_check, workbench.benchmarks.kernel_tuning, workbench.kernels.adapters\n"
+        "import workbench.benchmarks.hopper_check, workbench.benchmarks.kernel_tuning, workbench.attention\n"
+        "import workbench.kernels.experimental.hopper\n"
         "import workbench.kernels as kernels\n"
         f"assert kernels.__file__ == {str(CHECKOUT / 'kernels' / '__init__.py')!r}, kernels.__file__\n"
         "print('ok')\n"

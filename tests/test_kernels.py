@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from workbench.attention.dispatch import attention, supporting_impls
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
-from workbench.kernels.adapters import IMPLS
+from workbench.attention.kernel_adapters import IMPLS
 from workbench.kernels.flash_gpu import GpuBlockSizes, flash_attention_gpu
 from workbench.kernels.flash_tpu import TpuBlockSizes, flash_attention_tpu
 
@@ -157,7 +157,7 @@ def _cases(draw, dtype, shapes=SHAPES, causal=st.booleans(), segmented=st.boolea
         seed=draw(st.integers(0, 2**31 - 1)),
         prefix=per_example(st.sampled_from([0, tq, tk]) | st.integers(0, max(tq, tk))),
         kv_lengths=per_example(st.sampled_from([0, tk]) | st.integers(0, tk)),
-        q_offset=per_example(st.just(0) | st.integers(0, 16)),
+        q_offset=per_example(st.just(0) | st.integers(-16, 16)),
         q_seg=np.stack([draw(_segment_ids(tq)) for _ in range(b)]),
         kv_seg=np.stack([draw(_segment_ids(tk)) for _ in range(b)]),
     )
@@ -188,6 +188,18 @@ def test_edge_cases(kernel, causal):
     for x in (out, dq, dk, dv):
         assert not bool(jnp.any(x[2])), "a row that sees no key must give exact zeros"
     assert not bool(jnp.any(dk[3, 27:])) and not bool(jnp.any(dv[3, 27:]))
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("causal", [True, False])
+def test_negative_query_offset_with_a_prefix(kernel, causal):
+    """Queries at negative positions (a valid `q_offset`) see the prefix, as every query
+    does: the dk/dv pass must visit their tiles for the prefix keys. Its query-tile range
+    started at position 0 before, which gave wrong dk/dv (forward and dq were right)."""
+    shape = Shape(4, 40, 40, 2, 2, 64)  # test_edge_cases' static config: no new compile
+    no_segments = np.zeros((4, 40), np.int32)
+    _check(kernel, shape, jnp.float32, causal, False, seed=6, prefix=[10, 30, 0, 40],
+           kv_lengths=[40, 33, 40, 40], q_offset=[-25, -7, -5, -40], q_seg=no_segments, kv_seg=no_segments)
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))

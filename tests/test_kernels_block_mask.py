@@ -5,7 +5,9 @@ none, and the "full" sub-range holds exactly the tiles with no hidden element (r
 are computed for all tiles at once: the functions broadcast). The
 kernels skip whatever lies outside the range, so a wrong range is a wrong result (too
 narrow) or wasted work (too wide); both fail here. Segment spans are checked the same
-way: never too narrow for any ids, exact for packed sequences.
+way: never too narrow for any ids, exact for packed sequences. The cases cover causal,
+bidirectional and block-causal rules (block sizes that do not divide the tiles), prefixes,
+key padding and query offsets of either sign.
 """
 
 from __future__ import annotations
@@ -28,19 +30,39 @@ def _cases(draw):
         kv_len=kv_len,
         block_q=draw(st.sampled_from([8, 16, 32])),
         block_k=draw(st.sampled_from([8, 16, 32])),
-        causal=draw(st.booleans()),
+        **_rule(draw),
         prefix=draw(st.sampled_from([0, kv_len, q_len]) | st.integers(0, 80)),
         length=draw(st.sampled_from([0, kv_len]) | st.integers(0, kv_len)),
-        offset=draw(st.sampled_from([0]) | st.integers(0, 40)),
+        offset=draw(st.sampled_from([0]) | st.integers(-40, 40)),
     )
+
+
+def _rule(draw) -> dict:
+    """causal, bidirectional, or block-causal with a block size that need not divide a tile."""
+    rule = draw(st.sampled_from(["causal", "bidirectional", "block_causal"]))
+    block_size = draw(st.sampled_from([1, 8, 16]) | st.integers(1, 40)) if rule == "block_causal" else None
+    return dict(causal=rule == "causal", block_size=block_size)
+
+
+def _rule_args(c) -> dict:
+    return dict(causal=c["causal"], block_size=c["block_size"])
 
 
 def _dense(c, rows: int, cols: int) -> np.ndarray:
     """[rows, cols] visibility for one example; keys at or beyond kv_len are padding."""
-    mask = AttentionMask(causal=c["causal"], prefix_len=np.array([c["prefix"]], np.int32),
+    mask = AttentionMask(causal=c["causal"], block_size=c["block_size"],
+                         prefix_len=np.array([c["prefix"]], np.int32),
                          kv_lengths=np.array([min(c["length"], c["kv_len"])], np.int32),
                          q_offset=np.array([c["offset"]], np.int32))
     return np.asarray(mask.dense(1, rows, cols))[0]
+
+
+@given(_cases())
+def test_element_mask_is_the_dense_mask(c):
+    q_pos = c["offset"] + np.arange(c["q_len"], dtype=np.int32)[:, None]
+    k_pos = np.arange(c["kv_len"], dtype=np.int32)[None, :]
+    elements = block_mask.element_mask(q_pos, k_pos, c["prefix"], min(c["length"], c["kv_len"]), **_rule_args(c))
+    np.testing.assert_array_equal(np.asarray(elements), _dense(c, c["q_len"], c["kv_len"]))
 
 
 @given(_cases())
@@ -51,7 +73,7 @@ def test_kv_block_range_is_exact(c):
     full_per_block, visible_per_block = (np.asarray(x) for x in block_mask.kv_block_range(
         np.arange(num_q, dtype=np.int32), block_q=bq, block_k=bk, q_len=c["q_len"],
         prefix=c["prefix"], kv_len=min(c["length"], c["kv_len"]), q_offset=c["offset"],
-        causal=c["causal"], segmented=False))
+        segmented=False, **_rule_args(c)))
     for q_block, num_full, num_visible in zip(range(num_q), full_per_block, visible_per_block):
         rows = dense[q_block * bq:(q_block + 1) * bq]
         tiles = [rows[:, j * bk:(j + 1) * bk] for j in range(num_k)]
@@ -67,7 +89,7 @@ def test_q_block_range_is_exact(c):
     visible_per_block, full_per_block = (np.asarray(x) for x in block_mask.q_block_range(
         np.arange(num_k, dtype=np.int32), block_q=bq, block_k=bk, num_q_blocks=num_q,
         prefix=c["prefix"], kv_len=min(c["length"], c["kv_len"]), q_offset=c["offset"],
-        causal=c["causal"], segmented=False))
+        segmented=False, **_rule_args(c)))
     for kv_block, first_visible, first_full in zip(range(num_k), visible_per_block, full_per_block):
         cols = dense[:, kv_block * bk:(kv_block + 1) * bk]
         tiles = [cols[i * bq:(i + 1) * bq] for i in range(num_q)]

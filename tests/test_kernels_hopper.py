@@ -25,8 +25,10 @@ from jax.sharding import AbstractDevice, AbstractMesh
 
 from workbench.attention.mask import AttentionMask
 from workbench.attention.reference import xla_attention
-from workbench.kernels import adapters, hopper, hopper_check, hopper_emulate
-from workbench.kernels.hopper_check import packed_segment_ids
+from workbench.attention import kernel_adapters
+from workbench.benchmarks import hopper_check
+from workbench.benchmarks.hopper_check import packed_segment_ids
+from workbench.kernels.experimental import hopper, hopper_emulate
 from workbench.kernels.common import kernel_mask
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
@@ -192,7 +194,7 @@ def test_kernels_lower_for_h100(case):
 
 def test_adapter_declines_what_it_cannot_do(monkeypatch):
     q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
-    impl = {i.name: i for i in adapters.IMPLS}["pallas_mosaic_gpu"]
+    impl = {i.name: i for i in kernel_adapters.IMPLS}["pallas_mosaic_gpu"]
     mask = AttentionMask.prefix_lm(jnp.array([3]))
     assert "platform" in impl.why_not(q, q, q, mask, "cpu")
     monkeypatch.setattr(hopper, "local_gpu_is_hopper", lambda: (False, "NVIDIA A100-SXM4-80GB"))

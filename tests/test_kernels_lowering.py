@@ -30,6 +30,9 @@ def _masks():
         "prefix_lm_padded": AttentionMask.prefix_lm(jnp.array([3, 500]), kv_lengths=jnp.array([1000, 700])),
         "prefix_diffusion_segments": AttentionMask.prefix_diffusion(
             jnp.array([0, 1000]), q_segment_ids=ids, kv_segment_ids=ids),
+        # 48: a block size that divides neither the tiles nor the length
+        "block_causal_prefix_padded": AttentionMask.block_causal(
+            48, prefix_len=jnp.array([3, 500]), kv_lengths=jnp.array([1000, 700])),
     }
 
 

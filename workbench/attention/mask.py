@@ -1,25 +1,40 @@
 """The one mask description every attention implementation takes.
 
-A query at position i may attend to a key at position j when all of these hold:
+A query at absolute position i may attend to a key at position j when all of these hold:
 
-* prefix/causal rule:  j < prefix_len  or  (i >= prefix_len and (not causal or j <= i))
+* prefix/causal rule:  j < prefix_len  or  (i >= prefix_len and rule(i, j))
 * key padding:         j < kv_lengths[b]
 * packing:             q_segment_ids[b, i] == kv_segment_ids[b, j]
 
-The familiar masks are settings of the same two fields:
+where rule(i, j) is ``True`` (bidirectional), ``j <= i`` (causal) or, with a
+``block_size``, ``j >= prefix_len and block(j) <= block(i)`` with
+``block(p) = (p - prefix_len) // block_size`` (block-causal: bidirectional within a
+block, causal across blocks). The familiar masks are settings of these fields:
 
-=====================  ========  ==============
-mask                   causal    prefix_len
-=====================  ========  ==============
-causal                 True      None (0)
-prefix-LM (AR)         True      per example
-bidirectional          False     None (0)
-prefix-diffusion       False     per example    (inputs see inputs only; targets see all)
-=====================  ========  ==============
+=====================  ========  ==============  ==========  =============================
+mask kind              causal    prefix_len      block_size  who sees what
+=====================  ========  ==============  ==========  =============================
+causal                 True      None (0)        None        key j <= query i
+prefix_lm (AR)         True      per example     None        prefix for all; causal after
+bidirectional          False     None (0)        None        every key
+prefix_diffusion       False     per example     None        inputs see inputs; targets all
+block_causal           False     optional        b           prefix for all; queries in the
+                                                             prefix see only it; a query
+                                                             after it sees its own block
+                                                             and every earlier block
+=====================  ========  ==============  ==========  =============================
 
 Positions are absolute: queries sit at ``q_offset + arange(Tq)`` (``q_offset`` is
-nonzero only when decoding against a KV cache). Because the mask is data, the same
-parameters serve an AR model and, after AR2Diff, a diffusion model.
+nonzero only when decoding against a KV cache, and may be negative), keys at
+``arange(Tk)``; block numbers are counted from ``prefix_len`` in these absolute
+positions. ``block_size`` must be a positive int and is static (it picks the kernels'
+tile schedule); ``causal=True`` together with a ``block_size`` is refused. Key padding and
+segment ids combine with every kind. Because the mask is data, the same parameters serve
+an AR model and, after AR2Diff, a diffusion model.
+
+`AttentionMask.features` names the parts of this description a mask uses; every
+attention implementation declares the features it computes, and dispatch never hands a
+mask to one that does not declare all of its features (see `workbench.attention.dispatch`).
 """
 
 from __future__ import annotations
@@ -31,12 +46,27 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-MASK_KINDS = ("causal", "prefix_lm", "bidirectional", "prefix_diffusion")
+MASK_KINDS = ("causal", "prefix_lm", "bidirectional", "prefix_diffusion", "block_causal")
+
+# The features a mask can use (`AttentionMask.features`); implementations declare a subset.
+CAUSAL = "causal"
+PREFIX = "prefix"
+KEY_PADDING = "key_padding"
+SEGMENTS = "segments"
+Q_OFFSET = "q_offset"
+BLOCK_CAUSAL = "block_causal"
+MASK_FEATURES = frozenset({CAUSAL, PREFIX, KEY_PADDING, SEGMENTS, Q_OFFSET, BLOCK_CAUSAL})
+
+_PREFIX_KINDS = ("prefix_lm", "prefix_diffusion")
+
+
+def _as_int32(value) -> Optional[jax.Array]:
+    return None if value is None else jnp.asarray(value, jnp.int32)
 
 
 @struct.dataclass
 class AttentionMask:
-    """Mask description; a pytree whose ``causal`` flag is static."""
+    """Mask description; a pytree whose ``causal`` flag and ``block_size`` are static."""
 
     causal: bool = struct.field(pytree_node=False, default=True)
     prefix_len: Optional[jax.Array] = None  # [B] int32
@@ -44,6 +74,19 @@ class AttentionMask:
     q_segment_ids: Optional[jax.Array] = None  # [B, Tq] int32
     kv_segment_ids: Optional[jax.Array] = None  # [B, Tk] int32
     q_offset: Optional[jax.Array] = None  # [B] int32 absolute position of query 0
+    block_size: Optional[int] = struct.field(pytree_node=False, default=None)  # block-causal blocks
+
+    def __post_init__(self):
+        size = self.block_size
+        if size is None:
+            return
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"AttentionMask.block_size={size!r}: expected a positive int (tokens per "
+                             f"block of a block-causal mask), or None for no blocks")
+        if self.causal:
+            raise ValueError(f"AttentionMask(causal=True, block_size={size}): a block-causal mask is its own "
+                             f"rule (bidirectional within a block, causal across blocks); pass causal=False, "
+                             f"or build it with mask_for_kind('block_causal', block_size={size})")
 
     # -- constructors -----------------------------------------------------
     @classmethod
@@ -63,24 +106,30 @@ class AttentionMask:
         return cls(causal=False, prefix_len=jnp.asarray(prefix_len, jnp.int32), **kw)
 
     @classmethod
-    def from_kind(cls, kind: str, prefix_len=None, **kw) -> "AttentionMask":
-        """Build a mask by name: one of ``MASK_KINDS``."""
-        if kind == "causal":
-            return cls.causal_mask(**kw)
-        if kind == "bidirectional":
-            return cls.bidirectional(**kw)
-        if kind in ("prefix_lm", "prefix_diffusion"):
-            if prefix_len is None:
-                raise ValueError(f"mask kind {kind!r} needs prefix_len (one int per example); got None")
-            return getattr(cls, kind)(prefix_len, **kw)
-        raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+    def block_causal(cls, block_size: int, prefix_len=None, **kw) -> "AttentionMask":
+        return cls(causal=False, block_size=block_size, prefix_len=_as_int32(prefix_len), **kw)
 
     # -- description ------------------------------------------------------
     @property
     def kind(self) -> str:
+        if self.block_size is not None:
+            return "block_causal"
         if self.prefix_len is None:
             return "causal" if self.causal else "bidirectional"
         return "prefix_lm" if self.causal else "prefix_diffusion"
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The parts of the mask description this mask uses (a subset of `MASK_FEATURES`)."""
+        used = {
+            CAUSAL: self.causal,
+            BLOCK_CAUSAL: self.block_size is not None,
+            PREFIX: self.prefix_len is not None,
+            KEY_PADDING: self.kv_lengths is not None,
+            SEGMENTS: self.has_segments,
+            Q_OFFSET: self.q_offset is not None,
+        }
+        return frozenset(name for name, on in used.items() if on)
 
     @property
     def has_segments(self) -> bool:
@@ -122,6 +171,8 @@ class AttentionMask:
         after_prefix = q_pos >= prefix
         if self.causal:
             after_prefix = after_prefix & (k_pos <= q_pos)
+        if self.block_size is not None:  # floor division; keys before the prefix pass anyway
+            after_prefix = after_prefix & ((k_pos - prefix) // self.block_size <= (q_pos - prefix) // self.block_size)
         allowed = (k_pos < prefix) | after_prefix
         if self.kv_lengths is not None:
             allowed = allowed & (k_pos < self.kv_lengths[:, None, None])
@@ -132,3 +183,42 @@ class AttentionMask:
     def density(self, batch: int, q_len: int, kv_len: int) -> jax.Array:
         """Fraction of the Tq x Tk score matrix that is unmasked (for FLOP counts)."""
         return jnp.mean(self.dense(batch, q_len, kv_len).astype(jnp.float32))
+
+
+def mask_for_kind(
+    kind: str,
+    *,
+    prefix_len=None,
+    block_size: Optional[int] = None,
+    kv_lengths=None,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    q_offset=None,
+) -> AttentionMask:
+    """The `AttentionMask` of a mask kind named in `MASK_KINDS` (the one place that maps names).
+
+    `prefix_len` ([B] ints) is required by prefix_lm and prefix_diffusion, optional for
+    block_causal (None: no prefix) and ignored by causal and bidirectional, so one batch
+    format serves every kind. `block_size` (a positive int) is required by block_causal and
+    refused by the others. The [B] arrays are cast to int32; segment ids are passed as given.
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+    if kind == "block_causal":
+        if block_size is None:
+            raise ValueError("mask kind 'block_causal' needs block_size (a positive int, tokens per block); got None")
+    elif block_size is not None:
+        raise ValueError(f"block_size={block_size!r} is only used by mask kind 'block_causal', not {kind!r}; "
+                         f"drop it or use kind='block_causal'")
+    if kind in _PREFIX_KINDS and prefix_len is None:
+        raise ValueError(f"mask kind {kind!r} needs prefix_len (one int per example); got None")
+    uses_prefix = kind in _PREFIX_KINDS or kind == "block_causal"
+    return AttentionMask(
+        causal=kind in ("causal", "prefix_lm"),
+        prefix_len=_as_int32(prefix_len) if uses_prefix else None,
+        kv_lengths=_as_int32(kv_lengths),
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        q_offset=_as_int32(q_offset),
+        block_size=block_size,
+    )

@@ -64,16 +64,3 @@ def xla_attention(
     probs = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0)  # fully masked rows -> all-zero weights
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32), precision=precision)
     return out.reshape(q.shape).astype(q.dtype)
-
-
-def xla_attention_lse(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, scale: Optional[float] = None
-) -> jax.Array:
-    """Log-sum-exp of the masked scores, [B, H, Tq] float32 (fully masked rows give about _NEG).
-
-    Kernels save this for their backward pass; tests compare against it.
-    """
-    check_shapes(q, k, v)
-    scores, _ = _masked_scores(q, k, mask, scale, jax.lax.Precision.HIGHEST)
-    batch, q_len, num_heads, _ = q.shape
-    return jax.nn.logsumexp(scores, axis=-1).reshape(batch, num_heads, q_len)

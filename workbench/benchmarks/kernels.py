@@ -116,10 +116,8 @@ def _jax_triton_impl(platform: str) -> BenchImpl:
     def why_not(q, k, v, mask: AttentionMask):
         if platform not in ("gpu", "cpu"):
             return "a GPU kernel (interpret mode on CPU)"
-        if mask.prefix_len is not None or mask.kv_lengths is not None or mask.q_offset is not None:
-            return "causal or bidirectional only (no prefix, key lengths or offsets)"
-        if mask.has_segments:
-            return "segment ids not passed"
+        if mask.features - {"causal"}:
+            return f"causal or bidirectional only; this mask uses {sorted(mask.features - {'causal'})}"
         if q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2]:
             return "needs Tq == Tk and as many key/value heads as query heads"
         if q.shape[1] % min(128, q.shape[1]):
@@ -153,7 +151,7 @@ def _tokamax_impls(platform: str) -> list[BenchImpl]:
 
     def make(implementation: str):
         def fn(q, k, v, mask: AttentionMask):
-            if mask.prefix_len is not None or mask.has_segments:
+            if mask.features - {"causal", "key_padding"}:  # no native form: a dense mask
                 return tokamax.dot_product_attention(q, k, v, mask=_dense_mask(q, k, mask),
                                                      implementation=implementation)
             return tokamax.dot_product_attention(
@@ -182,7 +180,7 @@ def available_impls(platform: str) -> list[BenchImpl]:
         impls.append(BenchImpl(
             name,
             lambda q, k, v, mask, _fn=registered.fn: _fn(q, k, v, mask),
-            lambda q, k, v, mask, _why=registered.why_not: _why(q, k, v, mask, platform)))
+            lambda q, k, v, mask, _why=registered.reason_not: _why(q, k, v, mask, platform)))
     impls.append(BenchImpl("jax_nn_xla", _jax_nn_dense("xla"), lambda q, k, v, mask: None))
     impls += [_jax_triton_impl(platform), _cudnn_dense_impl(platform)]
     return impls + _tokamax_impls(platform)

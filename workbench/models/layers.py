@@ -13,12 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.attention import AttentionMask, attention, available_impls
+from workbench.attention import AttentionMask, attention  # also registers the Pallas kernels
 from workbench.models.config import ModelConfig, RopeScaling
-
-# Register the Pallas adapters at import, not inside the first trace: Pallas registers JAX
-# config flags when first imported, which made each process compile its first step twice.
-available_impls()
 
 KVCache = dict[str, jax.Array]  # {"k": [B,S,Hkv,D], "v": [B,S,Hkv,D]}
 

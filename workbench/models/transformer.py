@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench.attention import AttentionMask
+from workbench.attention import AttentionMask, mask_for_kind
 from workbench.models.config import ModelConfig
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
 
@@ -120,18 +120,13 @@ class DecoderOnly(nnx.Module):
     ) -> AttentionMask:
         """The self-attention mask of `config.attention` (prefix_len is ignored by the
         non-prefix kinds, so one batch format serves every mask)."""
-        kind = self.config.attention
-        uses_prefix = kind in ("prefix_lm", "prefix_diffusion")
-        if uses_prefix and prefix_len is None:
-            raise ValueError(f"attention={kind!r} needs prefix_len (one int per example)")
         check_lengths("prefix_len", prefix_len, seq_len, f"sequence length {seq_len}")
         check_lengths("lengths", lengths, seq_len, f"sequence length {seq_len}")
-        seg_q = segment_ids if q_segment_ids is None else q_segment_ids
-        return AttentionMask(
-            causal=kind in ("causal", "prefix_lm"),
-            prefix_len=None if not uses_prefix else jnp.asarray(prefix_len, jnp.int32),
-            kv_lengths=None if lengths is None else jnp.asarray(lengths, jnp.int32),
-            q_segment_ids=seg_q,
+        return mask_for_kind(
+            self.config.attention,
+            prefix_len=prefix_len,
+            kv_lengths=lengths,
+            q_segment_ids=segment_ids if q_segment_ids is None else q_segment_ids,
             kv_segment_ids=segment_ids,
             q_offset=q_offset,
         )
@@ -220,15 +215,12 @@ class EncoderDecoder(nnx.Module):
         return [block.cross_attn.project_kv(encoded_BxSxD, None) for block in self.decoder]
 
     def _self_mask(self, target_lengths=None, q_offset=None) -> AttentionMask:
-        return AttentionMask(
-            causal=self.config.attention == "causal",
-            kv_lengths=None if target_lengths is None else jnp.asarray(target_lengths, jnp.int32),
-            q_offset=q_offset,
-        )
+        kind = "causal" if self.config.attention == "causal" else "bidirectional"
+        return mask_for_kind(kind, kv_lengths=target_lengths, q_offset=q_offset)
 
     @staticmethod
     def _cross_mask(input_lengths) -> AttentionMask:
-        return AttentionMask(causal=False, kv_lengths=None if input_lengths is None else jnp.asarray(input_lengths, jnp.int32))
+        return mask_for_kind("bidirectional", kv_lengths=input_lengths)
 
     def decode(
         self,

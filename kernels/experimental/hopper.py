@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,14 +44,20 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from workbench.attention.mask import AttentionMask
-from workbench.kernels import block_mask, hopper_tile
-from workbench.kernels.common import (KernelMask, PlanBase, check_supported, kernel_mask, kv_segment_spans,
-                                      pad_axis, q_segment_spans, round_up, run_flash)
+from workbench.kernels import block_mask
+from workbench.kernels.common import (KernelMask, PlanBase, check_supported, empty_attention, kernel_mask,
+                                      kv_segment_spans, pad_axis, q_segment_spans, round_up,
+                                      run_flash, unsupported_features)
+from workbench.kernels.experimental import hopper_tile
+
+if TYPE_CHECKING:  # kernels read the mask by its fields; they never import the attention layer
+    from workbench.attention.mask import AttentionMask
 
 HEAD_DIMS = (64, 128)
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 DQ_MODES = ("separate", "atomic")
+# Mask features (`AttentionMask.features`) these kernels compute: no block-causal masks.
+SUPPORTED_FEATURES = frozenset({"causal", "prefix", "key_padding", "segments", "q_offset"})
 COMPUTE_WGS = 2  # compute warpgroups per block; one more issues the copies
 _COMPUTE_REGISTERS = 232  # FA3's split of the 64K registers between the warpgroups
 _MEMORY_REGISTERS = 40
@@ -127,12 +133,16 @@ def make_plan(q, k, mask: AttentionMask, scale: Optional[float], config: HopperC
     kv_multiple = math.lcm(kv_multiple, c.block_kv, COMPUTE_WGS * c.block_kv_bwd, c.block_kv_dq)
     return Plan(batch, q_len, kv_len, num_heads, num_kv_heads, head_dim,
                 round_up(q_len, q_multiple), round_up(kv_len, kv_multiple),
-                float(head_dim**-0.5 if scale is None else scale), mask.causal, jnp.dtype(q.dtype), config,
+                float(head_dim**-0.5 if scale is None else scale), mask.causal, mask.block_size,
+                jnp.dtype(q.dtype), config,
                 mask.has_segments)
 
 
 def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
     """None when these kernels compute this case exactly, else the reason."""
+    reason = unsupported_features(mask, SUPPORTED_FEATURES)
+    if reason is not None:
+        return reason
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         return f"q, k, v must be rank 4 [B, T, H, D]; got shapes {q.shape}, {k.shape}, {v.shape}"
     if k.shape != v.shape or q.shape[0] != k.shape[0]:
@@ -854,11 +864,15 @@ def flash_attention_hopper(
     """Masked flash attention on Hopper GPUs (Pallas Mosaic GPU); differentiable.
 
     q [B, Tq, H, D], k and v [B, Tk, Hkv, D]; D in (64, 128); bf16 or fp16 (float32
-    accumulation); H a multiple of Hkv. Any `AttentionMask` (segment ids included);
-    lengths need not be multiples of the tiles. Needs an sm_90 GPU to run; lowering
-    can be checked anywhere (see tests/test_kernels_hopper.py).
+    accumulation); H a multiple of Hkv. Any `AttentionMask` but block-causal ones
+    (segment ids included); lengths need not be multiples of the tiles, and Tq = 0 or
+    Tk = 0 gives an empty or zero output. Needs an sm_90 GPU to run; lowering can be
+    checked anywhere (see tests/test_kernels_hopper.py).
     """
     check_supported(q, k, v, mask, why_not_supported, "Hopper flash attention")
+    empty = empty_attention(q, k)
+    if empty is not None:
+        return empty
     plan = make_plan(q, k, mask, scale, config)
     kmask = kernel_mask(mask, plan.batch, plan.q_len, plan.kv_len, plan.q_len_padded,
                         plan.kv_len_padded)

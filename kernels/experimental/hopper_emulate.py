@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.kernels import hopper, hopper_tile
+from workbench.kernels.experimental import hopper, hopper_tile
 from workbench.kernels.common import KernelMask, pad_axis
 
 

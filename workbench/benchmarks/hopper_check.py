@@ -1,6 +1,6 @@
 """One-call device check of the Hopper kernels: correctness first, then speed.
 
-    python -m workbench.kernels.hopper_check --out "$OUT/hopper"
+    python -m workbench.benchmarks.hopper_check --out "$OUT/hopper"
 
 1. Correctness: forward and the three gradients of `flash_attention_hopper` against the
    float32 reference on fresh random inputs (seed printed): prefix 0, prefix = length,
@@ -37,7 +37,7 @@ from workbench.attention.mask import AttentionMask
 from workbench.benchmarks import kernels as kernels_bench
 from workbench.benchmarks.timing import median_seconds
 from workbench.config import save_json
-from workbench.kernels import hopper
+from workbench.kernels.experimental import hopper
 
 TOLERANCE = 1e-2  # norm-relative error, bf16/fp16 operands with float32 accumulation
 TARGET = dict(batch=4, seq_len=4096, heads=16)
