@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 
-import processes  # noqa: E402
+import cases  # noqa: E402
 
 RECORDED = np.load(Path(__file__).resolve().parent / "golden" / "processes.npz")
 
@@ -25,16 +25,16 @@ def _check(case: str, values: dict) -> None:
         np.testing.assert_array_equal(value, recorded[key], err_msg=f"{case}::{key}")
 
 
-@pytest.mark.parametrize("name", sorted(processes.LOSS_CASES))
+@pytest.mark.parametrize("name", sorted(cases.LOSS_CASES))
 def test_loss_metrics_and_gradients_match_the_recording(name):
-    _check(f"loss/{name}", processes.loss_case(*processes.LOSS_CASES[name]))
+    _check(f"loss/{name}", cases.loss_case(*cases.LOSS_CASES[name]))
 
 
-@pytest.mark.parametrize("name", sorted(processes.SAMPLE_CASES))
+@pytest.mark.parametrize("name", sorted(cases.SAMPLE_CASES))
 def test_diffusion_samples_match_the_recording(name):
-    _check(f"sample/{name}", processes.sample_case(*processes.SAMPLE_CASES[name]))
+    _check(f"sample/{name}", cases.sample_case(*cases.SAMPLE_CASES[name]))
 
 
-@pytest.mark.parametrize("name", sorted(processes.GENERATE_CASES))
+@pytest.mark.parametrize("name", sorted(cases.GENERATE_CASES))
 def test_ar_generation_matches_the_recording(name):
-    _check(f"generate/{name}", processes.generate_case(*processes.GENERATE_CASES[name]))
+    _check(f"generate/{name}", cases.generate_case(*cases.GENERATE_CASES[name]))

@@ -18,7 +18,7 @@ from workbench.models import (
     param_count,
     with_attention,
 )
-from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.sampling.ar import ARSamplingConfig, generate
 
 VOCAB = 97
 
@@ -192,7 +192,7 @@ def test_sampling_is_batch_invariant_and_seeded():
 
 
 def test_top_k_one_is_greedy():
-    from workbench.models.decoding import sample_logits
+    from workbench.sampling.ar import sample_logits
 
     logits = jax.random.normal(jax.random.key(0), (5, 30))
     keys = jax.random.split(jax.random.key(1), 5)

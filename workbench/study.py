@@ -117,7 +117,8 @@ def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig
     return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
 
 
-def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "diffusion", **kw):
+def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", **kw):
+    """The loss of diffusion process `kind` with the tokenizer's special, mask and pad ids."""
     from workbench.objectives.losses import LossConfig
 
     return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id,

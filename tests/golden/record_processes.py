@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import processes  # noqa: E402
+import cases  # noqa: E402
 
 if __name__ == "__main__":
     target = Path(__file__).resolve().parent / "processes.npz"
-    flat = processes.flatten(processes.cases())
+    flat = cases.flatten(cases.cases())
     np.savez_compressed(target, **flat)
     print(f"wrote {len(flat)} arrays to {target} ({target.stat().st_size / 1024:.0f} KiB)")

@@ -52,31 +52,32 @@ LOSS_CASES = {
 for _arch, _attention in (("decoder", "bidirectional"), ("decoder", "prefix_diffusion"),
                           ("encoder_decoder", "bidirectional")):
     _tag = f"{_arch}_{_attention}"
-    LOSS_CASES[f"sundae_{_tag}"] = (_arch, _attention, LossConfig(kind="diffusion", special_ids=SPECIAL), pairs_batch)
-    LOSS_CASES[f"masked_{_tag}"] = (_arch, _attention, LossConfig(kind="masked_diffusion", special_ids=SPECIAL,
+    LOSS_CASES[f"sundae_{_tag}"] = (_arch, _attention, LossConfig(kind="uniform", special_ids=SPECIAL), pairs_batch)
+    LOSS_CASES[f"masked_{_tag}"] = (_arch, _attention, LossConfig(kind="absorbing", special_ids=SPECIAL,
                                                                    mask_id=3), pairs_batch)
 
 LOSS_CASES["sundae_t07_decoder_bidirectional"] = ("decoder", "bidirectional", LossConfig(
-    kind="diffusion", special_ids=SPECIAL, unroll_temperature=0.7), pairs_batch)
-LOSS_CASES["sundae_l1_decoder_bidirectional"] = ("decoder", "bidirectional", LossConfig(kind="diffusion", unroll=False),
+    kind="uniform", special_ids=SPECIAL, unroll_temperature=0.7), pairs_batch)
+LOSS_CASES["sundae_l1_decoder_bidirectional"] = ("decoder", "bidirectional", LossConfig(kind="uniform", unroll=False),
                                                  pairs_batch)
 
-# name -> (arch, attention, sampling config)
+# name -> (arch, attention, sampling config); case names keep the tags they were recorded under
+_PROCESS = {"sundae": "uniform", "masked": "absorbing"}
 SAMPLE_CASES = {}
 for _arch, _attention in (("decoder", "bidirectional"), ("decoder", "prefix_diffusion"),
                           ("encoder_decoder", "bidirectional")):
     for _method in ("sundae", "masked"):
         SAMPLE_CASES[f"{_method}_t07_{_arch}_{_attention}"] = (_arch, _attention, DiffusionSamplingConfig(
-            method=_method, num_samples=3, num_steps=5, temperature=0.7, special_ids=SPECIAL, mask_id=3))
+            process=_PROCESS[_method], num_samples=3, num_steps=5, temperature=0.7, special_ids=SPECIAL, mask_id=3))
     if _attention == "prefix_diffusion":
         for _method in ("sundae", "masked"):
             SAMPLE_CASES[f"{_method}_nocache_{_arch}_{_attention}"] = (
-                _arch, _attention, DiffusionSamplingConfig(method=_method, num_samples=3, num_steps=5,
+                _arch, _attention, DiffusionSamplingConfig(process=_PROCESS[_method], num_samples=3, num_steps=5,
                                                            temperature=0.7, prefix_cache=False, mask_id=3))
 
 for _method in ("sundae", "masked"):  # argmax with early exit (stops before num_steps)
     SAMPLE_CASES[f"{_method}_exit_decoder_bidirectional"] = ("decoder", "bidirectional", DiffusionSamplingConfig(
-        method=_method, num_samples=3, num_steps=12, temperature=0.0, early_exit=True, mask_id=3))
+        process=_PROCESS[_method], num_samples=3, num_steps=12, temperature=0.0, early_exit=True, mask_id=3))
 
 # name -> (arch, attention, AR sampling config)
 _GREEDY = ARSamplingConfig(max_new_tokens=9)
