@@ -255,3 +255,9 @@ def test_bad_input_errors_name_value_limit_and_fix():
         attention(q, q, q, AttentionMask(q_segment_ids=seg, kv_segment_ids=jnp.zeros((2, 4), jnp.int32)))
     with pytest.raises(ValueError, match=r"'cudnn' cannot handle.*Impls that can"):
         attention(q, q, q, AttentionMask.prefix_lm(jnp.array([1, 2])), impl="cudnn")
+
+
+@pytest.mark.parametrize("attention", ["prefix_lm", "prefix_diffusion"])
+def test_encoder_decoder_with_a_prefix_mask_is_refused_at_config_time(attention):
+    with pytest.raises(ValueError, match=f"arch='encoder_decoder' with attention='{attention}'.*arch='decoder'"):
+        ModelConfig(vocab_size=10, d_model=32, num_heads=2, arch="encoder_decoder", attention=attention)

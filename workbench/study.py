@@ -17,6 +17,7 @@ from workbench.data import Tokenizer, TokenizerConfig, data_files, load_dataset,
 from workbench.evaluation.tasks import get_task
 from workbench.models import ModelConfig, build_model, default_compute_dtype, get_preset
 from workbench.training import LMSource, Seq2SeqSource, TrainConfig, fit_pairs, held_out_loss, train, validation_batches
+from workbench.training.trainer import TrainResult
 from workbench.training.ar2diff import adaptation_config, ar2diff
 
 
@@ -56,6 +57,36 @@ def model_config(preset: str, tokenizer: Tokenizer, **overrides) -> ModelConfig:
     return get_preset(preset, vocab_size=tokenizer.vocab_size, **overrides)
 
 
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """What `pretrain` returns: the training result, the batch source it drew from (AR2Diff
+    adapts on the same corpus) and the held-out tokens' unigram entropy (the loss of a
+    model that ignores context, the bar a pretrained model must clear)."""
+
+    result: TrainResult
+    source: LMSource
+    unigram_entropy: float
+
+    @property
+    def model(self):
+        return self.result.model
+
+
+def lm_source(tokenizer: Tokenizer, dataset: str, split: str, *, seq_len: int, batch_size: int, objective: str,
+              seed: int, data_dir=None, max_tokens: Optional[int] = None) -> LMSource:
+    """An LM-objective batch source over `dataset`'s `split` (the tokenizer's pad/eos/sentinel ids)."""
+    stream = token_stream(tokenizer, dataset, split, data_dir=data_dir, max_tokens=max_tokens)
+    return LMSource(stream, seq_len=seq_len, batch_size=batch_size, objective=objective, seed=seed,
+                    pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, sentinel_ids=tokenizer.sentinel_ids)
+
+
+def held_out_source(tokenizer: Tokenizer, dataset: str, *, seq_len: int, batch_size: int, objective: str,
+                    eval_batches: int, data_dir=None) -> LMSource:
+    """The validation split, just long enough for `eval_batches` batches (fixed seed 1)."""
+    return lm_source(tokenizer, dataset, "validation", seq_len=seq_len, batch_size=batch_size, objective=objective,
+                     seed=1, data_dir=data_dir, max_tokens=seq_len * batch_size * eval_batches + 1)
+
+
 def pretrain(
     run_dir: Path | str,
     tokenizer: Tokenizer,
@@ -72,20 +103,15 @@ def pretrain(
     mesh=None,
 ):
     """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split."""
-    train_stream = token_stream(tokenizer, dataset, "train", data_dir=data_dir, max_tokens=max_tokens)
-    held_out = token_stream(tokenizer, dataset, "validation", data_dir=data_dir,
-                            max_tokens=seq_len * batch_size * eval_batches + 1)
-    kw = dict(seq_len=seq_len, batch_size=batch_size, objective=objective, seed=train_config.seed,
-              pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, sentinel_ids=tokenizer.sentinel_ids)
-    source = LMSource(train_stream, **kw)
-    eval_source = LMSource(held_out, **{**kw, "seed": 1})
+    kw = dict(seq_len=seq_len, batch_size=batch_size, objective=objective, data_dir=data_dir)
+    source = lm_source(tokenizer, dataset, "train", seed=train_config.seed, max_tokens=max_tokens, **kw)
+    eval_source = held_out_source(tokenizer, dataset, eval_batches=eval_batches, **kw)
     model = build_model(config, train_config.seed)
     data = {**data_files(dataset, "train", data_dir), "tokenizer": tokenizer.sha256}
     batches = validation_batches(eval_source, eval_batches, start_step=0)
     result = train(model, train_config, source, run_dir, eval_fn=held_out_loss(batches, train_config.loss, mesh=mesh),
                    data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh)
-    result.unigram_entropy = unigram_entropy(held_out, tokenizer.vocab_size)
-    return result, source
+    return Pretrained(result, source, unigram_entropy(eval_source.stream, tokenizer.vocab_size))
 
 
 def task_source(tokenizer: Tokenizer, task: str, *, input_len: int, target_len: int, batch_size: int,

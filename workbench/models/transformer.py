@@ -268,17 +268,12 @@ class EncoderDecoder(nnx.Module):
     """Bidirectional encoder over inputs; decoder over targets with cross-attention.
 
     The decoder's self-attention is `config.attention` ('causal' for AR, 'bidirectional'
-    for diffusion); the prefix kinds have no meaning here and are rejected.
+    for diffusion); the prefix kinds have no meaning here (ModelConfig rejects them).
     """
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         if config.arch != "encoder_decoder":
             raise ValueError(f"EncoderDecoder needs arch='encoder_decoder', got {config.arch!r}")
-        if config.attention not in ("causal", "bidirectional"):
-            raise ValueError(
-                f"encoder-decoder decoders take attention 'causal' or 'bidirectional', got "
-                f"{config.attention!r} (the encoder already sees the inputs bidirectionally)"
-            )
         self.config = config
         self.embedder = _Embedder(config, rngs)
         self.encoder = nnx.List([Block(config, rngs) for _ in range(config.encoder_layers)])
