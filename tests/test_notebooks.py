@@ -256,3 +256,15 @@ def test_bootstrap_picks_the_accelerator_extra(monkeypatch):
     module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "environments" / "colab_bootstrap.py"))
     monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
     assert module["accelerator_extra"]() == "tpu"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_cells_after_setup_and_parameters_are_calls_and_displays(name):
+    """No loops, branches or definitions in a notebook: that logic lives in the package, tested."""
+    import ast
+
+    code = [c for c in read(name).cells if c.cell_type == "code"][2:]
+    for cell in code:
+        for node in ast.parse(cell.source).body:
+            assert not isinstance(node, (ast.For, ast.While, ast.If, ast.With, ast.Try, ast.FunctionDef,
+                                         ast.ClassDef)), f"{name}: move this into workbench:\n{ast.unparse(node)[:300]}"

@@ -51,3 +51,12 @@ def test_loss_configs_carry_the_tokenizer_ids():
     loss = study.loss_config(TOKENIZER, "absorbing")
     assert (loss.kind, loss.mask_id, loss.special_ids) == ("absorbing", 3, (0, 1, 2, 3))
     assert study.loss_config(TOKENIZER, "ar").kind == "ar"
+
+
+def test_tokenizer_home_is_the_given_folder_the_run_s_parent_or_the_default(tmp_path):
+    assert study.tokenizer_home(None, None, tmp_path / "out") == tmp_path / "out"
+    assert study.tokenizer_home(tmp_path / "a" / "run", tmp_path / "tok", tmp_path) == tmp_path / "tok"
+    (tmp_path / "a" / "tokenizer").mkdir(parents=True)
+    assert study.tokenizer_home(tmp_path / "a" / "run", None, tmp_path) == (tmp_path / "a").resolve()
+    with pytest.raises(FileNotFoundError, match="no tokenizer/ in .*pass tokenizer_dir="):
+        study.tokenizer_home(tmp_path / "b" / "run", None, tmp_path)

@@ -29,6 +29,31 @@ def tokenizer_for(run_dir: Path | str, preset: str = "tiny", data_dir=None) -> T
     return train_tokenizer(TokenizerConfig.preset(preset), directory, data_dir=data_dir)
 
 
+def tokenizer_home(run_dir: Optional[Path | str], tokenizer_dir: Optional[Path | str], default: Path | str) -> Path:
+    """The folder whose tokenizer/ a run was trained with: `tokenizer_dir` when given, else the
+    folder above `run_dir` (which must hold one), else `default` (a fresh run trains one there)."""
+    if tokenizer_dir:
+        return Path(tokenizer_dir)
+    if not run_dir:
+        return Path(default)
+    home = Path(run_dir).resolve().parent
+    if not (home / "tokenizer").is_dir():
+        raise FileNotFoundError(f"no tokenizer/ in {home}; pass tokenizer_dir= (the folder holding the tokenizer "
+                                f"the run {run_dir} was trained with)")
+    return home
+
+
+def train_diffusion_model(run_dir: Path | str, tokenizer: Tokenizer, task: str, preset: str, train_config: TrainConfig,
+                          *, input_len: int, target_len: int, batch_size: int, kind: str = "uniform",
+                          dtype: Optional[str] = None, data_dir=None):
+    """A bidirectional `preset` model trained from scratch on `task` with process `kind`'s loss
+    (resumes when run_dir holds checkpoints); returns the model."""
+    source, _ = task_source(tokenizer, task, input_len=input_len, target_len=target_len, batch_size=batch_size,
+                            diffusion=True, seed=train_config.seed, data_dir=data_dir)
+    untrained = build_model(model_config(preset, tokenizer, attention="bidirectional", dtype=dtype), train_config.seed)
+    return finetune(run_dir, untrained, source, with_loss(train_config, diffusion_loss_config(tokenizer, kind))).model
+
+
 def token_stream(tokenizer: Tokenizer, dataset: str, split: str, *, data_dir=None, max_tokens: Optional[int] = None) -> np.ndarray:
     """Documents of `dataset` encoded and joined with EOS into one int32 stream."""
     ds = load_dataset(dataset, split, data_dir=data_dir)
@@ -52,8 +77,10 @@ def unigram_entropy(stream: np.ndarray, vocab_size: int) -> float:
 
 def model_config(preset: str, tokenizer: Tokenizer, **overrides) -> ModelConfig:
     """A preset sized to the tokenizer. On CPU the compute dtype defaults to float32: XLA's
-    CPU backend has no fast bf16 matmuls (bf16 ran several times slower here)."""
-    overrides.setdefault("dtype", default_compute_dtype())
+    CPU backend has no fast bf16 matmuls (bf16 ran several times slower here); dtype=None
+    also means that default."""
+    if overrides.get("dtype") is None:
+        overrides["dtype"] = default_compute_dtype()
     return get_preset(preset, vocab_size=tokenizer.vocab_size, **overrides)
 
 
@@ -217,9 +244,8 @@ def pretraining_grid(tokenizer: Tokenizer, preset: str, architectures, objective
             raise ValueError(f"objective {objective!r}; expected one of {list(typing.get_args(Objective))}")
     for loss in losses:
         LossConfig(kind=loss)  # names a known loss
-    overrides = {} if dtype is None else {"dtype": dtype}
     return [GridCell(arch, objective, loss,
-                     model_config(preset, tokenizer, arch=arch, attention=pretraining_attention(arch, loss), **overrides))
+                     model_config(preset, tokenizer, arch=arch, attention=pretraining_attention(arch, loss), dtype=dtype))
             for arch in architectures for objective in objectives for loss in losses]
 
 
@@ -306,12 +332,11 @@ def compare_methods(out_dir: Path | str, tokenizer: Tokenizer, methods, *, prese
         raise ValueError(f"methods={list(methods)} has {unknown}; choose among {list(METHODS)}")
     out_dir = Path(out_dir)
     diffusion_loss = diffusion_loss_config(tokenizer, diffusion_kind)
-    overrides = {} if dtype is None else {"dtype": dtype}
     pretrain_kw = dict(seq_len=seq_len, batch_size=batch_size, objective="prefix_lm", data_dir=data_dir,
                        max_tokens=max_tokens)
     models, runs = {}, {}
     if {"AR", "AR2Diff"} & set(methods):
-        ar = pretrain(out_dir / "pretrain_ar", tokenizer, model_config(preset, tokenizer, **overrides), pretrain_config,
+        ar = pretrain(out_dir / "pretrain_ar", tokenizer, model_config(preset, tokenizer, dtype=dtype), pretrain_config,
                       **pretrain_kw)
         runs["pretrain AR"] = out_dir / "pretrain_ar"
         if "AR" in methods:
@@ -321,7 +346,7 @@ def compare_methods(out_dir: Path | str, tokenizer: Tokenizer, methods, *, prese
                                            with_loss(pretrain_config, diffusion_loss), steps=n).model
             runs[f"AR2Diff_{n} adaptation"] = out_dir / f"ar2diff_{n}"
     if "Diffusion" in methods:
-        config = model_config(preset, tokenizer, attention="bidirectional", **overrides)
+        config = model_config(preset, tokenizer, attention="bidirectional", dtype=dtype)
         models["Diffusion"] = pretrain(out_dir / "pretrain_diffusion", tokenizer, config,
                                        with_loss(pretrain_config, diffusion_loss), **pretrain_kw).model
         runs["pretrain Diffusion"] = out_dir / "pretrain_diffusion"
