@@ -18,16 +18,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from workbench.processes.base import (
-    Corruption,
-    DiffusionProcess,
-    LinearSchedule,
-    cross_entropy,
-    draw_tokens,
-    non_special_ids,
-    token_probs,
-    weighted_mean,
-)
+from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
+    non_special_ids, token_probs, weighted_mean)
 
 
 @dataclasses.dataclass(frozen=True)
