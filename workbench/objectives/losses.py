@@ -38,10 +38,6 @@ class LossConfig:
         if self.unroll_temperature < 0:
             raise ValueError(f"unroll_temperature={self.unroll_temperature} must be >= 0")
 
-    @property
-    def is_diffusion(self) -> bool:
-        return self.kind != "ar"
-
 
 def ar_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     """Teacher-forced next-token loss on target tokens."""
