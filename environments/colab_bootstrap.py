@@ -1,6 +1,8 @@
-"""First cell of a notebook in Colab (or any fresh runtime): install the workbench if missing.
+"""The first cell of every notebook runs this file: install the workbench if missing, show the devices.
 
-    import urllib.request; exec(urllib.request.urlopen(BOOTSTRAP_URL).read())   # or copy this file's body
+The cell finds this file in the checkout the notebook runs in (the current folder or one
+above it); in a runtime without a checkout (Colab) it downloads it from
+WORKBENCH_BOOTSTRAP_URL (e.g. the raw URL of this file in the repository or a fork).
 
 Installs from a local checkout when the notebook runs inside one, else from the pip spec in
 WORKBENCH_PIP_SPEC (e.g. git+https://github.com/<owner>/workbench.git, the same variable the
@@ -41,5 +43,12 @@ def install(pip_spec: str = os.environ.get("WORKBENCH_PIP_SPEC", "")) -> None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *args])
 
 
+def show_devices() -> None:
+    import jax
+
+    print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()}")
+
+
 if __name__ == "__main__":
     install()
+    show_devices()

@@ -26,7 +26,7 @@ def main(run_dir: str, steps: int, sleep: float) -> None:
     source.sleep = sleep
     config = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_len=32, dtype="float32",
                          attention="bidirectional")
-    train_config = TrainConfig(steps=steps, loss=LossConfig(kind="diffusion"), checkpoint_every=3, log_every=1,
+    train_config = TrainConfig(steps=steps, loss=LossConfig(kind="uniform"), checkpoint_every=3, log_every=1,
                                progress=False, tensorboard=False, optimizer=OptimizerConfig(warmup_steps=2))
     train(build_model(config, 0), train_config, source, run_dir)
 

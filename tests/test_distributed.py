@@ -53,7 +53,7 @@ def _study():
     source = LMSource(stream, seq_len=16, batch_size=8, objective="prefix_lm", seed=1)
 
     def train_config(steps):
-        return TrainConfig(steps=steps, loss=LossConfig(kind="diffusion", unroll=False), checkpoint_every=1,
+        return TrainConfig(steps=steps, loss=LossConfig(kind="uniform", unroll=False), checkpoint_every=1,
                            log_every=1, progress=False, tensorboard=False,
                            optimizer=OptimizerConfig(schedule="constant", learning_rate=1e-3))
 

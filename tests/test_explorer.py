@@ -11,7 +11,7 @@ from workbench.models import build_model
 from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 from workbench.viz import animation, figure_at, trajectory_from_output, write_html
-from workbench.viz.explorer import DenoisingExplorer, ModelDecoder
+from workbench.viz.explorer import DenoisingExplorer, ModelDecoder, decode_trajectories
 from workbench.viz.trajectory import (
     HEATMAP,
     REWRITTEN,
@@ -197,3 +197,12 @@ def test_explorer_needs_matching_references(decoder):
     pytest.importorskip("ipywidgets")
     with pytest.raises(ValueError, match="2 prompts but 1 references"):
         DenoisingExplorer(decoder, ["a", "b"], [None])
+
+
+def test_decode_trajectories_in_one_batch_equal_one_prompt_at_a_time(model, tokenizer, decoder):
+    examples = [("def add(a, b):", "    return a + b"), ("import os", None)]
+    batched = decode_trajectories(model, tokenizer, examples, SAMPLING, input_len=INPUT_LEN, target_len=TARGET_LEN)
+    for i, (prompt, reference) in enumerate(examples):
+        alone = decoder(prompt, reference, i)
+        np.testing.assert_array_equal(batched[i].tokens, alone.tokens)
+        assert batched[i].texts == alone.texts and batched[i].chosen == alone.chosen

@@ -18,7 +18,7 @@ from workbench.models import (
     param_count,
     with_attention,
 )
-from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.sampling.ar import ARSamplingConfig, generate
 
 VOCAB = 97
 
@@ -192,7 +192,7 @@ def test_sampling_is_batch_invariant_and_seeded():
 
 
 def test_top_k_one_is_greedy():
-    from workbench.models.decoding import sample_logits
+    from workbench.sampling.ar import sample_logits
 
     logits = jax.random.normal(jax.random.key(0), (5, 30))
     keys = jax.random.split(jax.random.key(1), 5)
@@ -255,3 +255,30 @@ def test_bad_input_errors_name_value_limit_and_fix():
         attention(q, q, q, AttentionMask(q_segment_ids=seg, kv_segment_ids=jnp.zeros((2, 4), jnp.int32)))
     with pytest.raises(ValueError, match=r"'cudnn' cannot handle.*Impls that can"):
         attention(q, q, q, AttentionMask.prefix_lm(jnp.array([1, 2])), impl="cudnn")
+
+
+@pytest.mark.parametrize("attention", ["prefix_lm", "prefix_diffusion"])
+def test_encoder_decoder_with_a_prefix_mask_is_refused_at_config_time(attention):
+    with pytest.raises(ValueError, match=f"arch='encoder_decoder' with attention='{attention}'.*arch='decoder'"):
+        ModelConfig(vocab_size=10, d_model=32, num_heads=2, arch="encoder_decoder", attention=attention)
+
+
+@pytest.mark.parametrize("arch,attention", [("decoder", "bidirectional"), ("decoder", "prefix_diffusion"),
+                                            ("encoder_decoder", "bidirectional")])
+def test_canvas_denoiser_gives_the_training_layout_s_logits_at_the_targets(arch, attention):
+    """The sampler's view (targets only, what can be computed once cached) equals the losses'
+    view (`denoise` over the whole layout) at the target positions, on both architectures."""
+    from workbench.objectives.batch import seq2seq_batch
+
+    model = build_model(small_config(arch=arch, attention=attention, dtype="float32"), 0)
+    rng = np.random.default_rng(0)
+    inputs = [list(rng.integers(4, VOCAB, size=n)) for n in (3, 7, 1)]
+    batch = jax.tree.map(jnp.asarray, seq2seq_batch(inputs, [[]] * 3, input_len=7, target_len=5, pad_id=0))
+    canvas = jnp.asarray(rng.integers(4, VOCAB, size=(3, 5)), jnp.int32)
+    got = model.canvas_denoiser(batch, 5)(canvas)
+    clean, weights = model.target_view(batch)
+    at = (batch.prefix_len[:, None] + jnp.arange(5)[None]) if arch == "decoder" else jnp.broadcast_to(jnp.arange(5), (3, 5))
+    tokens = jax.vmap(lambda row, pos, vals: row.at[pos].set(vals))(clean, at, canvas)
+    assert bool(jnp.all(jnp.take_along_axis(weights, at, axis=1) == 1))  # the canvas sits on the target weights
+    want = jnp.take_along_axis(model.denoise(batch, tokens), at[:, :, None], axis=1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

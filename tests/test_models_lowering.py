@@ -20,7 +20,8 @@ from jax.sharding import AbstractDevice, AbstractMesh
 
 from workbench.attention import dispatch
 from workbench.models import ModelConfig, build_model
-from workbench.models.decoding import ARSamplingConfig, _generate_decoder
+from workbench.sampling.ar import ARSamplingConfig
+from workbench.sampling.ar import _generate as _generate_ar
 from workbench.objectives.batch import seq2seq_batch
 from workbench.objectives.losses import LossConfig, loss_fn
 from workbench.sampling.diffusion import DiffusionSamplingConfig, _sample
@@ -64,7 +65,7 @@ def _generate(platform: str) -> str:
     model = build_model(_config(platform, "prefix_lm"), 0)
     config = ARSamplingConfig(max_new_tokens=40, eos_id=1, pad_id=0)
     prompts, lengths = jnp.zeros((4, 100), jnp.int32), jnp.array([10, 100, 50, 3], jnp.int32)
-    return _lower(platform, _generate_decoder, model, prompts, lengths, jax.random.key(0), jnp.arange(4), config)
+    return _lower(platform, _generate_ar, model, prompts, lengths, jax.random.key(0), jnp.arange(4), config)
 
 
 def _diffusion_decode(platform: str, attention: str) -> str:
@@ -77,7 +78,7 @@ CASES = {
     "ar_loss_prefix_lm": lambda p: _loss_grad(p, "prefix_lm", LossConfig(kind="ar")),
     "ar_loss_causal": lambda p: _loss_grad(p, "causal", LossConfig(kind="ar")),
     "diffusion_loss_bidirectional": lambda p: _loss_grad(
-        p, "bidirectional", LossConfig(kind="diffusion", special_ids=SPECIAL_IDS)),
+        p, "bidirectional", LossConfig(kind="uniform", special_ids=SPECIAL_IDS)),
     "kv_cached_generate": _generate,
     "diffusion_decode_prefix_cache": lambda p: _diffusion_decode(p, "prefix_diffusion"),
     "diffusion_decode_bidirectional": lambda p: _diffusion_decode(p, "bidirectional"),

@@ -8,15 +8,8 @@ from flax import nnx
 
 from workbench.models import ModelConfig, build_model
 from workbench.objectives.batch import seq2seq_batch
-from workbench.objectives.losses import (
-    LossConfig,
-    ar_loss,
-    cross_entropy,
-    denoiser_logits,
-    diffusion_loss,
-    masked_diffusion_loss,
-    uniform_corrupt,
-)
+from workbench.objectives.losses import LossConfig, ar_loss, diffusion_loss
+from workbench.processes import UniformProcess, cross_entropy
 from workbench.objectives.pretraining import (
     SpanCorruptionConfig,
     lm_batch,
@@ -101,7 +94,7 @@ def test_uniform_logits_give_log_vocab():
 def test_corruption_touches_only_targets_and_never_draws_special_tokens():
     tokens = jnp.tile(jnp.arange(20, dtype=jnp.int32)[None] % V + 5, (64, 1))
     weights = jnp.zeros((64, 20)).at[:, 8:].set(1.0)
-    noisy, hit, rates = uniform_corrupt(jax.random.key(0), tokens, weights, V, special_ids=(0, 1, 2, 3))
+    noisy, hit, rates = UniformProcess(V, special_ids=(0, 1, 2, 3)).corrupt(jax.random.key(0), tokens, weights)
     assert not bool(jnp.any(hit[:, :8]))
     np.testing.assert_array_equal(np.asarray(noisy[:, :8]), np.asarray(tokens[:, :8]))
     assert not bool(jnp.any(jnp.isin(noisy[hit], jnp.array([0, 1, 2, 3]))))
@@ -119,21 +112,21 @@ def test_unrolled_loss_passes_gradient_only_through_the_second_forward():
     model = build_model(tiny(attention="bidirectional"), 0)
     batch = _diffusion_batch()
     rng = jax.random.key(3)
-    cfg = LossConfig(kind="diffusion")
+    cfg = LossConfig(kind="uniform")
     grads = nnx.grad(lambda m: diffusion_loss(m, batch, rng, cfg)[0])(model)
 
     # independent recomputation: L1 on the corrupted input, L2 on the (fixed) argmax input
     clean = batch.tokens
     weights = batch.target_mask.astype(jnp.float32)
     corrupt_key, _ = jax.random.split(rng)
-    noisy, _, _ = uniform_corrupt(corrupt_key, clean, weights, V, cfg.special_ids)
-    guess = jnp.argmax(denoiser_logits(model, batch, noisy), -1)
+    noisy, _, _ = UniformProcess(V, cfg.special_ids).corrupt(corrupt_key, clean, weights)
+    guess = jnp.argmax(model.denoise(batch, noisy), -1)
     unrolled = jnp.where(weights > 0, guess, clean)
     assert bool(jnp.all(unrolled[:, :2] == clean[:, :2]))  # inputs kept clean
 
     def manual(m):
         def ce(x):
-            return jnp.sum(cross_entropy(denoiser_logits(m, batch, x), clean) * weights) / jnp.sum(weights)
+            return jnp.sum(cross_entropy(m.denoise(batch, x), clean) * weights) / jnp.sum(weights)
         return ce(noisy) + ce(unrolled)
 
     expected = nnx.grad(manual)(model)
@@ -141,16 +134,16 @@ def test_unrolled_loss_passes_gradient_only_through_the_second_forward():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-def test_masked_diffusion_weights_by_inverse_rate():
+def test_absorbing_loss_weights_by_inverse_rate():
     model = build_model(tiny(attention="bidirectional"), 0)
     batch = _diffusion_batch()
-    cfg = LossConfig(kind="masked_diffusion", mask_id=3)
-    loss, _ = masked_diffusion_loss(model, batch, jax.random.key(0), cfg)
+    cfg = LossConfig(kind="absorbing", mask_id=3)
+    loss, _ = diffusion_loss(model, batch, jax.random.key(0), cfg)
     rate_key, where_key = jax.random.split(jax.random.key(0))
     rates = jax.random.uniform(rate_key, (2,), minval=cfg.min_mask_rate, maxval=1.0)
     weights = batch.target_mask
     hit = (jax.random.uniform(where_key, batch.tokens.shape) < rates[:, None]) & weights
-    ce = cross_entropy(denoiser_logits(model, batch, jnp.where(hit, 3, batch.tokens)), batch.tokens)
+    ce = cross_entropy(model.denoise(batch, jnp.where(hit, 3, batch.tokens)), batch.tokens)
     expected = sum(float(ce[b, p] / rates[b]) for b in range(2) for p in range(8) if hit[b, p]) / float(weights.sum())
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
@@ -159,10 +152,10 @@ def test_diffusion_accuracy_is_split_into_all_targets_and_non_padding():
     model = build_model(tiny(attention="bidirectional"), 0)
     batch = _diffusion_batch()  # 5 text targets (EOS included), 3 padding targets
     rng = jax.random.key(5)
-    _, metrics = diffusion_loss(model, batch, rng, LossConfig(kind="diffusion", unroll=False))
+    _, metrics = diffusion_loss(model, batch, rng, LossConfig(kind="uniform", unroll=False))
     clean, targets = batch.tokens, batch.target_mask
-    noisy, _, _ = uniform_corrupt(jax.random.split(rng)[0], clean, targets.astype(jnp.float32), V, (0, 1, 2))
-    right = np.asarray(jnp.argmax(denoiser_logits(model, batch, noisy), -1) == clean)
+    noisy, _, _ = UniformProcess(V, (0, 1, 2)).corrupt(jax.random.split(rng)[0], clean, targets.astype(jnp.float32))
+    right = np.asarray(jnp.argmax(model.denoise(batch, noisy), -1) == clean)
     targets, text = np.asarray(targets), np.asarray(targets & (clean != 0))
     assert text.sum() == 5 and targets.sum() == 8
     np.testing.assert_allclose(float(metrics["accuracy"]), right[targets].mean(), rtol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 
 from workbench import study
 from workbench.evaluation.runner import EvalConfig, evaluate
-from workbench.models.decoding import ARSamplingConfig
+from workbench.sampling.ar import ARSamplingConfig
 from workbench.sampling.diffusion import DiffusionSamplingConfig
 from workbench.training import OptimizerConfig, TrainConfig
 

@@ -68,7 +68,7 @@ def test_trajectory_bookkeeping_and_reranking():
 
 def test_masked_decoding_unmasks_progressively_and_completely():
     model = model_for()
-    cfg = DiffusionSamplingConfig(num_samples=2, num_steps=3, method="masked", temperature=0.0, mask_id=3)
+    cfg = DiffusionSamplingConfig(num_samples=2, num_steps=3, process="absorbing", temperature=0.0, mask_id=3)
     out = diffusion_sample(model, batch_of(2), cfg, jax.random.key(0))
     traj = np.asarray(out.trajectory)
     masked = (traj == 3).sum(-1)  # [B, S, steps+1]

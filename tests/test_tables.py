@@ -168,3 +168,23 @@ def test_runner_summary_form_becomes_one_entry_per_score(tmp_path):
     missing = {k: v for k, v in summary.items() if k != "params"}
     with pytest.raises(tables.MetricsSchemaError, match="missing key 'params'"):
         tables.load_run(_run(tmp_path, "missing", missing))
+
+
+def test_discover_runs_finds_table_results_and_says_why_others_were_skipped(tmp_path):
+    (tmp_path / "nested").mkdir()
+    good = _run(tmp_path / "nested", "good", [_entry(), _entry(task="wmt14_enfr", metric="bleu", score=12.0)])
+    _run(tmp_path, "speed", {"rows": []})  # a notebook's own numbers, not a table result
+    own = _run(tmp_path, "tables_out", _entry(score=99.0))
+    project, skipped = tables.discover_runs(tmp_path, exclude=[own])
+    assert project["run_dir"].tolist() == [str(good), str(good)]
+    assert sorted(project["score"]) == [12.0, 40.0]
+    assert list(skipped) == [str(tmp_path / "speed")] and "no 'score' key" in skipped[str(tmp_path / "speed")]
+    empty, nothing = tables.discover_runs(tmp_path / "missing")
+    assert empty.empty and list(empty.columns) == tables.LONG_COLUMNS and nothing == {}
+
+
+def test_render_tables_counts_the_project_cells_per_table(tmp_path):
+    run = _run(tmp_path, "r", [_entry(method="AR", num_steps=None, num_samples=None, score=50.0)])
+    rendered, summary = tables.render_tables([2], tables.load_runs([run]))
+    assert len(rendered) == 1 and "<table" in rendered[0]
+    assert summary["2"]["project_cells"] == 1

@@ -34,7 +34,7 @@ from flax import nnx
 
 from workbench.config import save_json
 from workbench.models import build_model, get_preset, param_count
-from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 

@@ -64,12 +64,12 @@ def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_
         steps=config.steps, seed=config.seed, log_every=config.eval_every, eval_every=config.eval_every,
         checkpoint_every=config.steps, progress=False,
         optimizer=OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps))
-    result, _ = study.pretrain(run_dir, tokenizer, model_config, train_config, dataset=config.dataset,
-                               data_dir=data_dir, seq_len=config.seq_len, batch_size=config.batch_size,
-                               objective=config.objective, max_tokens=config.max_tokens,
-                               eval_batches=config.eval_batches)
+    pretrained = study.pretrain(run_dir, tokenizer, model_config, train_config, dataset=config.dataset,
+                                data_dir=data_dir, seq_len=config.seq_len, batch_size=config.batch_size,
+                                objective=config.objective, max_tokens=config.max_tokens,
+                                eval_batches=config.eval_batches)
     total = time.perf_counter() - started
-    table = _table(run_dir, result.unigram_entropy)
+    table = _table(run_dir, pretrained.unigram_entropy)
     device = jax.devices()[0]
     payload = {
         "config": dataclasses.asdict(config),
@@ -77,7 +77,7 @@ def run_pretrain_budget(config: PretrainBudgetConfig, out_dir: Path | str, data_
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
         "jax": jax.__version__,
         "seconds_total": total,
-        "unigram_entropy": result.unigram_entropy,
+        "unigram_entropy": pretrained.unigram_entropy,
         "rows": table.to_dict(orient="records"),
     }
     save_json(out_dir / "pretrain_budget.json", payload)

@@ -27,7 +27,7 @@ from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_h
 from workbench.evaluation.scoring import score
 from workbench.evaluation.tasks import get_task
 from workbench.models import param_count
-from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
 from workbench.runs import write_run_info
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample

@@ -256,6 +256,24 @@ def load_runs(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
+def discover_runs(root: str | Path, exclude: Iterable[str | Path] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every run folder under `root` (searched recursively) whose metrics.json holds table
+    results, loaded (columns: LONG_COLUMNS), and the other metrics.json files found with
+    why each was skipped (a folder's path -> the first part of the schema error).
+    Folders in `exclude` (e.g. the tables notebook's own output) are not read."""
+    root, excluded = Path(root), {Path(p).resolve() for p in exclude}
+    found, skipped = [], {}
+    for path in sorted(root.rglob("metrics.json")) if root.is_dir() else []:
+        if path.parent.resolve() in excluded:
+            continue
+        try:
+            load_run(path.parent)
+            found.append(path.parent)
+        except (MetricsSchemaError, ValueError) as error:
+            skipped[str(path.parent)] = str(error).split(";")[0][-160:]
+    return (load_runs(found) if found else pd.DataFrame(columns=LONG_COLUMNS)), skipped
+
+
 # --- side-by-side tables ---
 
 
@@ -364,3 +382,17 @@ def comparison_html(run_dirs: Iterable[str | Path], tables: Iterable[int] = (1, 
     """All requested tables, paper beside project, as one HTML fragment."""
     runs = load_runs(run_dirs)
     return "\n".join(to_html(compare(t, runs), caption(t)) for t in tables)
+
+
+def render_tables(tables: Iterable[int], project: pd.DataFrame, decoding: tuple[int, int] = (10, 8)
+                  ) -> tuple[list[str], dict]:
+    """Each paper table beside the project's results as HTML, and a summary per table (its
+    rows, the project's columns and how many project cells are filled)."""
+    rendered, summary = [], {}
+    for table in tables:
+        wide = compare(table, project, decoding=tuple(decoding))
+        rendered.append(to_html(wide, caption(table)))
+        project_columns = [c for c in wide.columns if c[1].startswith("project")]
+        summary[str(table)] = {"rows": list(map(str, wide.index)), "project_columns": ["/".join(c) for c in project_columns],
+                               "project_cells": int(wide[project_columns].notna().sum().sum()) if project_columns else 0}
+    return rendered, summary

@@ -88,6 +88,12 @@ class ModelConfig:
                 f"attention={self.attention!r}; expected 'causal', 'prefix_lm', 'bidirectional' "
                 f"or 'prefix_diffusion'"
             )
+        if self.arch == "encoder_decoder" and self.attention not in ("causal", "bidirectional"):
+            raise ValueError(
+                f"arch='encoder_decoder' with attention={self.attention!r}: the decoder takes 'causal' (AR) or "
+                f"'bidirectional' (diffusion); the encoder already sees the inputs, so the prefix kinds are "
+                f"decoder-only (use arch='decoder' for {self.attention!r})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.dtype not in ("bfloat16", "float32", "float16"):

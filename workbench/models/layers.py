@@ -2,7 +2,7 @@
 
 Parameters are float32; activations run in the config's compute dtype. Attention layers
 return their keys/values so decoders can keep a KV cache as plain arrays (see
-`workbench.models.decoding`).
+`workbench.sampling.ar`).
 """
 
 from __future__ import annotations

@@ -5,11 +5,17 @@ inputs fill positions [0, prefix_len[b]) and its targets follow, so prefix-LM ma
 take one scalar per example and key padding is a length. The self-attention mask kind
 comes from ``config.attention``; it is data, so AR2Diff switches a trained causal model
 to bidirectional by changing the config and nothing else.
+
+Both models offer one denoiser interface, so losses and samplers never ask which
+architecture they hold: `target_view(batch)` and `denoise(batch, tokens)` (training
+layout), `teacher_forced(batch)` (the AR loss), `canvas_denoiser(batch, target_len)`
+(diffusion sampling, with what can be computed once: the prompt's KV cache or the
+cross-attention keys/values) and `check_ar_decoding` / `start_decoding` (KV-cached AR).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +25,8 @@ from flax import nnx
 from workbench.attention import AttentionMask, mask_for_kind
 from workbench.models.config import ModelConfig
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
+
+CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> target logits [B, Tt, V]
 
 
 class Block(nnx.Module):
@@ -154,6 +162,87 @@ class DecoderOnly(nnx.Module):
         x, _ = _run_blocks(self.blocks, x, mask, positions, None, self.config.remat)
         return self.embedder.logits(self.final_norm(x))
 
+    # -- the denoiser interface (the same methods on EncoderDecoder) --------
+    def target_view(self, batch) -> tuple[jax.Array, jax.Array]:
+        """(clean tokens [B, N], target weights [B, N]) in the layout `denoise` takes: the
+        whole ``[inputs | targets | padding]`` row, targets weighted 1."""
+        return batch.tokens, batch.target_mask.astype(jnp.float32)
+
+    def denoise(self, batch, tokens_BxN: jax.Array) -> jax.Array:
+        """Logits [B, N, V] at every position of `tokens` (the `target_view` layout)."""
+        return self(tokens_BxN, prefix_len=batch.prefix_len, lengths=batch.lengths, segment_ids=batch.segment_ids,
+                    positions=batch.positions)
+
+    def teacher_forced(self, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(logits, next-token labels, weights) for the AR loss: each position predicts the next."""
+        logits = self.denoise(batch, batch.tokens)[:, :-1]
+        labels = batch.tokens[:, 1:]
+        weights = batch.target_mask[:, 1:].astype(jnp.float32)
+        if batch.segment_ids is not None:  # never predict across packed-sequence boundaries
+            weights = weights * (batch.segment_ids[:, 1:] == batch.segment_ids[:, :-1])
+        return logits, labels, weights
+
+    def canvas_denoiser(self, batch, target_len: int, *, prompt_cache: bool = True) -> "CanvasDenoiser":
+        """Target logits [B, Tt, V] for a target canvas [B, Tt]; the targets sit at positions
+        [prefix_len[b], prefix_len[b] + Tt). Under `prefix_diffusion` attention (and with
+        `prompt_cache`) the inputs never see the targets, so their keys and values are
+        computed here once and each call runs the Tt target positions only."""
+        positions = batch.prefix_len[:, None] + jnp.arange(target_len, dtype=jnp.int32)[None, :]
+        if not (prompt_cache and self.config.attention == "prefix_diffusion"):
+            def full(canvas_BxT):
+                tokens = jax.vmap(lambda row, pos, vals: row.at[pos].set(vals))(batch.tokens, positions, canvas_BxT)
+                return jnp.take_along_axis(self.denoise(batch, tokens), positions[:, :, None], axis=1)
+
+            return full
+        size, width = batch.tokens.shape
+        full_pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (size, width))
+        mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
+                              q_offset=jnp.zeros((size,), jnp.int32))
+        _, cache = self.forward_cached(batch.tokens, full_pos, mask, self.init_cache(size, width))
+        # Built by hand: the targets' queries under prefix_diffusion, offset to the targets' start.
+        step_mask = AttentionMask(causal=False, prefix_len=batch.prefix_len, kv_lengths=batch.lengths,
+                                  q_offset=batch.prefix_len)
+
+        def cached(canvas_BxT):
+            return self.forward_cached(canvas_BxT, positions, step_mask, cache)[0]
+
+        return cached
+
+    def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
+        """Raise when this model cannot continue these prompts by `max_new_tokens`."""
+        cfg = self.config
+        if cfg.attention not in ("causal", "prefix_lm"):
+            raise ValueError(
+                f"AR decoding needs causal or prefix_lm attention; this model has attention={cfg.attention!r} "
+                f"(use the diffusion sampler for bidirectional models)"
+            )
+        if bool(jnp.any(prompt_lengths_B < 1)):
+            raise ValueError("every prompt needs at least one token (prompt_lengths >= 1)")
+        if prompt_width + max_new_tokens > cfg.max_len:
+            raise ValueError(
+                f"prompt width {prompt_width} + max_new_tokens {max_new_tokens} exceeds max_len={cfg.max_len}; "
+                f"shorten prompts, generate fewer tokens or raise max_len"
+            )
+
+    def start_decoding(self, prompts_BxP, prompt_lengths_B, max_new_tokens: int, start_id: int):
+        """Run the prompts once into a KV cache. Returns (logits of the first new token [B, V],
+        cache, step) where `step(t, token_B, cache) -> (next logits, cache)` feeds new token t."""
+        batch, prompt_width = prompts_BxP.shape
+        cache = self.init_cache(batch, prompt_width + max_new_tokens)
+        zeros = jnp.zeros((batch,), jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(prompt_width, dtype=jnp.int32), (batch, prompt_width))
+        mask = self.make_mask(batch, prompt_width, prefix_len=prompt_lengths_B, q_offset=zeros)
+        logits, cache = self.forward_cached(prompts_BxP, positions, mask, cache)
+        first = jnp.take_along_axis(logits, (prompt_lengths_B - 1)[:, None, None], axis=1)[:, 0]
+
+        def step(t, token, cache):
+            pos = prompt_lengths_B + t
+            step_mask = self.make_mask(batch, 1, prefix_len=prompt_lengths_B, q_offset=pos)
+            logits, cache = self.forward_cached(token[:, None], pos[:, None], step_mask, cache)
+            return logits[:, 0], cache
+
+        return first, cache, step
+
     # -- cached forward (AR decoding, prefix-cached diffusion) --------------
     def init_cache(self, batch: int, cache_len: int) -> list[KVCache]:
         cfg = self.config
@@ -176,17 +265,12 @@ class EncoderDecoder(nnx.Module):
     """Bidirectional encoder over inputs; decoder over targets with cross-attention.
 
     The decoder's self-attention is `config.attention` ('causal' for AR, 'bidirectional'
-    for diffusion); the prefix kinds have no meaning here and are rejected.
+    for diffusion); the prefix kinds have no meaning here (ModelConfig rejects them).
     """
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         if config.arch != "encoder_decoder":
             raise ValueError(f"EncoderDecoder needs arch='encoder_decoder', got {config.arch!r}")
-        if config.attention not in ("causal", "bidirectional"):
-            raise ValueError(
-                f"encoder-decoder decoders take attention 'causal' or 'bidirectional', got "
-                f"{config.attention!r} (the encoder already sees the inputs bidirectionally)"
-            )
         self.config = config
         self.embedder = _Embedder(config, rngs)
         self.encoder = nnx.List([Block(config, rngs) for _ in range(config.encoder_layers)])
@@ -249,6 +333,57 @@ class EncoderDecoder(nnx.Module):
         """Decoder logits [B, T, V] (float32). Targets are fed as given: shift them for AR."""
         encoded = self.encode(inputs_BxS, input_lengths)
         return self.decode(targets_BxT, self.cross_kv(encoded), input_lengths, target_lengths)
+
+    # -- the denoiser interface (the same methods on DecoderOnly) -----------
+    def target_view(self, batch) -> tuple[jax.Array, jax.Array]:
+        """(clean tokens [B, N], target weights [B, N]): the decoder's targets alone."""
+        positions = jnp.arange(batch.targets.shape[1])[None, :]
+        return batch.targets, (positions < batch.target_lengths[:, None]).astype(jnp.float32)
+
+    def denoise(self, batch, tokens_BxN: jax.Array) -> jax.Array:
+        """Decoder logits [B, N, V] for target tokens (the `target_view` layout)."""
+        return self(batch.inputs, tokens_BxN, input_lengths=batch.input_lengths, target_lengths=batch.target_lengths)
+
+    def teacher_forced(self, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(logits, labels, weights) for the AR loss: the decoder sees the targets shifted right."""
+        start = jnp.zeros_like(batch.targets[:, :1])  # pad id 0 starts the decoder (T5)
+        decoder_in = jnp.concatenate([start, batch.targets[:, :-1]], axis=1)
+        logits = self(batch.inputs, decoder_in, input_lengths=batch.input_lengths)
+        labels, weights = self.target_view(batch)
+        return logits, labels, weights
+
+    def canvas_denoiser(self, batch, target_len: int, *, prompt_cache: bool = True) -> "CanvasDenoiser":
+        """Target logits [B, Tt, V] for a target canvas [B, Tt]; the encoder and the
+        cross-attention keys/values run here once (`prompt_cache` changes nothing)."""
+        del target_len, prompt_cache
+        cross = self.cross_kv(self.encode(batch.inputs, batch.input_lengths))
+        return lambda canvas_BxT: self.decode(canvas_BxT, cross, batch.input_lengths, batch.target_lengths)
+
+    def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
+        """Raise when this model cannot decode `max_new_tokens` for these inputs."""
+        del prompt_width, prompt_lengths_B
+        cfg = self.config
+        if cfg.attention != "causal":
+            raise ValueError(f"AR decoding needs a causal decoder; this model has attention={cfg.attention!r}")
+        if max_new_tokens + 1 > cfg.max_len:
+            raise ValueError(f"max_new_tokens={max_new_tokens} exceeds max_len={cfg.max_len} - 1")
+
+    def start_decoding(self, inputs_BxS, input_lengths_B, max_new_tokens: int, start_id: int):
+        """Encode once and feed the start token. Returns (logits of the first new token [B, V],
+        cache, step) where `step(t, token_B, cache) -> (next logits, cache)` feeds new token t."""
+        batch = inputs_BxS.shape[0]
+        cross_kvs = self.cross_kv(self.encode(inputs_BxS, input_lengths_B))  # once per input
+        cache = self.init_cache(batch, max_new_tokens + 1)
+
+        def run(t, token, cache):
+            pos = jnp.full((batch,), t, jnp.int32)
+            mask = AttentionMask(causal=True, q_offset=pos)  # built by hand: one causal decoder query
+            logits, cache = self.forward_cached(token[:, None], pos[:, None], mask, cache, cross_kvs, input_lengths_B)
+            return logits[:, 0], cache
+
+        start = jnp.full((batch,), start_id, jnp.int32)  # decoder start token (T5 convention: pad)
+        first, cache = run(0, start, cache)
+        return first, cache, lambda t, token, cache: run(t + 1, token, cache)
 
     def init_cache(self, batch: int, cache_len: int) -> list[KVCache]:
         cfg = self.config

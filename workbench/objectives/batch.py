@@ -43,9 +43,6 @@ class Batch:
     def size(self) -> int:
         return int(self.tokens.shape[0])
 
-    def slice(self, start: int, stop: int) -> "Batch":
-        return jax.tree.map(lambda x: x[start:stop], self)
-
 
 def seq2seq_batch(
     inputs: Sequence[Sequence[int]],
@@ -104,7 +101,3 @@ def seq2seq_batch(
         target_lengths=np.where(pad_targets, target_len, tgt_lengths).astype(np.int32),
         example_ids=ids,
     )
-
-
-def concat_batches(batches: Sequence[Batch]) -> Batch:
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *batches)

@@ -1,37 +1,35 @@
-"""Diffusion decoding: SUNDAE-style iterative resampling and masked (absorbing) decoding.
+"""Diffusion decoding: a generic loop over a diffusion process (`workbench.processes`).
 
-Each example starts from `num_samples` random target canvases (SUNDAE) or all-mask
-canvases (masked), runs `num_steps` denoising steps at `temperature`, and keeps the
-sample with the best model score. Returned with the whole trajectory: per step the
-tokens, the model probability of each chosen token and which positions changed.
+Each example starts from `num_samples` canvases (the process's `initial_canvas`: random
+tokens for `uniform`, all-mask for `absorbing`), runs `num_steps` steps of the process's
+`step` at `temperature`, and keeps the sample with the best model score. Returned with
+the whole trajectory: per step the tokens, the model probability of each position's token
+and which positions changed. The loop knows nothing of the process beyond those methods.
 
 Score (the paper's reranking): mean negative log-probability of the final tokens under
 the model's last step, computed at temperature 1; lower is better.
 
-Targets sit at positions [prefix_len[b], prefix_len[b] + Tt) of the decoder-only layout
-(see `workbench.objectives.batch`). When the model's attention is `prefix_diffusion`, the
-inputs never see the targets, so their keys and values are computed once per example and
-each step runs the denoiser over the Tt target positions only (`prefix_cache`), which
-equals full recomputation. Every random draw is keyed by (example id, sample, step),
-so an example decodes the same alone or in any batch.
+The model's `canvas_denoiser` computes what it can once (for decoder-only models under
+`prefix_diffusion` attention, the prompt's keys and values: `prefix_cache`; for
+encoder-decoder models, the encoder and cross-attention keys/values). Every random draw
+is keyed by (example id, sample, step), so an example decodes the same alone or in any batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Literal, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from workbench.attention import AttentionMask
 from workbench.distributed import constrain_batch, mesh_context, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
-from workbench.objectives.losses import denoiser_logits, non_special_ids
+from workbench.processes import get_process, process_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +37,19 @@ class DiffusionSamplingConfig:
     num_samples: int = 8  # paper default
     num_steps: int = 10  # paper default
     temperature: float = 0.2  # paper default
-    method: Literal["sundae", "masked"] = "sundae"
+    process: str = "uniform"  # a diffusion process name (workbench.processes: "uniform", "absorbing", ...)
     early_exit: bool = False  # stop when no sample changes in a step
     prefix_cache: bool = True  # used when the model's attention is prefix_diffusion
     special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for the random initial canvas
-    mask_id: int = 3  # masked method's absorbing token
+    mask_id: int = 3  # the absorbing token
 
     def __post_init__(self):
         if self.num_samples < 1 or self.num_steps < 1:
             raise ValueError(f"num_samples={self.num_samples} and num_steps={self.num_steps} must be >= 1")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
-        if self.method not in ("sundae", "masked"):
-            raise ValueError(f"method={self.method!r}; expected 'sundae' or 'masked'")
+        if self.process not in process_names():
+            raise ValueError(f"process={self.process!r}; expected one of {list(process_names())}")
 
 
 class DiffusionOutput(NamedTuple):
@@ -64,71 +62,24 @@ class DiffusionOutput(NamedTuple):
     steps_run: jax.Array  # [] steps actually run (< num_steps only with early_exit)
 
 
-def target_positions(batch: Batch, target_len: int) -> jax.Array:
-    return batch.prefix_len[:, None] + jnp.arange(target_len, dtype=jnp.int32)[None, :]
-
-
 def _repeat(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), batch)
-
-
-def _draw(keys, logits, temperature):
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.vmap(lambda k, l: jax.random.categorical(k, l / temperature))(keys, logits).astype(jnp.int32)
-
-
-class _Denoiser:
-    """Logits at the target positions of a canvas, with whatever can be computed once."""
-
-    def __init__(self, model, batch: Batch, target_len: int, use_cache: bool):
-        self.model, self.batch, self.target_len = model, batch, target_len
-        self.encdec = isinstance(model, EncoderDecoder)
-        self.positions = None if self.encdec else target_positions(batch, target_len)
-        self.cache = None
-        if self.encdec:
-            self.cross = model.cross_kv(model.encode(batch.inputs, batch.input_lengths))
-        elif use_cache:
-            size, width = batch.tokens.shape
-            full_pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (size, width))
-            mask = model.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
-                                   q_offset=jnp.zeros((size,), jnp.int32))
-            _, self.cache = model.forward_cached(batch.tokens, full_pos, mask, model.init_cache(size, width))
-
-    def __call__(self, canvas_BxT: jax.Array) -> jax.Array:
-        batch = self.batch
-        if self.encdec:
-            return self.model.decode(canvas_BxT, self.cross, batch.input_lengths, batch.target_lengths)
-        if self.cache is not None:
-            mask = AttentionMask(causal=False, prefix_len=batch.prefix_len, kv_lengths=batch.lengths,
-                                 q_offset=batch.prefix_len)
-            logits, _ = self.model.forward_cached(canvas_BxT, self.positions, mask, self.cache)
-            return logits
-        tokens = jax.vmap(lambda row, pos, vals: row.at[pos].set(vals))(batch.tokens, self.positions, canvas_BxT)
-        logits = denoiser_logits(self.model, batch, tokens)
-        return jnp.take_along_axis(logits, self.positions[:, :, None], axis=1)
 
 
 @partial(nnx.jit, static_argnames=("config", "target_len", "mesh"))
 def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_len: int,
             mesh: Optional[Mesh] = None) -> DiffusionOutput:
     num_b, num_s, steps = batch.tokens.shape[0], config.num_samples, config.num_steps
+    process = get_process(config.process, model.config.vocab_size, config.special_ids, config.mask_id)
     flat = _repeat(batch, num_s)  # [B*S, ...], sample-major within each example
     if mesh is not None:  # each device denoises the samples of its own examples
         flat = constrain_batch(flat, mesh)
     sample_idx = jnp.tile(jnp.arange(num_s, dtype=jnp.int32), num_b)
     keys = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(rng, e), s))(flat.example_ids, sample_idx)
-    use_cache = config.prefix_cache and not isinstance(model, EncoderDecoder) and model.config.attention == "prefix_diffusion"
-    denoise = _Denoiser(model, flat, target_len, use_cache)
+    denoise = model.canvas_denoiser(flat, target_len, prompt_cache=config.prefix_cache)
 
     size = num_b * num_s
-    if config.method == "sundae":
-        allowed = non_special_ids(model.config.vocab_size, config.special_ids)
-        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(keys)
-        canvas = allowed[jax.vmap(lambda k: jax.random.randint(k, (target_len,), 0, allowed.shape[0]))(init_keys)]
-    else:
-        canvas = jnp.full((size, target_len), config.mask_id, jnp.int32)
-
+    canvas = process.initial_canvas(keys, target_len)
     traj = jnp.zeros((steps + 1, size, target_len), jnp.int32).at[0].set(canvas)
     probs = jnp.zeros((steps, size, target_len), jnp.float32)
     changed = jnp.zeros((steps, size, target_len), bool)
@@ -136,22 +87,8 @@ def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_le
     def body(state):
         t, canvas, traj, probs, changed, _ = state
         logits = denoise(canvas).astype(jnp.float32)
-        if config.method == "masked":  # never "reveal" the mask token itself
-            logits = logits.at[..., config.mask_id].set(-jnp.inf)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-        draw = _draw(step_keys, logits, config.temperature)
-        p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), draw[..., None], axis=-1)[..., 0]
-        if config.method == "sundae":
-            new = draw
-        else:
-            # low-confidence remasking: by the end of step t, (t+1)/steps of the canvas is unmasked
-            masked = canvas == config.mask_id
-            keep_n = jnp.ceil(target_len * (t + 1) / steps).astype(jnp.int32)
-            confidence = jnp.where(masked, p, jnp.inf)  # already-unmasked tokens stay
-            rank = jnp.argsort(jnp.argsort(-confidence, axis=-1), axis=-1)
-            reveal = masked & (rank < keep_n)
-            new = jnp.where(reveal, draw, canvas)
-            p = jnp.where(masked, p, 1.0)
+        new, p = process.step(t, steps, canvas, logits, step_keys, config.temperature)
         diff = new != canvas
         return (t + 1, new, traj.at[t + 1].set(new), probs.at[t].set(p), changed.at[t].set(diff), jnp.any(diff))
 

@@ -38,7 +38,7 @@ def ar2diff(
         raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
     if config.loss.kind == "ar":
         raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set config.loss.kind to "
-                         "'diffusion' (the paper) or 'masked_diffusion'")
+                         "a diffusion process: 'uniform' (the paper) or 'absorbing'")
     model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention)
     extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
                          "adaptation_steps": config.steps}}
@@ -47,5 +47,5 @@ def ar2diff(
 
 def adaptation_config(base: TrainConfig, steps: int) -> TrainConfig:
     """The stage-2 config for AR2Diff_N: the diffusion loss for `steps` steps."""
-    loss = base.loss if base.loss.kind != "ar" else dataclasses.replace(base.loss, kind="diffusion")
+    loss = base.loss if base.loss.kind != "ar" else dataclasses.replace(base.loss, kind="uniform")
     return dataclasses.replace(base, steps=steps, loss=loss)

@@ -43,6 +43,18 @@ class ModelDecoder:
         return trajectory_from_output(output, self.tokenizer, 0, prompt=prompt, reference=reference)
 
 
+def decode_trajectories(model, tokenizer, examples: Sequence[tuple[str, Optional[str]]], config, *, input_len: int,
+                        target_len: int, seed: int = 0) -> list[Trajectory]:
+    """The denoising trajectory of each (prompt, reference) pair, decoded in one batch
+    (example ids 0, 1, ...: the same trajectories `ModelDecoder` gives one at a time)."""
+    decoder = ModelDecoder(model, tokenizer, config, input_len=input_len, target_len=target_len, seed=seed)
+    ids = [tokenizer.encode(prompt) for prompt, _ in examples]
+    batch = seq2seq_batch(ids, [[] for _ in ids], input_len=input_len, target_len=target_len,
+                          pad_id=tokenizer.pad_id, example_ids=list(range(len(ids))), pad_targets=True)
+    output = diffusion_sample(model, batch, decoder.config, jax.random.key(seed))
+    return [trajectory_from_output(output, tokenizer, i, prompt=p, reference=r) for i, (p, r) in enumerate(examples)]
+
+
 class DenoisingExplorer:
     """Widgets over `figure_at`: pick a prompt, a sample and a step; or type a new prompt."""
 

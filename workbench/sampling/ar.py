@@ -4,7 +4,8 @@ One `lax.while_loop` per batch (no Python loop per token); it stops when every e
 has emitted EOS or `max_new_tokens` is reached. Prompts may have different lengths:
 each example writes its keys and values at its own positions. Each example's random
 stream is derived from its id, so its output does not depend on the batch it is in.
-For encoder-decoder models the encoder and the cross-attention keys/values run once.
+The model's `start_decoding` runs what is computed once (the prompt's KV cache, or the
+encoder and the cross-attention keys/values) and returns the per-token step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.attention import AttentionMask
 from workbench.models.transformer import DecoderOnly, EncoderDecoder, check_lengths
 
 
@@ -99,40 +99,9 @@ def _loop(first_logits, step_fn, cache, rng, example_ids, config: ARSamplingConf
 
 
 @partial(nnx.jit, static_argnames=("config",))
-def _generate_decoder(model: DecoderOnly, prompts, prompt_lengths, rng, example_ids, config):
-    batch, prompt_width = prompts.shape
-    cache_len = prompt_width + config.max_new_tokens
-    cache = model.init_cache(batch, cache_len)
-    zeros = jnp.zeros((batch,), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(prompt_width, dtype=jnp.int32), (batch, prompt_width))
-    mask = model.make_mask(batch, prompt_width, prefix_len=prompt_lengths, q_offset=zeros)
-    logits, cache = model.forward_cached(prompts, positions, mask, cache)
-    first = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-
-    def step(t, token, cache):
-        pos = prompt_lengths + t
-        step_mask = model.make_mask(batch, 1, prefix_len=prompt_lengths, q_offset=pos)
-        logits, cache = model.forward_cached(token[:, None], pos[:, None], step_mask, cache)
-        return logits[:, 0], cache
-
+def _generate(model, prompts, prompt_lengths, rng, example_ids, config: ARSamplingConfig) -> Generation:
+    first, cache, step = model.start_decoding(prompts, prompt_lengths, config.max_new_tokens, config.pad_id)
     return _loop(first, step, cache, rng, example_ids, config)
-
-
-@partial(nnx.jit, static_argnames=("config",))
-def _generate_encdec(model: EncoderDecoder, inputs, input_lengths, rng, example_ids, config):
-    batch = inputs.shape[0]
-    cross_kvs = model.cross_kv(model.encode(inputs, input_lengths))  # once per input
-    cache = model.init_cache(batch, config.max_new_tokens + 1)
-
-    def run(t, token, cache):
-        pos = jnp.full((batch,), t, jnp.int32)
-        mask = AttentionMask(causal=True, q_offset=pos)
-        logits, cache = model.forward_cached(token[:, None], pos[:, None], mask, cache, cross_kvs, input_lengths)
-        return logits[:, 0], cache
-
-    start = jnp.full((batch,), config.pad_id, jnp.int32)  # decoder start token (T5 convention)
-    first, cache = run(0, start, cache)
-    return _loop(first, lambda t, tok, c: run(t + 1, tok, c), cache, rng, example_ids, config)
 
 
 def generate(
@@ -157,23 +126,5 @@ def generate(
     check_lengths("prompt_lengths", prompt_lengths_B, width, f"prompt width {width}")
     rng = jax.random.key(0) if rng is None else rng
     example_ids_B = jnp.arange(batch, dtype=jnp.int32) if example_ids_B is None else jnp.asarray(example_ids_B, jnp.int32)
-    cfg = model.config
-    if isinstance(model, EncoderDecoder):
-        if cfg.attention != "causal":
-            raise ValueError(f"AR decoding needs a causal decoder; this model has attention={cfg.attention!r}")
-        if config.max_new_tokens + 1 > cfg.max_len:
-            raise ValueError(f"max_new_tokens={config.max_new_tokens} exceeds max_len={cfg.max_len} - 1")
-        return _generate_encdec(model, prompts_BxP, prompt_lengths_B, rng, example_ids_B, config)
-    if cfg.attention not in ("causal", "prefix_lm"):
-        raise ValueError(
-            f"AR decoding needs causal or prefix_lm attention; this model has attention={cfg.attention!r} "
-            f"(use the diffusion sampler for bidirectional models)"
-        )
-    if bool(jnp.any(prompt_lengths_B < 1)):
-        raise ValueError("every prompt needs at least one token (prompt_lengths >= 1)")
-    if width + config.max_new_tokens > cfg.max_len:
-        raise ValueError(
-            f"prompt width {width} + max_new_tokens {config.max_new_tokens} exceeds max_len={cfg.max_len}; "
-            f"shorten prompts, generate fewer tokens or raise max_len"
-        )
-    return _generate_decoder(model, prompts_BxP, prompt_lengths_B, rng, example_ids_B, config)
+    model.check_ar_decoding(width, prompt_lengths_B, config.max_new_tokens)
+    return _generate(model, prompts_BxP, prompt_lengths_B, rng, example_ids_B, config)

@@ -1,0 +1,21 @@
+"""Diffusion processes: one object per process owns schedule, corruption, loss, initial
+canvas and per-step update (`base.DiffusionProcess`). Importing this package registers
+the built-in ones: `uniform` (the paper's SUNDAE-style noise) and `absorbing` (masked)."""
+
+from workbench.processes.absorbing import AbsorbingProcess
+from workbench.processes.base import (
+    Corruption,
+    DiffusionProcess,
+    LinearSchedule,
+    cross_entropy,
+    draw_tokens,
+    get_process,
+    non_special_ids,
+    process_names,
+    token_probs,
+    weighted_mean,
+)
+from workbench.processes.uniform import UniformProcess
+
+__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "UniformProcess", "cross_entropy",
+           "draw_tokens", "get_process", "non_special_ids", "process_names", "token_probs", "weighted_mean"]

@@ -1,0 +1,69 @@
+"""Uniform noise (the paper's simplified SUNDAE).
+
+Forward: per example a rate r ~ U(0, 1); each target token is replaced with probability r
+by a uniformly random non-special token. Loss: L1 + L2, where L2 feeds the argmax (or a
+sample at `unroll_temperature`) of the first pass back in at target positions, keeps the
+other positions clean, and passes no gradient through that choice. Target padding is
+predicted like any token (the model learns length). `accuracy_non_pad` is the first
+pass's accuracy on the other target tokens: most of a padded canvas is padding, so the
+plain `accuracy` can be high while the text itself is not learned yet.
+Sampling: start from uniformly random tokens; every step redraws every position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
+    non_special_ids, token_probs, weighted_mean)
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformProcess(DiffusionProcess):
+    name: ClassVar[str] = "uniform"
+    schedule: ClassVar = LinearSchedule
+
+    def corrupt(self, rng, clean_BxN, weights_BxN) -> Corruption:
+        rate_key, where_key, token_key = jax.random.split(rng, 3)
+        batch, length = clean_BxN.shape
+        rates = self.schedule.sample_rates(rate_key, batch)
+        hit = (jax.random.uniform(where_key, (batch, length)) < rates[:, None]) & (weights_BxN > 0)
+        allowed = non_special_ids(self.vocab_size, self.special_ids)
+        noise = allowed[jax.random.randint(token_key, (batch, length), 0, allowed.shape[0])]
+        return Corruption(jnp.where(hit, noise, clean_BxN), hit, rates)
+
+    def loss(self, denoise, clean_BxN, weights_BxN, rng, config):
+        corrupt_key, unroll_key = jax.random.split(rng)
+        noisy = self.corrupt(corrupt_key, clean_BxN, weights_BxN).noisy
+        logits1 = denoise(noisy)
+        loss1 = weighted_mean(cross_entropy(logits1, clean_BxN), weights_BxN)
+        correct = (jnp.argmax(logits1, -1) == clean_BxN).astype(jnp.float32)
+        text_weights = weights_BxN * (clean_BxN != config.pad_id)
+        metrics = {"loss_l1": loss1, "accuracy": weighted_mean(correct, weights_BxN),
+                   "accuracy_non_pad": weighted_mean(correct, text_weights), "target_tokens": jnp.sum(weights_BxN)}
+        loss = loss1
+        if config.unroll:
+            first_pass = jax.lax.stop_gradient(logits1)
+            if config.unroll_temperature == 0.0:
+                guess = jnp.argmax(first_pass, axis=-1).astype(clean_BxN.dtype)
+            else:
+                guess = jax.random.categorical(unroll_key, first_pass / config.unroll_temperature).astype(clean_BxN.dtype)
+            unrolled = jnp.where(weights_BxN > 0, guess, clean_BxN)  # inputs stay clean ("frozen")
+            loss2 = weighted_mean(cross_entropy(denoise(unrolled), clean_BxN), weights_BxN)
+            metrics["loss_l2"] = loss2
+            loss = loss1 + loss2
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def initial_canvas(self, keys_B, length):
+        allowed = non_special_ids(self.vocab_size, self.special_ids)
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(keys_B)
+        return allowed[jax.vmap(lambda k: jax.random.randint(k, (length,), 0, allowed.shape[0]))(init_keys)]
+
+    def step(self, step, num_steps, canvas_BxN, logits_BxNxV, keys_B, temperature):
+        draw = draw_tokens(keys_B, logits_BxNxV, temperature)
+        return draw, token_probs(logits_BxNxV, draw)
