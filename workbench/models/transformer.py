@@ -199,8 +199,8 @@ class DecoderOnly(nnx.Module):
         mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
                               q_offset=jnp.zeros((size,), jnp.int32))
         _, cache = self.forward_cached(batch.tokens, full_pos, mask, self.init_cache(size, width))
-        # Built by hand: the targets' queries under prefix_diffusion, offset to the targets' start.
-        step_mask = AttentionMask(causal=False, prefix_len=batch.prefix_len, kv_lengths=batch.lengths,
+        # The targets' queries under prefix_diffusion, offset to the targets' start.
+        step_mask = mask_for_kind("prefix_diffusion", prefix_len=batch.prefix_len, kv_lengths=batch.lengths,
                                   q_offset=batch.prefix_len)
 
         def cached(canvas_BxT):
@@ -289,7 +289,7 @@ class EncoderDecoder(nnx.Module):
         batch, src_len = inputs_BxS.shape
         self._check_len("input", src_len)
         check_lengths("input_lengths", input_lengths, src_len, f"input length {src_len}")
-        mask = AttentionMask(causal=False, kv_lengths=None if input_lengths is None else jnp.asarray(input_lengths, jnp.int32))
+        mask = mask_for_kind("bidirectional", kv_lengths=input_lengths)
         positions = jnp.broadcast_to(jnp.arange(src_len, dtype=jnp.int32), (batch, src_len))
         x, _ = _run_blocks(self.encoder, self.embedder.embed(inputs_BxS), mask, positions, None, self.config.remat)
         return self.encoder_norm(x)
@@ -377,7 +377,7 @@ class EncoderDecoder(nnx.Module):
 
         def run(t, token, cache):
             pos = jnp.full((batch,), t, jnp.int32)
-            mask = AttentionMask(causal=True, q_offset=pos)  # built by hand: one causal decoder query
+            mask = mask_for_kind("causal", q_offset=pos)  # one causal decoder query
             logits, cache = self.forward_cached(token[:, None], pos[:, None], mask, cache, cross_kvs, input_lengths_B)
             return logits[:, 0], cache
 
