@@ -52,12 +52,12 @@ class FixedTokenProcess(DiffusionProcess):
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), FIXED, jnp.int32)
 
-    def step(self, step, num_steps, canvas_BxN, logits_BxNxV, keys_B, temperature):
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
         logits = logits_BxNxV.at[..., FIXED].set(-jnp.inf)
         draw = draw_tokens(keys_B, logits, temperature)
         commit = jnp.arange(canvas_BxN.shape[1])[None, :] < LinearSchedule.clean_count(step, num_steps, canvas_BxN.shape[1])
         new = jnp.where(commit & (canvas_BxN == FIXED), draw, canvas_BxN)
-        return new, jnp.where(canvas_BxN == FIXED, token_probs(logits, draw), 1.0)
+        return new, commit, jnp.where(canvas_BxN == FIXED, token_probs(logits, draw), 1.0)
 
 
 def test_a_new_process_trains_and_samples_through_the_generic_trainer_and_sampler(tmp_path):

@@ -1,6 +1,7 @@
 """Diffusion processes: one object per process owns schedule, corruption, loss, initial
 canvas and per-step update (`base.DiffusionProcess`). Importing this package registers
-the built-in ones: `uniform` (the paper's SUNDAE-style noise) and `absorbing` (masked)."""
+the built-in ones: `uniform` (the paper's SUNDAE-style noise) and `absorbing` (masked);
+the decoding policies their `step` takes live in `policies`."""
 
 from workbench.processes.absorbing import AbsorbingProcess
 from workbench.processes.base import (
@@ -15,7 +16,9 @@ from workbench.processes.base import (
     token_probs,
     weighted_mean,
 )
+from workbench.processes.policies import Policy, commit_policy_names, get_policy, policy_names
 from workbench.processes.uniform import UniformProcess
 
-__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "UniformProcess", "cross_entropy",
-           "draw_tokens", "get_process", "non_special_ids", "process_names", "token_probs", "weighted_mean"]
+__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "Policy", "UniformProcess",
+           "commit_policy_names", "cross_entropy", "draw_tokens", "get_policy", "get_process", "non_special_ids",
+           "policy_names", "process_names", "token_probs", "weighted_mean"]

@@ -4,8 +4,9 @@ Forward: per example a rate t ~ U(min_mask_rate, 1) (the linear schedule); each 
 token becomes the mask token with probability t. Loss: cross-entropy on masked positions
 weighted by 1/t (the linear schedule's ELBO weight), averaged over target tokens.
 Sampling: start from an all-mask canvas; each step draws a token for every masked
-position and reveals the most confident ones, so that by the end of step s of S the
-schedule's (s+1)/S of the canvas is revealed; revealed tokens stay.
+position and reveals those the decoding policy picks (default `low_confidence`: the most
+confident, so that by the end of step s of S the schedule's (s+1)/S of the canvas is
+revealed); revealed tokens stay.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import jax.numpy as jnp
 
 from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
     token_probs, weighted_mean)
+from workbench.processes.policies import commit_policy_names, get_policy
 
 
 @dataclasses.dataclass(frozen=True)
 class AbsorbingProcess(DiffusionProcess):
     name: ClassVar[str] = "absorbing"
     schedule: ClassVar = LinearSchedule
+    default_policy: ClassVar[str] = "low_confidence"
 
     def corrupt(self, rng, clean_BxN, weights_BxN, min_rate: float = 0.0) -> Corruption:
         rate_key, where_key = jax.random.split(rng)
@@ -43,18 +46,16 @@ class AbsorbingProcess(DiffusionProcess):
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), self.mask_id, jnp.int32)
 
-    def step(self, step, num_steps, canvas_BxN, logits_BxNxV, keys_B, temperature):
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
+        policy = get_policy(self.default_policy) if policy is None else policy
+        if not policy.freezes:
+            raise ValueError(f"decoding policy {policy.name!r} re-noises positions, which absorbing diffusion cannot "
+                             f"(a revealed token stays); use one of {list(commit_policy_names())}")
+        del committed_BxN  # the canvas says it: every non-mask position is committed
         logits = logits_BxNxV.at[..., self.mask_id].set(-jnp.inf)  # never "reveal" the mask token itself
         draw = draw_tokens(keys_B, logits, temperature)
         p = token_probs(logits, draw)
         masked = canvas_BxN == self.mask_id
-        reveal = masked & self.lowest_confidence_first(p, masked, step, num_steps)
-        return jnp.where(reveal, draw, canvas_BxN), jnp.where(masked, p, 1.0)
-
-    def lowest_confidence_first(self, p_BxN, masked_BxN, step, num_steps):
-        """Which masked positions to reveal: the most confident, up to the schedule's count
-        (already revealed positions rank first, so they count towards it)."""
-        keep_n = self.schedule.clean_count(step, num_steps, p_BxN.shape[-1])
-        confidence = jnp.where(masked_BxN, p_BxN, jnp.inf)
-        rank = jnp.argsort(jnp.argsort(-confidence, axis=-1), axis=-1)
-        return rank < keep_n
+        reveal = masked & policy.select(step, num_steps, logits, draw, p, masked, keys_B)
+        new = jnp.where(reveal, draw, canvas_BxN)
+        return new, new != self.mask_id, jnp.where(masked, p, 1.0)

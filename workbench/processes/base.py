@@ -82,6 +82,7 @@ class DiffusionProcess:
     """
 
     name: ClassVar[str] = ""
+    default_policy: ClassVar[str] = ""  # the decoding policy `step` uses when given none
     vocab_size: int
     special_ids: tuple[int, ...] = (0, 1, 2)
     mask_id: int = 3
@@ -112,10 +113,14 @@ class DiffusionProcess:
         """The canvas [B, length] sampling starts from; each row from its own key."""
         raise NotImplementedError
 
-    def step(self, step: jax.Array, num_steps: int, canvas_BxN: jax.Array, logits_BxNxV: jax.Array,
-             keys_B: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
-        """One reverse step: (new canvas, probability of each position's token [B, N]).
-        The probabilities at the last step rank the samples (lower mean -log p wins)."""
+    def step(self, step: jax.Array, num_steps: int, canvas_BxN: jax.Array, committed_BxN: jax.Array,
+             logits_BxNxV: jax.Array, keys_B: jax.Array, temperature: float,
+             policy=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One reverse step under a decoding policy (`workbench.processes.policies`; None:
+        the process's `default_policy`): (new canvas, committed positions [B, N] bool,
+        probability of each position's token [B, N]). Committed positions are never
+        rewritten; sampling starts with none. The probabilities at the last step rank the
+        samples (lower mean -log p wins)."""
         raise NotImplementedError
 
 

@@ -7,7 +7,9 @@ other positions clean, and passes no gradient through that choice. Target paddin
 predicted like any token (the model learns length). `accuracy_non_pad` is the first
 pass's accuracy on the other target tokens: most of a padded canvas is padding, so the
 plain `accuracy` can be high while the text itself is not learned yet.
-Sampling: start from uniformly random tokens; every step redraws every position.
+Sampling: start from uniformly random tokens; by default (`resample_all`, the paper's)
+every step redraws every position; any decoding policy (`workbench.processes.policies`)
+can replace that rule.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import jax.numpy as jnp
 
 from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
     non_special_ids, token_probs, weighted_mean)
+from workbench.processes.policies import get_policy
 
 
 @dataclasses.dataclass(frozen=True)
 class UniformProcess(DiffusionProcess):
     name: ClassVar[str] = "uniform"
     schedule: ClassVar = LinearSchedule
+    default_policy: ClassVar[str] = "resample_all"
 
     def corrupt(self, rng, clean_BxN, weights_BxN) -> Corruption:
         rate_key, where_key, token_key = jax.random.split(rng, 3)
@@ -64,6 +68,19 @@ class UniformProcess(DiffusionProcess):
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(keys_B)
         return allowed[jax.vmap(lambda k: jax.random.randint(k, (length,), 0, allowed.shape[0]))(init_keys)]
 
-    def step(self, step, num_steps, canvas_BxN, logits_BxNxV, keys_B, temperature):
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
+        policy = get_policy(self.default_policy) if policy is None else policy
         draw = draw_tokens(keys_B, logits_BxNxV, temperature)
-        return draw, token_probs(logits_BxNxV, draw)
+        if policy.freezes:  # committed positions stay; the open ones take the new draw
+            p = token_probs(logits_BxNxV, draw)
+            commit = ~committed_BxN & policy.select(step, num_steps, logits_BxNxV, draw, p, ~committed_BxN, keys_B)
+            new = jnp.where(committed_BxN, canvas_BxN, draw)
+            return new, committed_BxN | commit, token_probs(logits_BxNxV, new)
+        keep = policy.select(step, num_steps, logits_BxNxV, draw, None, jnp.ones_like(committed_BxN), keys_B)
+        new = jnp.where(keep, draw, self._noise(keys_B, canvas_BxN.shape[-1]))
+        return new, jnp.zeros_like(committed_BxN), token_probs(logits_BxNxV, new)
+
+    def _noise(self, keys_B, length):
+        allowed = non_special_ids(self.vocab_size, self.special_ids)
+        noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 11))(keys_B)
+        return allowed[jax.vmap(lambda k: jax.random.randint(k, (length,), 0, allowed.shape[0]))(noise_keys)]

@@ -7,7 +7,9 @@ the whole trajectory: per step the tokens, the model probability of each positio
 and which positions changed. The loop knows nothing of the process beyond those methods.
 
 Score (the paper's reranking): mean negative log-probability of the final tokens under
-the model's last step, computed at temperature 1; lower is better.
+the model's last step, computed at temperature 1; lower is better (`score_excludes_padding`
+averages over text positions only). The decoding policy (`policy`; None: the process's
+default, which is the paper's sampler) decides what each step commits.
 
 The model's `canvas_denoiser` computes what it can once (for decoder-only models under
 `prefix_diffusion` attention, the prompt's keys and values: `prefix_cache`; for
@@ -23,13 +25,14 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from workbench.distributed import constrain_batch, mesh_context, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
-from workbench.processes import get_process, process_names
+from workbench.processes import get_policy, get_process, policy_names, process_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,10 @@ class DiffusionSamplingConfig:
     prefix_cache: bool = True  # used when the model's attention is prefix_diffusion
     special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for the random initial canvas
     mask_id: int = 3  # the absorbing token
+    policy: Optional[str] = None  # a decoding policy (workbench.processes.policies); None: the process's default
+    threshold: float = 0.9  # the 'threshold' policy's confidence bar
+    score_excludes_padding: bool = False  # rerank on text positions only (tokens != pad_id)
+    pad_id: int = 0
 
     def __post_init__(self):
         if self.num_samples < 1 or self.num_steps < 1:
@@ -50,6 +57,14 @@ class DiffusionSamplingConfig:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
         if self.process not in process_names():
             raise ValueError(f"process={self.process!r}; expected one of {list(process_names())}")
+        if self.policy is not None and self.policy not in policy_names():
+            raise ValueError(f"policy={self.policy!r}; expected one of {list(policy_names())} or None (the "
+                             f"process's default)")
+        get_policy("threshold", self.threshold)  # validates the threshold
+
+    def decoding_policy(self):
+        """The policy object `process.step` takes (None: the process's default)."""
+        return None if self.policy is None else get_policy(self.policy, self.threshold)
 
 
 class DiffusionOutput(NamedTuple):
@@ -79,30 +94,33 @@ def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_le
     denoise = model.canvas_denoiser(flat, target_len, prompt_cache=config.prefix_cache)
 
     size = num_b * num_s
+    policy = config.decoding_policy()
     canvas = process.initial_canvas(keys, target_len)
     traj = jnp.zeros((steps + 1, size, target_len), jnp.int32).at[0].set(canvas)
     probs = jnp.zeros((steps, size, target_len), jnp.float32)
     changed = jnp.zeros((steps, size, target_len), bool)
 
     def body(state):
-        t, canvas, traj, probs, changed, _ = state
+        t, canvas, committed, traj, probs, changed, _ = state
         logits = denoise(canvas).astype(jnp.float32)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-        new, p = process.step(t, steps, canvas, logits, step_keys, config.temperature)
+        new, committed, p = process.step(t, steps, canvas, committed, logits, step_keys, config.temperature, policy)
         diff = new != canvas
-        return (t + 1, new, traj.at[t + 1].set(new), probs.at[t].set(p), changed.at[t].set(diff), jnp.any(diff))
+        return (t + 1, new, committed, traj.at[t + 1].set(new), probs.at[t].set(p), changed.at[t].set(diff),
+                jnp.any(diff))
 
     def cond(state):
         t, *_, any_changed = state
         keep_going = t < steps
         return keep_going & (any_changed | (t == 0)) if config.early_exit else keep_going
 
-    t, canvas, traj, probs, changed, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), canvas, traj, probs, changed, jnp.array(True))
+    committed = jnp.zeros((size, target_len), bool)
+    t, canvas, _, traj, probs, changed, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), canvas, committed, traj, probs, changed, jnp.array(True))
     )
     last = jnp.maximum(t - 1, 0)
     final_probs = probs[last]  # [B*S, Tt]
-    scores = -jnp.mean(jnp.log(jnp.maximum(final_probs, 1e-30)), axis=-1).reshape(num_b, num_s)
+    scores = rerank_scores(final_probs, canvas, config).reshape(num_b, num_s)
     chosen = jnp.argmin(scores, axis=-1)
     by_sample = canvas.reshape(num_b, num_s, target_len)
     tokens = jnp.take_along_axis(by_sample, chosen[:, None, None], axis=1)[:, 0]
@@ -111,6 +129,32 @@ def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_le
         return jnp.moveaxis(x, 0, 1).reshape(num_b, num_s, x.shape[0], target_len)
 
     return DiffusionOutput(tokens, chosen, scores, per_example(traj), per_example(probs), per_example(changed), t)
+
+
+def rerank_scores(probs_BxN: jax.Array, tokens_BxN: jax.Array, config: DiffusionSamplingConfig) -> jax.Array:
+    """Mean -log p of each row's tokens (lower is better). With `score_excludes_padding`,
+    over its text positions only (tokens != pad_id); a row with none scores +inf, so an
+    all-padding sample never wins over one with text."""
+    nll = -jnp.log(jnp.maximum(probs_BxN, 1e-30))
+    if not config.score_excludes_padding:
+        return jnp.mean(nll, axis=-1)
+    text = tokens_BxN != config.pad_id
+    count = jnp.sum(text, axis=-1)
+    return jnp.where(count > 0, jnp.sum(nll * text, axis=-1) / jnp.maximum(count, 1), jnp.inf)
+
+
+def length_report(tokens_BxN, eos_id: int = 1, pad_id: int = 0) -> dict:
+    """Per sample: `eos_position` (first EOS, -1 if none), `text_length` (tokens before the
+    first EOS, or up to the first padding when there is no EOS) and `padding_fraction`
+    (share of positions holding pad_id). numpy arrays [B]."""
+    tokens = np.asarray(tokens_BxN)
+    is_eos, is_pad = tokens == eos_id, tokens == pad_id
+    width = tokens.shape[-1]
+    eos_position = np.where(is_eos.any(-1), is_eos.argmax(-1), -1)
+    first_pad = np.where(is_pad.any(-1), is_pad.argmax(-1), width)
+    text_length = np.where(eos_position >= 0, eos_position, first_pad)
+    return {"eos_position": eos_position, "text_length": text_length,
+            "padding_fraction": is_pad.mean(-1) if width else np.zeros(tokens.shape[:-1])}
 
 
 def diffusion_sample(
