@@ -57,7 +57,7 @@ class FixedTokenProcess(DiffusionProcess):
         draw = draw_tokens(keys_B, logits, temperature)
         commit = jnp.arange(canvas_BxN.shape[1])[None, :] < LinearSchedule.clean_count(step, num_steps, canvas_BxN.shape[1])
         new = jnp.where(commit & (canvas_BxN == FIXED), draw, canvas_BxN)
-        return new, commit, jnp.where(canvas_BxN == FIXED, token_probs(logits, draw), 1.0)
+        return new, new != FIXED, jnp.where(canvas_BxN == FIXED, token_probs(logits, draw), 1.0)
 
 
 def test_a_new_process_trains_and_samples_through_the_generic_trainer_and_sampler(tmp_path):

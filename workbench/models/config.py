@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import jax
 
 Arch = Literal["decoder", "encoder_decoder"]
-AttentionKind = Literal["causal", "prefix_lm", "bidirectional", "prefix_diffusion"]
+AttentionKind = Literal["causal", "prefix_lm", "bidirectional", "prefix_diffusion", "block_causal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ModelConfig:
     num_encoder_layers: Optional[int] = None  # encoder_decoder only; None: num_layers
     max_len: int = 1024
     attention: AttentionKind = "causal"
+    block_size: Optional[int] = None  # tokens per block; block_causal attention only (block diffusion)
     tie_embeddings: bool = True
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
@@ -83,11 +84,18 @@ class ModelConfig:
             )
         if self.arch not in ("decoder", "encoder_decoder"):
             raise ValueError(f"arch={self.arch!r}; expected 'decoder' or 'encoder_decoder'")
-        if self.attention not in ("causal", "prefix_lm", "bidirectional", "prefix_diffusion"):
+        if self.attention not in ("causal", "prefix_lm", "bidirectional", "prefix_diffusion", "block_causal"):
             raise ValueError(
-                f"attention={self.attention!r}; expected 'causal', 'prefix_lm', 'bidirectional' "
-                f"or 'prefix_diffusion'"
+                f"attention={self.attention!r}; expected 'causal', 'prefix_lm', 'bidirectional', "
+                f"'prefix_diffusion' or 'block_causal'"
             )
+        if self.attention == "block_causal":
+            if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
+                raise ValueError(f"attention='block_causal' needs block_size, a positive int (tokens per block); "
+                                 f"got {self.block_size!r}")
+        elif self.block_size is not None:
+            raise ValueError(f"block_size={self.block_size!r} is only used by attention='block_causal', not "
+                             f"{self.attention!r}; set block_size=None or attention='block_causal'")
         if self.arch == "encoder_decoder" and self.attention not in ("causal", "bidirectional"):
             raise ValueError(
                 f"arch='encoder_decoder' with attention={self.attention!r}: the decoder takes 'causal' (AR) or "

@@ -15,7 +15,7 @@ cross-attention keys/values) and `check_ar_decoding` / `start_decoding` (KV-cach
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,17 @@ from workbench.models.config import ModelConfig
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
 
 CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> target logits [B, Tt, V]
+
+
+class BlockDenoiser(NamedTuple):
+    """Block diffusion's view of a model (`DecoderOnly.block_denoiser`): a state threaded
+    through the sampler (a KV cache, or the token rows when recomputing), the logits of
+    block k's canvas, and `commit`, which fixes block k's final tokens into the state."""
+
+    state: Any
+    logits: Callable[[Any, jax.Array, jax.Array], jax.Array]  # (state, k, canvas [B, b]) -> [B, b, V]
+    commit: Callable[[Any, jax.Array, jax.Array], Any]  # (state, k, tokens [B, b]) -> state
+    prompt_passes: int  # forward passes spent before the first block (the prompt's cache)
 
 
 class Block(nnx.Module):
@@ -137,6 +148,7 @@ class DecoderOnly(nnx.Module):
             q_segment_ids=segment_ids if q_segment_ids is None else q_segment_ids,
             kv_segment_ids=segment_ids,
             q_offset=q_offset,
+            block_size=self.config.block_size,
         )
 
     def __call__(
@@ -207,6 +219,56 @@ class DecoderOnly(nnx.Module):
             return self.forward_cached(canvas_BxT, positions, step_mask, cache)[0]
 
         return cached
+
+    def block_denoiser(self, batch, target_len: int, *, cache: bool = True) -> "BlockDenoiser":
+        """Block diffusion under `block_causal` attention: target block k of example b sits at
+        positions prefix_len[b] + [k * block_size, (k + 1) * block_size) and sees the prompt,
+        the committed blocks before it and itself. With `cache`, the prompt runs once into a
+        KV cache and each committed block's keys and values are written once (`commit`);
+        without it, every call reruns the whole row under the full block_causal mask (the
+        reference the cache must equal)."""
+        cfg = self.config
+        if cfg.attention != "block_causal":
+            raise ValueError(f"block decoding needs attention='block_causal'; this model has attention="
+                             f"{cfg.attention!r} (switch it with with_attention(model, 'block_causal', block_size=b))")
+        if target_len % cfg.block_size:
+            raise ValueError(f"target_len={target_len} is not a multiple of block_size={cfg.block_size}; "
+                             f"pad the target canvas to a whole number of blocks")
+        size, width = batch.tokens.shape
+        check_lengths("prefix_len", batch.prefix_len, width - target_len, f"row width {width} - target_len {target_len}")
+        offsets = jnp.arange(cfg.block_size, dtype=jnp.int32)[None, :]
+
+        def place(k):  # absolute positions [B, b] and the block's first position [B]
+            start = batch.prefix_len + k * cfg.block_size
+            return start[:, None] + offsets, start
+
+        if not cache:
+            def full_logits(row_BxW, k, canvas_BxB):
+                positions, _ = place(k)
+                row = jax.vmap(lambda r, pos, vals: r.at[pos].set(vals))(row_BxW, positions, canvas_BxB)
+                return jnp.take_along_axis(self.denoise(batch, row), positions[:, :, None], axis=1)
+
+            def full_commit(row_BxW, k, tokens_BxB):
+                positions, _ = place(k)
+                return jax.vmap(lambda r, pos, vals: r.at[pos].set(vals))(row_BxW, positions, tokens_BxB)
+
+            return BlockDenoiser(batch.tokens, full_logits, full_commit, prompt_passes=0)
+
+        prompt = batch.inputs
+        prompt_pos = jnp.broadcast_to(jnp.arange(prompt.shape[1], dtype=jnp.int32), prompt.shape)
+        mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
+                              q_offset=jnp.zeros((size,), jnp.int32))
+        _, kv = self.forward_cached(prompt, prompt_pos, mask, self.init_cache(size, width))
+
+        def run(kv, k, tokens_BxB):
+            positions, start = place(k)
+            step_mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=start)
+            return self.forward_cached(tokens_BxB, positions, step_mask, kv)
+
+        # A denoising step's keys and values (of a noisy block) are dropped; the committed
+        # block's are kept, so later blocks see exactly its final tokens.
+        return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
+                             lambda kv, k, tokens: run(kv, k, tokens)[1], prompt_passes=1)
 
     def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
         """Raise when this model cannot continue these prompts by `max_new_tokens`."""
@@ -409,13 +471,15 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def with_attention(model: DecoderOnly | EncoderDecoder, attention: str) -> DecoderOnly | EncoderDecoder:
-    """The same parameters under another self-attention mask kind (AR2Diff's switch).
+def with_attention(model: DecoderOnly | EncoderDecoder, attention: str,
+                   block_size: Optional[int] = None) -> DecoderOnly | EncoderDecoder:
+    """The same parameters under another self-attention mask kind (AR2Diff's switch);
+    `block_size` goes with attention='block_causal' only.
 
     Returns a new model object sharing no mutable state with `model`; its parameters are
     bitwise equal to `model`'s.
     """
-    config = model.config.replace(attention=attention)
+    config = model.config.replace(attention=attention, block_size=block_size)
     graphdef, state = nnx.split(model)
     new = nnx.eval_shape(lambda: build_model(config, 0))
     nnx.update(new, jax.tree.map(lambda x: x, state))

@@ -1,0 +1,153 @@
+"""Block (semi-autoregressive) diffusion decoding with an exact KV cache.
+
+The target canvas is cut into blocks of the model's `block_size`, decoded left to right:
+each block starts from the process's initial canvas and runs up to `steps_per_block`
+steps of the process's `step` under a decoding policy (`workbench.processes.policies`),
+attending to itself, the prompt and the committed blocks before it (`block_causal`
+attention). A committed block's keys and values are written into the cache once
+(`DecoderOnly.block_denoiser`), so each step runs b positions only. With a commit policy
+(absorbing's default, `threshold`, ...) a block stops as soon as every row has committed
+all of it, so `threshold` spends fewer forward passes on easy blocks.
+
+An example stops at the first block holding EOS: later positions are padding (so are the
+positions after EOS in that block). The loop ends when every example has stopped or the
+canvas is full. Random draws are keyed by (example id, block, step): an example decodes
+the same alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from workbench.models import DecoderOnly
+from workbench.objectives.batch import Batch
+from workbench.processes import get_policy, get_process, policy_names, process_names
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSamplingConfig:
+    steps_per_block: int = 8  # a budget: commit policies stop a block once it is fully committed
+    temperature: float = 0.0  # 0: argmax
+    process: str = "absorbing"
+    policy: Optional[str] = None  # None: the process's default
+    threshold: float = 0.9  # the 'threshold' policy's confidence bar
+    cache: bool = True  # exact KV cache of the prompt and committed blocks; False: rerun the whole row
+    eos_id: Optional[int] = 1  # None: never stop early
+    pad_id: int = 0
+    special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for a random initial canvas
+    mask_id: int = 3
+
+    def __post_init__(self):
+        if self.steps_per_block < 1:
+            raise ValueError(f"steps_per_block={self.steps_per_block} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
+        if self.process not in process_names():
+            raise ValueError(f"process={self.process!r}; expected one of {list(process_names())}")
+        if self.policy is not None and self.policy not in policy_names():
+            raise ValueError(f"policy={self.policy!r}; expected one of {list(policy_names())} or None")
+        get_policy("threshold", self.threshold)  # validates the threshold
+
+    def decoding_policy(self, process):
+        return get_policy(process.default_policy if self.policy is None else self.policy, self.threshold)
+
+
+class BlockOutput(NamedTuple):
+    tokens: jax.Array  # [B, Tt] padding after each example's first EOS
+    lengths: jax.Array  # [B] tokens up to and including the first EOS (Tt without one)
+    probs: jax.Array  # [B, Tt] each final token's probability when it was committed (0 on padding)
+    commit_step: jax.Array  # [B, Tt] the step of its block that committed each position (-1 on padding)
+    blocks_run: jax.Array  # [] blocks decoded (fewer than Tt / b when every example stopped)
+    forward_passes: jax.Array  # [] model calls: prompt pass, denoising steps and block commits
+
+
+@partial(nnx.jit, static_argnames=("config", "target_len"))
+def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_len: int) -> BlockOutput:
+    size = batch.tokens.shape[0]
+    b, steps = model.config.block_size, config.steps_per_block
+    num_blocks = target_len // b
+    process = get_process(config.process, model.config.vocab_size, config.special_ids, config.mask_id)
+    policy = config.decoding_policy(process)
+    denoiser = model.block_denoiser(batch, target_len, cache=config.cache)
+    keys = jax.vmap(lambda e: jax.random.fold_in(rng, e))(batch.example_ids)
+    stop_at_eos = config.eos_id is not None
+
+    def decode_block(k, state):
+        block_keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(keys)
+
+        def body(carry):
+            s, canvas, committed, when, conf = carry
+            logits = denoiser.logits(state, k, canvas).astype(jnp.float32)
+            step_keys = jax.vmap(lambda key: jax.random.fold_in(key, s))(block_keys)
+            new, now_committed, p = process.step(s, steps, canvas, committed, logits, step_keys, config.temperature,
+                                                 policy)
+            # keep policies re-decide every position each step, so their last step is what counts
+            fresh = (now_committed & ~committed) if policy.freezes else jnp.ones_like(committed)
+            return s + 1, new, now_committed, jnp.where(fresh, s, when), jnp.where(fresh, p, conf)
+
+        def cond(carry):
+            s, _, committed, _, _ = carry
+            return (s < steps) & ~jnp.all(committed) if policy.freezes else s < steps
+
+        init = (jnp.int32(0), process.initial_canvas(block_keys, b), jnp.zeros((size, b), bool),
+                jnp.full((size, b), -1, jnp.int32), jnp.zeros((size, b), jnp.float32))
+        s, canvas, _, when, conf = jax.lax.while_loop(cond, body, init)
+        return s, canvas, when, conf
+
+    def outer(carry):
+        k, state, tokens, probs, commit_step, done, passes = carry
+        s, canvas, when, conf = decode_block(k, state)
+        state = denoiser.commit(state, k, canvas)
+        live = ~done[:, None]
+        start = (jnp.int32(0), k * b)
+        tokens = jax.lax.dynamic_update_slice(tokens, jnp.where(live, canvas, config.pad_id), start)
+        probs = jax.lax.dynamic_update_slice(probs, jnp.where(live, conf, 0.0), start)
+        commit_step = jax.lax.dynamic_update_slice(commit_step, jnp.where(live, when, -1), start)
+        if stop_at_eos:
+            done = done | jnp.any(canvas == config.eos_id, axis=-1)
+        commits = 1 if config.cache else 0  # recomputation writes no cache
+        return k + 1, state, tokens, probs, commit_step, done, passes + s + commits
+
+    def more(carry):
+        k, *_, done, _ = carry
+        return (k < num_blocks) & ~jnp.all(done)
+
+    init = (jnp.int32(0), denoiser.state, jnp.full((size, target_len), config.pad_id, jnp.int32),
+            jnp.zeros((size, target_len), jnp.float32), jnp.full((size, target_len), -1, jnp.int32),
+            jnp.zeros((size,), bool), jnp.int32(denoiser.prompt_passes))
+    k, _, tokens, probs, commit_step, _, passes = jax.lax.while_loop(more, outer, init)
+
+    position = jnp.arange(target_len)[None, :]
+    if stop_at_eos:
+        is_eos = tokens == config.eos_id
+        lengths = jnp.where(jnp.any(is_eos, -1), jnp.argmax(is_eos, -1) + 1, target_len).astype(jnp.int32)
+    else:
+        lengths = jnp.full((size,), target_len, jnp.int32)
+    text = position < lengths[:, None]
+    return BlockOutput(jnp.where(text, tokens, config.pad_id), lengths, jnp.where(text, probs, 0.0),
+                       jnp.where(text, commit_step, -1), k, passes)
+
+
+def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, rng: Optional[jax.Array] = None,
+                 target_len: Optional[int] = None) -> BlockOutput:
+    """Decode the targets of `batch` (built with `seq2seq_batch(..., pad_targets=True)`)
+    block by block; the model needs attention='block_causal' (its `block_size` sets b)
+    and `target_len` (default: the batch's target width) a multiple of b."""
+    if not isinstance(model, DecoderOnly):
+        raise ValueError("block decoding needs a decoder-only model (block_causal attention over [prompt | targets])")
+    target_len = int(batch.targets.shape[1]) if target_len is None else target_len
+    block_size = model.config.block_size
+    if model.config.attention != "block_causal":
+        raise ValueError(f"block decoding needs attention='block_causal'; this model has attention="
+                         f"{model.config.attention!r} (switch it with with_attention(model, 'block_causal', block_size=b))")
+    if target_len % block_size:
+        raise ValueError(f"target_len={target_len} is not a multiple of block_size={block_size}; "
+                         f"pad the target canvas to a whole number of blocks")
+    rng = jax.random.key(0) if rng is None else rng
+    return _block_sample(model, jax.tree.map(jnp.asarray, batch), rng, config, target_len)
