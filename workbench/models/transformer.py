@@ -270,6 +270,43 @@ class DecoderOnly(nnx.Module):
         return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
                              lambda kv, k, tokens: run(kv, k, tokens)[1], prompt_passes=1)
 
+    def block_denoise(self, batch, noisy_BxN: jax.Array) -> jax.Array:
+        """Block-diffusion training logits [B, N, V] (the `target_view` layout): each noisy
+        target block k sees the prompt, the clean blocks before it and its own noisy block,
+        exactly what `block_denoiser` gives block k when it is decoded after clean blocks
+        0..k-1 (BD3-LM's objective). Two passes: the clean row under block_causal attention
+        fills a KV cache (gradients flow through it); then each noisy block runs against it
+        at its own positions, as in decoding. Prompt positions get the clean pass's logits."""
+        cfg = self.config
+        if cfg.attention != "block_causal":
+            raise ValueError(f"block_denoise needs attention='block_causal'; this model has {cfg.attention!r}")
+        if batch.segment_ids is not None:
+            raise ValueError("block-diffusion training takes unpacked [inputs | targets] rows (segment_ids=None); "
+                             "build the batch with seq2seq_batch")
+        size, width = noisy_BxN.shape
+        b = cfg.block_size
+        num_blocks = -(-width // b)
+        total = width + num_blocks * b  # room for every example's last block, whatever its prefix_len
+        widen = lambda x: jnp.pad(x, ((0, 0), (0, total - width)))
+        positions = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (size, total))
+        mask = self.make_mask(size, total, prefix_len=batch.prefix_len, lengths=batch.lengths,
+                              q_offset=jnp.zeros((size,), jnp.int32))
+        clean_logits, kv = self.forward_cached(widen(batch.tokens), positions, mask, self.init_cache(size, total))
+        noisy = widen(noisy_BxN)
+        offsets = jnp.arange(b, dtype=jnp.int32)[None, :]
+
+        def one_block(k):
+            start = batch.prefix_len + k * b
+            where = start[:, None] + offsets
+            block_mask = self.make_mask(size, total, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=start)
+            return self.forward_cached(jnp.take_along_axis(noisy, where, axis=1), where, block_mask, kv)[0]
+
+        blocks = jax.lax.map(one_block, jnp.arange(num_blocks, dtype=jnp.int32))  # [K, B, b, V]
+        rel = jnp.arange(width)[None, :] - batch.prefix_len[:, None]  # position within the targets
+        k_idx, o_idx = jnp.clip(rel // b, 0, num_blocks - 1), jnp.mod(rel, b)
+        from_blocks = blocks[k_idx, jnp.arange(size)[:, None], o_idx]
+        return jnp.where((rel >= 0)[..., None], from_blocks, clean_logits[:, :width])
+
     def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
         """Raise when this model cannot continue these prompts by `max_new_tokens`."""
         cfg = self.config

@@ -4,6 +4,8 @@
 * `kind=<a diffusion process>` (`workbench.processes`: `uniform`, the paper's SUNDAE-style
   noise with L1 + unrolled L2, or `absorbing`, masked diffusion weighted by 1/t): the
   process corrupts the targets and computes its own loss through the model's denoiser.
+  Under `block_causal` attention the denoiser is block diffusion's (`block_denoise`: each
+  noisy block sees the clean blocks before it), for every process.
 
 Losses never ask which architecture they hold: the model's `target_view`, `denoise` and
 `teacher_forced` give the layout (see `workbench.models`). Losses are means over target
@@ -53,6 +55,8 @@ def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     """The loss of the diffusion process `config.kind`, on the model's target layout."""
     process = get_process(config.kind, model.config.vocab_size, config.special_ids, config.mask_id)
     clean, weights = model.target_view(batch)
+    if model.config.attention == "block_causal":  # block diffusion: noisy blocks see clean earlier blocks
+        return process.loss(lambda tokens: model.block_denoise(batch, tokens), clean, weights, rng, config)
     return process.loss(lambda tokens: model.denoise(batch, tokens), clean, weights, rng, config)
 
 

@@ -1,8 +1,9 @@
 """AR2Diff: turn an AR checkpoint into a diffusion model.
 
 1. pretrain a decoder-only AR model (causal attention, prefix-LM objective);
-2. load it, switch attention to bidirectional (or prefix_diffusion), and continue
-   pretraining on the same corpus with the diffusion loss for N steps (N = 0 allowed);
+2. load it, switch attention to bidirectional (or prefix_diffusion, or block_causal with a
+   `block_size`: block diffusion), and continue pretraining on the same corpus with the
+   diffusion loss for N steps (N = 0 allowed);
 3. fine-tune as a diffusion model (any `train` call on a task source).
 
 At the start of stage 2 the parameters equal the AR checkpoint bitwise.
@@ -17,7 +18,7 @@ from typing import Optional
 from workbench.training.checkpoint import load_model
 from workbench.training.trainer import TrainConfig, TrainResult, train
 
-DIFFUSION_ATTENTION = ("bidirectional", "prefix_diffusion")
+DIFFUSION_ATTENTION = ("bidirectional", "prefix_diffusion", "block_causal")
 
 
 def ar2diff(
@@ -27,6 +28,7 @@ def ar2diff(
     config: TrainConfig,
     *,
     attention: str = "bidirectional",
+    block_size: Optional[int] = None,
     ar_step: Optional[int] = None,
     eval_fn=None,
     data_info: Optional[dict] = None,
@@ -39,9 +41,9 @@ def ar2diff(
     if config.loss.kind == "ar":
         raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set config.loss.kind to "
                          "a diffusion process: 'uniform' (the paper) or 'absorbing'")
-    model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention)
+    model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention, block_size=block_size)
     extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
-                         "adaptation_steps": config.steps}}
+                         "block_size": block_size, "adaptation_steps": config.steps}}
     return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra, mesh=mesh)
 
 
