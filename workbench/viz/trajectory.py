@@ -42,6 +42,10 @@ class Trajectory:
     prompt: str = ""
     reference: Optional[str] = None
     quality: Optional[np.ndarray] = None  # [S, K+1] token accuracy vs the reference canvas
+    # the same accuracy on the reference's text positions (its ids and EOS) and on its padding
+    # apart: an all-padding sample scores high on `quality` against a short reference, 0 here
+    quality_text: Optional[np.ndarray] = None  # [S, K+1]
+    quality_padding: Optional[np.ndarray] = None  # [S, K+1] (NaN when the reference fills the canvas)
 
     @property
     def num_samples(self) -> int:
@@ -76,7 +80,8 @@ def trajectory_from_output(
 
     With `reference` (the target text), quality[s, k] is the fraction of the T target
     positions equal to the reference canvas (reference ids, EOS, then padding), the
-    canvas the diffusion loss trains towards.
+    canvas the diffusion loss trains towards; quality_text and quality_padding split it
+    into the reference's text positions (ids and EOS) and its padding positions.
     """
     batch = int(np.asarray(output.tokens).shape[0])
     if not 0 <= example < batch:
@@ -95,16 +100,31 @@ def trajectory_from_output(
 
     pieces = tuple(tuple(tuple(piece(int(i)) for i in row) for row in sample) for sample in tokens)
     texts = tuple(tuple(tokenizer.decode(row) for row in sample) for sample in tokens)
-    quality = None
+    quality = quality_text = quality_padding = None
     if reference is not None:
         target_len = tokens.shape[-1]
         ids = tokenizer.encode(reference, add_eos=True)[:target_len]
         canvas = np.full(target_len, tokenizer.pad_id, np.int64)
         canvas[: len(ids)] = ids
-        quality = (tokens == canvas[None, None, :]).mean(axis=-1)
+        hit = tokens == canvas[None, None, :]
+        quality = hit.mean(axis=-1)
+        text = np.arange(target_len) < len(ids)
+        quality_text = hit[..., text].mean(axis=-1)
+        quality_padding = hit[..., ~text].mean(axis=-1) if (~text).any() else np.full(quality.shape, np.nan)
     return Trajectory(tokens=tokens, probs=probs, changed=changed, scores=scores,
                       chosen=int(np.asarray(output.chosen)[example]), pieces=pieces, texts=texts, prompt=prompt,
-                      reference=reference, quality=quality)
+                      reference=reference, quality=quality, quality_text=quality_text,
+                      quality_padding=quality_padding)
+
+
+def final_accuracy(traj: Trajectory) -> dict:
+    """The chosen sample's final accuracy against the reference, overall and on text and
+    padding positions apart (the fields a metrics.json records); None without a reference."""
+    if traj.quality is None:
+        return {"final_accuracy": None, "final_accuracy_text": None, "final_accuracy_padding": None}
+    last = lambda q: None if np.isnan(q[traj.chosen, -1]) else float(q[traj.chosen, -1])
+    return {"final_accuracy": last(traj.quality), "final_accuracy_text": last(traj.quality_text),
+            "final_accuracy_padding": last(traj.quality_padding)}
 
 
 def _check(traj: Trajectory, sample: int, step: int) -> None:
