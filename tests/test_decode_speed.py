@@ -114,3 +114,22 @@ def test_command_line_writes_json_and_html(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "decode_speed.json").is_file() and (tmp_path / "decode_speed.html").is_file()
     assert "AR (KV cache)" in capsys.readouterr().out
+
+
+def test_block_diffusion_rows_report_passes_and_ratio_to_ar():
+    config = DecodeSpeedConfig(lengths=(8,), num_steps=(2,), num_samples=(1,), repeats=1, warmup=1, prompt_len=4,
+                               vocab_size=512, block_sizes=(4, 3), block_policies=("low_confidence", "threshold"),
+                               threshold=0.0)
+    frame = run_decode_speed(config, progress=False)
+    block = frame[frame["method"] == "block"]
+    assert list(block["block_size"]) == [4, 4, 3, 3] and list(block["policy"]) == ["low_confidence", "threshold"] * 2
+    ok = block[block["status"] == "ok"]
+    assert len(ok) == 2 and block[block["block_size"] == 3]["status"].str.startswith("skipped").all()
+    # low_confidence spends its budget: prompt pass + 2 blocks x (4 steps + 1 commit); a threshold of 0
+    # commits a whole block in one step: prompt + 2 x (1 + 1)
+    assert list(ok["forward_passes"]) == [11, 5]
+    np.testing.assert_allclose(ok["nfe_per_token"], ok["forward_passes"] / 8)
+    ar = frame[frame["method"] == "ar"]
+    assert ar["forward_passes"].item() == 9
+    np.testing.assert_allclose(ok["speedup_vs_ar"], ar["seconds"].item() / ok["seconds"])
+    np.testing.assert_allclose(frame["tokens_per_s"], frame["batch_size"] * 8 / frame["seconds"])

@@ -7,12 +7,17 @@ L tokens (no early EOS); diffusion runs `diffusion_sample` on an L-token canvas 
 under bidirectional attention, as in the paper; `prefix_diffusion` caches the prompt, and
 is then also timed without the cache so that the cache's own speed-up is measured:
 `speedup_vs_full` = full-recomputation seconds / cached seconds, same model and case).
+Block diffusion rows (`block_sizes`, `block_policies`) decode the same L tokens block by
+block with the exact KV cache (`workbench.sampling.block`, absorbing process, no EOS stop).
 Each shape is compiled and run `warmup` times before timing, then timed `repeats` times
-with `block_until_ready`; the median is reported.
+with `block_until_ready`; the median is reported, with tokens/s (batch x L / seconds) and
+forward passes per token (model calls per batch / L; AR: L + 1 with the prompt). No
+quality column: the timed models are not trained (speed does not depend on the weights).
 
     python -m workbench.benchmarks.decode_speed --out runs/bench
     python -m workbench.benchmarks.decode_speed --preset small --lengths 64 128 256 512 1024 2048 4096
     python -m workbench.benchmarks.decode_speed --diffusion-attention prefix_diffusion --prompt-len 384 --lengths 32
+    python -m workbench.benchmarks.decode_speed --preset small --lengths 64 256 --block-sizes 4 16 64
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from workbench.config import save_json
 from workbench.models import build_model, get_preset, param_count
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
+from workbench.sampling.block import BlockSamplingConfig, block_sample
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 
 COLUMNS = ["method", "label", "length", "num_steps", "num_samples", "batch_size", "seconds", "seconds_min",
-           "seconds_max", "ms_per_token", "ms_per_step", "prefix_cache", "speedup_vs_ar", "speedup_vs_full",
-           "status"]  # fmt: skip
+           "seconds_max", "ms_per_token", "ms_per_step", "tokens_per_s", "forward_passes", "nfe_per_token",
+           "block_size", "policy", "prefix_cache", "speedup_vs_ar", "speedup_vs_full", "status"]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,10 @@ class DecodeSpeedConfig:
     repeats: int = 3
     warmup: int = 2  # the first calls compile (a model's first call may compile twice)
     diffusion_attention: str = "bidirectional"  # or "prefix_diffusion" (prompt keys/values computed once)
+    block_sizes: tuple[int, ...] = ()  # block diffusion rows (exact KV cache), one per size and policy
+    block_policies: tuple[str, ...] = ("low_confidence", "threshold")  # absorbing-process decoding policies
+    block_steps: Optional[int] = None  # steps per block (a budget); None: the block size (one token per step)
+    threshold: float = 0.9  # the 'threshold' policy's bar
     max_case_seconds: float = 120.0  # a method's longer lengths are skipped once one case takes longer
     dtype: Optional[str] = None  # compute dtype; None: float32 on CPU (bfloat16 is emulated there), else the model's
     seed: int = 0
@@ -66,6 +76,12 @@ class DecodeSpeedConfig:
             raise ValueError(f"num_steps={self.num_steps} and num_samples={self.num_samples} must be >= 1")
         if self.repeats < 1 or self.warmup < 1 or self.batch_size < 1 or self.prompt_len < 1:
             raise ValueError("repeats, warmup, batch_size and prompt_len must be >= 1")
+        if min(self.block_sizes, default=1) < 1 or (self.block_steps is not None and self.block_steps < 1):
+            raise ValueError(f"block_sizes={self.block_sizes} and block_steps={self.block_steps} must be >= 1")
+        if self.block_sizes:
+            BlockSamplingConfig(policy=None, threshold=self.threshold)
+            for policy in self.block_policies:
+                BlockSamplingConfig(policy=policy)
         if self.diffusion_attention not in ("bidirectional", "prefix_diffusion"):
             raise ValueError(f"diffusion_attention={self.diffusion_attention!r}; expected 'bidirectional' or "
                              f"'prefix_diffusion'")
@@ -123,13 +139,18 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
     rows: list[dict] = []
     stopped: set[str] = set()
 
-    def record(method, label, length, steps, samples, times=None, status="ok", prefix_cache=None):
+    def record(method, label, length, steps, samples, times=None, status="ok", prefix_cache=None, passes=None,
+               block_size=None, policy=None):
         row = {"method": method, "label": label, "length": length, "num_steps": steps, "num_samples": samples,
-               "batch_size": config.batch_size, "prefix_cache": prefix_cache, "status": status}
+               "batch_size": config.batch_size, "prefix_cache": prefix_cache, "status": status,
+               "block_size": block_size, "policy": policy}
         if times:
             median = statistics.median(times)
+            passes = passes() if callable(passes) else passes
             row.update(seconds=median, seconds_min=min(times), seconds_max=max(times),
-                       ms_per_token=1e3 * median / length, ms_per_step=1e3 * median / (steps or length))
+                       ms_per_token=1e3 * median / length, ms_per_step=1e3 * median / (steps or length),
+                       tokens_per_s=config.batch_size * length / median, forward_passes=passes,
+                       nfe_per_token=None if passes is None else passes / length)
         rows.append(row)
         if progress:
             shown = f"{row['seconds'] * 1e3:9.1f} ms" if times else status
@@ -137,13 +158,14 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         if times and statistics.median(times) > config.max_case_seconds:
             stopped.add(label)
 
-    def run_case(method, label, length, steps, samples, fn, prefix_cache=None):
-        case = dict(prefix_cache=prefix_cache)
+    def run_case(method, label, length, steps, samples, fn, prefix_cache=None, passes=None, **extra):
+        case = dict(prefix_cache=prefix_cache, **extra)
         if label in stopped:
             return record(method, label, length, steps, samples, status="skipped (slower than max_case_seconds)",
                           **case)
         try:
-            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats), **case)
+            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats), passes=passes,
+                   **case)
         except Exception as error:  # noqa: BLE001 - out-of-memory is a result here, anything else is re-raised
             if not _is_oom(error):
                 raise
@@ -152,11 +174,14 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
 
     # Under prefix_diffusion the prompt cache is timed on and off; bidirectional has no cache.
     cache_modes = (True, False) if config.diffusion_attention == "prefix_diffusion" else (None,)
+    block_models: dict[int, object] = {}
 
     for length in sorted(config.lengths):
         ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=0)
+        # model calls per batch: AR one per token plus the prompt; diffusion one per step (plus the prompt's
+        # cache pass); block diffusion counts its own (prompt, steps actually run, one commit per block)
         run_case("ar", "AR (KV cache)", length, None, 1,
-                 lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens)
+                 lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens, passes=length + 1)
         batch = seq2seq_batch(prompts.tolist(), [[] for _ in range(config.batch_size)], input_len=config.prompt_len,
                               target_len=length, pad_id=0, pad_targets=True)
         batch = jax.tree.map(jnp.asarray, batch)
@@ -168,10 +193,26 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
                     label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
                     label += {None: "", True: " (prefix cache)", False: " (full recomputation)"}[cache]
                     run_case("diffusion", label, length, steps, samples,
-                             lambda s=sampling: diffusion_sample(diffusion_model, batch, s, key).tokens, cache)
+                             lambda s=sampling: diffusion_sample(diffusion_model, batch, s, key).tokens, cache,
+                             passes=steps + (1 if cache else 0))
+        for size in config.block_sizes:
+            for policy in config.block_policies:
+                steps = config.block_steps or size
+                label = f"block diffusion b={size} {policy} ({steps} steps/block)"
+                if length % size:
+                    record("block", label, length, steps, 1, status=f"skipped (length not a multiple of {size})",
+                           block_size=size, policy=policy)
+                    continue
+                sampling = BlockSamplingConfig(steps_per_block=steps, policy=policy, threshold=config.threshold,
+                                               eos_id=None)
+                block_model = block_models.setdefault(size, _rebuild(model, attention="block_causal",
+                                                                     block_size=size))
+                run = lambda m=block_model, s=sampling: block_sample(m, batch, s, key)
+                run_case("block", label, length, steps, 1, lambda r=run: r().tokens, True,
+                         passes=lambda r=run: int(r().forward_passes), block_size=size, policy=policy)
     table = pd.DataFrame(rows, columns=COLUMNS)
     ar_times = table[table["method"] == "ar"].set_index("length")["seconds"]
-    table["speedup_vs_ar"] = [ar_times.get(length, np.nan) / s if method == "diffusion" else np.nan
+    table["speedup_vs_ar"] = [ar_times.get(length, np.nan) / s if method != "ar" else np.nan
                               for method, length, s in zip(table["method"], table["length"], table["seconds"])]
     full = table[table["prefix_cache"] == False].set_index(["length", "num_steps", "num_samples"])["seconds"]  # noqa: E712
     table["speedup_vs_full"] = [
@@ -243,6 +284,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--diffusion-attention", default=defaults.diffusion_attention,
                         choices=("bidirectional", "prefix_diffusion"))
     parser.add_argument("--max-case-seconds", type=float, default=defaults.max_case_seconds)
+    parser.add_argument("--block-sizes", type=int, nargs="*", default=list(defaults.block_sizes),
+                        help="block diffusion rows (e.g. 4 16 64); none by default")
+    parser.add_argument("--block-policies", nargs="+", default=list(defaults.block_policies))
+    parser.add_argument("--block-steps", type=int, help="steps per block (default: the block size)")
+    parser.add_argument("--threshold", type=float, default=defaults.threshold)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="compute dtype (default: float32 on CPU, the preset's elsewhere)")
     args = parser.parse_args(argv)
@@ -250,13 +296,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                num_samples=tuple(args.num_samples), batch_size=args.batch_size,
                                prompt_len=args.prompt_len, repeats=args.repeats,
                                diffusion_attention=args.diffusion_attention, max_case_seconds=args.max_case_seconds,
-                               dtype=args.dtype)
+                               dtype=args.dtype, block_sizes=tuple(args.block_sizes),
+                               block_policies=tuple(args.block_policies), block_steps=args.block_steps,
+                               threshold=args.threshold)
     table = run_decode_speed(config, out_dir=args.out)
     out = Path(args.out)
     speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[["label", "length", "seconds", "ms_per_token", "ms_per_step", "speedup_vs_ar", "speedup_vs_full",
-                     "status"]].dropna(axis=1, how="all")
+        print(table[["label", "length", "seconds", "ms_per_token", "tokens_per_s", "nfe_per_token", "speedup_vs_ar",
+                     "speedup_vs_full", "status"]].dropna(axis=1, how="all")
               .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {out / 'decode_speed.json'} and {out / 'decode_speed.html'}")
     return 0
