@@ -1,8 +1,12 @@
-"""Samplers: KV-cached AR decoding (`ar`) and diffusion decoding over any registered
-diffusion process (`diffusion`). Both reach the model only through its denoiser interface."""
+"""Samplers: KV-cached AR decoding (`ar`), full-canvas diffusion decoding over any registered
+diffusion process (`diffusion`) and block diffusion with an exact KV cache (`block`). All
+reach the model only through its denoiser interface; diffusion and block decoding share the
+processes' decoding policies (`workbench.processes.policies`)."""
 
 from workbench.sampling.ar import ARSamplingConfig, Generation, generate
-from workbench.sampling.diffusion import DiffusionOutput, DiffusionSamplingConfig, diffusion_sample
+from workbench.sampling.block import BlockOutput, BlockSamplingConfig, block_sample
+from workbench.sampling.diffusion import (DiffusionOutput, DiffusionSamplingConfig, diffusion_sample, length_report,
+                                          rerank_scores)
 
-__all__ = ["ARSamplingConfig", "DiffusionOutput", "DiffusionSamplingConfig", "Generation", "diffusion_sample",
-           "generate"]
+__all__ = ["ARSamplingConfig", "BlockOutput", "BlockSamplingConfig", "DiffusionOutput", "DiffusionSamplingConfig",
+           "Generation", "block_sample", "diffusion_sample", "generate", "length_report", "rerank_scores"]
