@@ -95,6 +95,8 @@ def test_bad_setups_are_refused():
                      batch, BlockSamplingConfig())
     with pytest.raises(ValueError, match="target_len=10 is not a multiple of block_size=4"):
         block_sample(block_model(), batch, BlockSamplingConfig(), target_len=10)
+    with pytest.raises(ValueError, match="prefix_len=.* for example .* every block must fit"):
+        block_sample(block_model(), batch, BlockSamplingConfig(), target_len=16)  # wider than the row's targets
     with pytest.raises(ValueError, match="block_size"):
         ModelConfig(vocab_size=V, attention="block_causal")
     with pytest.raises(ValueError, match="block_size=4"):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from workbench.models import DecoderOnly
+from workbench.models.transformer import check_lengths
 from workbench.objectives.batch import Batch
 from workbench.processes import get_policy, get_process, policy_names, process_names
 
@@ -149,5 +150,8 @@ def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, 
     if target_len % block_size:
         raise ValueError(f"target_len={target_len} is not a multiple of block_size={block_size}; "
                          f"pad the target canvas to a whole number of blocks")
+    width = int(batch.tokens.shape[1])
+    check_lengths("prefix_len", batch.prefix_len, width - target_len,
+                  f"row width {width} - target_len {target_len}: every block must fit in the row")
     rng = jax.random.key(0) if rng is None else rng
     return _block_sample(model, jax.tree.map(jnp.asarray, batch), rng, config, target_len)
