@@ -117,9 +117,9 @@ def test_command_line_writes_json_and_html(tmp_path, capsys):
 
 
 def test_block_diffusion_rows_report_passes_and_ratio_to_ar():
-    config = DecodeSpeedConfig(lengths=(8,), num_steps=(2,), num_samples=(1,), repeats=1, warmup=1, prompt_len=4,
+    config = DecodeSpeedConfig(lengths=(8,), num_steps=(4,), num_samples=(1,), repeats=1, warmup=1, prompt_len=4,
                                vocab_size=512, block_sizes=(4, 3), block_policies=("low_confidence", "threshold"),
-                               threshold=0.0)
+                               threshold=0.0, diffusion_attention="prefix_diffusion")
     frame = run_decode_speed(config, progress=False)
     block = frame[frame["method"] == "block"]
     assert list(block["block_size"]) == [4, 4, 3, 3] and list(block["policy"]) == ["low_confidence", "threshold"] * 2
@@ -133,3 +133,4 @@ def test_block_diffusion_rows_report_passes_and_ratio_to_ar():
     assert ar["forward_passes"].item() == 9
     np.testing.assert_allclose(ok["speedup_vs_ar"], ar["seconds"].item() / ok["seconds"])
     np.testing.assert_allclose(frame["tokens_per_s"], frame["batch_size"] * 8 / frame["seconds"])
+    assert block["speedup_vs_full"].isna().all()  # the cache-on/off ratio belongs to full-canvas rows only

@@ -216,8 +216,8 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
                               for method, length, s in zip(table["method"], table["length"], table["seconds"])]
     full = table[table["prefix_cache"] == False].set_index(["length", "num_steps", "num_samples"])["seconds"]  # noqa: E712
     table["speedup_vs_full"] = [
-        full.get((row.length, row.num_steps, row.num_samples), np.nan) / row.seconds if row.prefix_cache is True
-        else np.nan for row in table.itertuples()]
+        full.get((row.length, row.num_steps, row.num_samples), np.nan) / row.seconds
+        if row.prefix_cache is True and row.method == "diffusion" else np.nan for row in table.itertuples()]
     if out_dir is not None:
         write_results(table, config, model, out_dir)
     return table
