@@ -1,10 +1,10 @@
 """Run model-written Python programs in a sandbox and score them with a verdict the program cannot forge.
 
-Each run is one `python -I -B main.py` in a fresh temporary directory (deleted afterwards)
+Each run is one `python -I -S -B main.py` in a fresh temporary directory (deleted afterwards)
 that is also its HOME and TMPDIR. That interpreter is the *judge* (`sandbox_judge.py`): it
 forks the *candidate process*, which runs the model's code as `__main__`, and then runs the
 task's tests itself, in its own interpreter, calling the candidate's functions through a
-socketpair. Only data crosses back (numbers, strings, containers; anything else stays a
+pair of pipes. Only data crosses back (numbers, strings, containers; anything else stays a
 proxy that equals only itself), and the verdict reaches the harness on a pipe that only the
 judge holds.
 
@@ -399,7 +399,9 @@ def run_program(
             "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1",
         }
-        argv = [*isolation.unshare_argv, sys.executable, "-I", "-B", "main.py"]
+        # -S: no site-packages (the benchmarks need only the standard library, which is all the
+        # candidate may read anyway); it also saves most of the interpreter's start-up.
+        argv = [*isolation.unshare_argv, sys.executable, "-I", "-S", "-B", "main.py"]
         if isolation.pids_cgroup:
             cgroup = Path(isolation.pids_cgroup) / os.path.basename(workdir)
             cgroup.mkdir()

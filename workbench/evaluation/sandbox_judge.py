@@ -8,14 +8,14 @@ Two processes, one verdict:
   which the candidate closes first thing), so the tests are nowhere in the candidate's memory,
   files or /proc; the candidate process adds its own Landlock layer (reads limited to the
   sandbox and the interpreter's files), the Python seat belt, then runs the candidate's code
-  as `__main__` and serves requests on a socketpair;
+  as `__main__` and serves requests on a pair of pipes;
 - the judge builds the test namespace itself: the task's trusted prelude (HumanEval's prompt,
   so its helper functions are the dataset's, not the candidate's), stdlib modules and functions
   the candidate imported (the judge imports its own copies), the candidate's data values
   (copied), and proxies for the candidate's functions, classes and other objects. Then it
   executes the tests, in order, in its own interpreter: the `assert`s, `==`, `abs`, `set`,
   `math.isclose` and exceptions are the judge's, never the candidate's;
-- values cross the socket as data only (None, bool, int, float, complex, str, bytes, bytearray,
+- values cross the pipes as data only (None, bool, int, float, complex, str, bytes, bytearray,
   tuple, list, dict, set, frozenset, range; subclasses travel as their base type), decoded
   into fresh judge-side objects: a candidate object cannot claim to equal anything. Anything
   else stays in the candidate process behind a proxy (calls, attributes, items, iteration,
@@ -32,16 +32,15 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
     import builtins
     import json
     import os
-    import socket
-    import struct
     import sys
-    import traceback
 
     max_message = 64 << 20
-    judge_end, candidate_end = socket.socketpair()
+    to_candidate, to_judge = os.pipe(), os.pipe()  # (read, write) each; pipes, not sockets: faster to set up
     pid = os.fork()
     if pid == 0:
-        judge_end.close()
+        read_fd, write_fd = to_candidate[0], to_judge[1]
+        os.close(to_candidate[1])
+        os.close(to_judge[0])
         try:
             os.close(verdict_fd)
             null = os.open("/dev/null", os.O_RDONLY)
@@ -52,23 +51,23 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
         except BaseException as error:
             print(f"workbench sandbox guard failed: {error!r}", file=sys.stderr, flush=True)
             os._exit(121)
-        channel_fd = candidate_end.detach()
     else:
-        candidate_end.close()
-        channel_fd = judge_end.detach()
+        read_fd, write_fd = to_judge[0], to_candidate[1]
+        os.close(to_candidate[0])
+        os.close(to_judge[1])
 
     # --- the wire: 4-byte length + JSON, both ways; requests nest (a side serves while it waits) ---
 
     def send(message):
         data = json.dumps(message, allow_nan=True).encode()
-        data = struct.pack(">I", len(data)) + data
+        data = memoryview(len(data).to_bytes(4, "big") + data)
         while data:
-            data = data[os.write(channel_fd, data):]
+            data = data[os.write(write_fd, data):]
 
     def receive_exactly(size):
         chunks, left = [], size
         while left:
-            chunk = os.read(channel_fd, min(left, 1 << 20))
+            chunk = os.read(read_fd, min(left, 1 << 20))
             if not chunk:
                 raise EOFError("the other process closed the channel")
             chunks.append(chunk)
@@ -76,7 +75,7 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
         return b"".join(chunks)
 
     def receive():
-        (size,) = struct.unpack(">I", receive_exactly(4))
+        size = int.from_bytes(receive_exactly(4), "big")
         if size > max_message:
             raise ValueError(f"message of {size} bytes exceeds {max_message}")
         return json.loads(receive_exactly(size))
@@ -311,6 +310,8 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             status = exit_request.code
             os._exit(status if isinstance(status, int) else 1)
         except BaseException:
+            import traceback
+
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
@@ -438,6 +439,8 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             raise NameError(f"the candidate does not define {job['entry_point']!r}")
         exec(compile(job["tests"], "<tests>", "exec"), tests_namespace)
     except BaseException:
+        import traceback
+
         report("failed", failure[0] if failure else traceback.format_exc())
     if failure:
         report("failed", failure[0])
