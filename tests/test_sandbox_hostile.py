@@ -315,3 +315,23 @@ def test_pass_at_1_of_the_issue_mix_is_honest():
     assert statuses[0] == "passed" and "passed" not in statuses[1:], statuses
     assert summary["pass@1"] == pytest.approx(100 / 6)
     json.dumps(summary)  # the summary goes to metrics.json as is
+
+
+SHADOWING = {
+    # Globals named like the builtins and modules the tests use, instead of patching them; each
+    # candidate is wrong exactly where its shadow would hide it.
+    "global-abs": "    return a + b if isinstance(a, int) else 0.0\n\ndef abs(value):\n    return 0\n",
+    "global-math-module": (
+        "    return a + b if (a, b) != (7, 7) else 15\n\n"
+        "class _Fake:\n    @staticmethod\n    def isclose(*args, **kwargs):\n        return True\n"
+        "math = _Fake()\n"
+    ),
+}
+
+
+def test_globals_shadowing_builtins_or_modules_do_not_reach_the_tests():
+    test = TEST.replace("    assert candidate(7, 7) == 14\n", "    assert math.isclose(candidate(7, 7), 14)\n")
+    completions = list(SHADOWING.values()) + ["    return a + b\n\nimport math\n"]
+    summary = sandbox.evaluate_code("humaneval", [dict(HUMANEVAL, test=test)], [completions], ks=(1,),
+                                    postprocess=False, timeout_s=10)
+    assert summary["per_problem"][0]["statuses"] == ["failed", "failed", "passed"], summary["per_problem"]

@@ -423,6 +423,11 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
         for key, entry in ready[1].items():
             if (key in trusted and key != job["entry_point"]) or key.startswith("__"):
                 continue
+            if key in pure and "." not in key:  # `math` means the math module, whatever the candidate bound to it
+                tests_namespace[key] = importlib.import_module(key)
+                continue
+            if hasattr(builtins, key) and key != job["entry_point"]:
+                continue  # a candidate's global `abs` or `set` must not replace the tests' builtins
             if entry[0] == "m":
                 if entry[1] in pure:
                     tests_namespace[key] = importlib.import_module(entry[1])
