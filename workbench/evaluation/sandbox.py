@@ -23,9 +23,16 @@ domain and so cannot reopen it through /proc, ptrace the judge or signal it. Exi
 (`sys.exit`, `os._exit`, a signal, a crash) at any point, hooks (atexit, trace, profile,
 signal handlers, excepthook) and writes to any file descriptor change nothing the judge reads,
 so they can only fail the run. HumanEval's prompt is also run by the judge, so helpers such as
-`poly` in HumanEval/32 are the dataset's. For honest programs the published semantics hold:
+`poly` in HumanEval/32 are the dataset's, and candidate globals named like builtins or stdlib
+modules (`abs`, `math`) never replace the judge's. What stays the candidate's by design: the
+values its functions return, and any other name the tests use without defining it (a bare
+helper the tests expect the candidate to provide). For honest programs the published semantics hold:
 MBPP = candidate code, then `test_setup_code` and the asserts; HumanEval = prompt + completion,
-then `check(entry_point)`. `tests/test_sandbox_hostile.py` holds the attacks this was built against.
+then `check(entry_point)` (the 164 + 974 reference solutions pass: tests/test_sandbox_canonical.py).
+Where this differs from one shared interpreter (no reference solution meets it): a returned object
+that is not data (a custom class instance, a generator) is a proxy that equals only itself, a
+test's in-place view of an argument the candidate mutated is not updated, and the candidate can
+import only the standard library. `tests/test_sandbox_hostile.py` holds the attacks this was built against.
 
 Limits and isolation, from the kernel outwards (see `detect_isolation`; every evaluation records
 `Isolation.record()` and `evaluate_code` refuses to run below `isolation_required`, "kernel" by default):
