@@ -254,8 +254,9 @@ def test_check_candidates_keeps_order_and_runs_in_parallel():
 
 
 def test_program_builders():
-    mbpp = {"id": "2", "test_list": ["assert f(1) == 2"], "test_setup_code": "import math"}
+    mbpp = {"id": "2", "test_list": ["assert f(1) == 2"], "test_setup_code": "import math", "code": "def f(y):\n    pass"}
     program = sandbox.mbpp_program(mbpp, "def f(x):\n    return x + 1")
+    assert program.entry_points == ("f",)  # from the record's reference code
     assert program.code.startswith("def f") and "assert" not in program.code  # the tests are the judge's
     assert program.tests.index("import math") < program.tests.index("assert f(1)")
     assert sandbox.run_program(program, timeout_s=10).status == "passed"
@@ -263,7 +264,7 @@ def test_program_builders():
         sandbox.mbpp_program({"id": "3", "test_list": []}, "pass")
     humaneval = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
     program = sandbox.humaneval_program(humaneval, "    return x + 1")
-    assert program.tests.endswith("check(f)\n") and program.prelude == "def f(x):\n" and program.entry_point == "f"
+    assert program.tests.endswith("check(f)\n") and program.prelude == "def f(x):\n" and program.entry_points == ("f",)
     assert sandbox.run_program(program, timeout_s=10).status == "passed"
     with pytest.raises(KeyError, match="entry_point.*expected the fields"):
         sandbox.humaneval_program({"prompt": "", "test": ""}, "")

@@ -30,6 +30,7 @@ MBPP = {
     "task_id": 9001,
     "test_list": ["assert add(2, 3) == 5", "assert set(pair(1, 2)) == {1, 2}", "assert add(7, 7) == 14"],
     "test_setup_code": "import math",
+    "code": "def add(a, b):\n    return a + b\n\ndef pair(a, b):\n    return (a, b)\n",  # names the functions under test
 }
 WRONG_BODY = "    return a - b\n"
 WRONG_MBPP = "def add(a, b):\n    return a - b\n\ndef pair(a, b):\n    return (a, a)\n"
@@ -335,3 +336,13 @@ def test_globals_shadowing_builtins_or_modules_do_not_reach_the_tests():
     summary = sandbox.evaluate_code("humaneval", [dict(HUMANEVAL, test=test)], [completions], ks=(1,),
                                     postprocess=False, timeout_s=10)
     assert summary["per_problem"][0]["statuses"] == ["failed", "failed", "passed"], summary["per_problem"]
+
+
+def test_mbpp_globals_named_like_builtins():
+    """A shadowed `set` the tests use is ignored; a function under test named like a builtin (MBPP 126's `sum`) is used."""
+    shadow = WRONG_MBPP.replace("return a - b", "return a + b") + "\ndef set(value):\n    return {1, 2}\n"
+    honest_sum = {"task_id": 126, "test_list": ["assert sum(10, 15) == 6"], "test_setup_code": "",
+                  "code": "def sum(a, b):\n    return 0\n"}
+    gcd_sum = "def sum(a, b):\n    return __builtins__.sum(i for i in range(1, min(a, b)) if a % i == 0 == b % i)\n"
+    summary = sandbox.evaluate_code("mbpp", [MBPP, honest_sum], [[shadow], [gcd_sum]], ks=(1,), postprocess=False)
+    assert [p["statuses"] for p in summary["per_problem"]] == [["failed"], ["passed"]], summary["per_problem"]

@@ -60,6 +60,7 @@ daemons), and could reach the judge through /proc. Run untrusted adversarial cod
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import ctypes
 import dataclasses
@@ -76,6 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -312,14 +314,15 @@ class Program:
     code: the candidate's program, run as `__main__` in the candidate process. tests: run
     afterwards by the judge against the candidate's definitions (empty: the run passes when
     `code` runs to its end). prelude: trusted code the judge runs first in the tests'
-    namespace (HumanEval's prompt, so its helpers are the dataset's). entry_point: the one
-    name the judge takes from the candidate even when the prelude defines it.
+    namespace (HumanEval's prompt, so its helpers are the dataset's). entry_points: the names
+    under test, which the judge takes from the candidate even when the prelude defines them or
+    they are named like a builtin (MBPP's task 126 is a function called `sum`).
     """
 
     code: str
     tests: str = ""
     prelude: str = ""
-    entry_point: Optional[str] = None
+    entry_points: tuple[str, ...] = ()
 
 
 def _read_roots() -> tuple[str, ...]:
@@ -397,7 +400,7 @@ def run_program(
         )
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as handle:
             handle.write(main)
-        job = json.dumps({"tests": program.tests, "prelude": program.prelude, "entry_point": program.entry_point})
+        job = json.dumps({"tests": program.tests, "prelude": program.prelude, "entry_points": list(program.entry_points)})
         job_fd = _job_pipe(job.encode())
         env = {
             "PATH": os.defpath,
@@ -575,7 +578,21 @@ def mbpp_program(record: Mapping[str, Any], completion: str) -> Program:
             f"list of assert statements (load the record with workbench.data.load_dataset('mbpp', split))"
         )
     setup = record.get("test_setup_code") or ""
-    return Program(code=completion + "\n", tests=f"{setup}\n\n" + "\n".join(tests) + "\n")
+    reference = record.get("code") or record.get("targets") or ""
+    return Program(code=completion + "\n", tests=f"{setup}\n\n" + "\n".join(tests) + "\n",
+                   entry_points=_defined_names(reference))
+
+
+def _defined_names(code: str) -> tuple[str, ...]:
+    """The functions and classes a (reference) program defines at its top level: the names under test."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # old reference code has invalid escapes like "\w"
+            tree = ast.parse(code)
+    except SyntaxError:
+        return ()
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return tuple(node.name for node in tree.body if isinstance(node, kinds))
 
 
 def humaneval_program(record: Mapping[str, Any], completion: str) -> Program:
@@ -591,7 +608,7 @@ def humaneval_program(record: Mapping[str, Any], completion: str) -> Program:
         code=f"{record['prompt']}{completion}\n",
         tests=f"{record['test']}\n\ncheck({entry_point})\n",
         prelude=record["prompt"],
-        entry_point=entry_point,
+        entry_points=(entry_point,),
     )
 
 
