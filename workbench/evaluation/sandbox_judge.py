@@ -323,7 +323,7 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
         names = {}
         stdlib = sys.stdlib_module_names
         for key, value in list(namespace.items()):
-            if key.startswith("__") or not isinstance(key, str):
+            if not isinstance(key, str) or key.startswith("__"):
                 continue
             module = getattr(value, "__module__", None) if not isinstance(value, type(sys)) else None
             if isinstance(value, type(sys)) and value.__name__.split(".")[0] in stdlib:
