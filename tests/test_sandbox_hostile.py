@@ -242,7 +242,7 @@ def hard_timeout(request):
 
 
 def humaneval_statuses(completions):
-    summary = sandbox.evaluate_code("humaneval", [HUMANEVAL], [completions], ks=(1,), postprocess=False, timeout_s=10)
+    summary = sandbox.evaluate_code("humaneval", [HUMANEVAL], [completions], ks=(1,), postprocess=False, timeout_s=30)
     return summary["per_problem"][0]["statuses"], summary
 
 
@@ -255,7 +255,7 @@ def test_hostile_humaneval_candidate_fails(route):
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_hostile_mbpp_candidate_fails(route):
     code = WRONG_MBPP + "\n" + ROUTES[route]
-    summary = sandbox.evaluate_code("mbpp", [MBPP], [[code]], ks=(1,), postprocess=False, timeout_s=10)
+    summary = sandbox.evaluate_code("mbpp", [MBPP], [[code]], ks=(1,), postprocess=False, timeout_s=30)
     statuses = summary["per_problem"][0]["statuses"]
     assert statuses[0] != "passed", statuses
 
@@ -285,7 +285,7 @@ def test_reading_the_benchmark_file_does_not_help():
     )
     honest_wrong = "    return False\n"
     summary = sandbox.evaluate_code("humaneval", [problem], [[honest_wrong, cheat]], ks=(1,), postprocess=False,
-                                    timeout_s=10)
+                                    timeout_s=30)
     assert summary["per_problem"][0]["statuses"] == ["failed", "failed"], summary["per_problem"]
 
 
@@ -341,7 +341,7 @@ def test_globals_shadowing_builtins_or_modules_do_not_reach_the_tests():
     test = TEST.replace("    assert candidate(7, 7) == 14\n", "    assert math.isclose(candidate(7, 7), 14)\n")
     completions = list(SHADOWING.values()) + ["    return a + b\n\nimport math\n"]
     summary = sandbox.evaluate_code("humaneval", [dict(HUMANEVAL, test=test)], [completions], ks=(1,),
-                                    postprocess=False, timeout_s=10)
+                                    postprocess=False, timeout_s=30)
     assert summary["per_problem"][0]["statuses"] == ["failed", "failed", "passed"], summary["per_problem"]
 
 
