@@ -1,17 +1,34 @@
-"""A small training job for the SIGKILL-resume test: `python resume_job.py RUN_DIR STEPS [SLEEP]`."""
+"""A small training job for the resume tests, run in a subprocess so it can be SIGKILLed.
 
-import sys
+`python resume_job.py RUN_DIR STEPS [SLEEP] [--kill-after WHAT:STEP] [--eval]`
+
+`--kill-after` makes the job SIGKILL itself at a controlled point (no timing races):
+`save:S` right after checkpoint S is written, `log:S` right after the training record of
+step S is appended, `eval:S` right after the evaluation record of step S, `torn:S` in the
+middle of writing the training record of step S (half a line reaches the file).
+The tests import `job_model`, `job_source`, `job_config` and `job_eval` to run the same job
+in-process.
+"""
+
+import argparse
+import os
+import signal
 import time
 
 import numpy as np
 
 from workbench.models import ModelConfig, build_model
 from workbench.objectives.losses import LossConfig
-from workbench.training import LMSource, OptimizerConfig, TrainConfig, train
+from workbench.training import LMSource, OptimizerConfig, TrainConfig, held_out_loss, train, validation_batches
+from workbench.training import checkpoint as checkpoint_module
+from workbench.training import logging as logging_module
+
+MODEL = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_len=32, dtype="float32",
+                    attention="bidirectional")
 
 
 class SlowSource(LMSource):
-    """Sleeps per batch so the test can kill the job mid-run."""
+    """Sleeps per batch so a test can hold the job mid-run."""
 
     sleep: float = 0.0
 
@@ -20,16 +37,76 @@ class SlowSource(LMSource):
         return super().batch_at(step)
 
 
-def main(run_dir: str, steps: int, sleep: float) -> None:
-    stream = np.random.default_rng(0).integers(3, 60, size=4000).astype(np.int32)
-    source = SlowSource(stream, seq_len=16, batch_size=4, objective="prefix_lm", seed=1)
+def job_source(sleep: float = 0.0, batch_size: int = 4, seq_len: int = 16, stream_seed: int = 0) -> SlowSource:
+    stream = np.random.default_rng(stream_seed).integers(3, 60, size=4000).astype(np.int32)
+    source = SlowSource(stream, seq_len=seq_len, batch_size=batch_size, objective="prefix_lm", seed=1)
     source.sleep = sleep
-    config = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_len=32, dtype="float32",
-                         attention="bidirectional")
-    train_config = TrainConfig(steps=steps, loss=LossConfig(kind="diffusion"), checkpoint_every=3, log_every=1,
-                               progress=False, tensorboard=False, optimizer=OptimizerConfig(warmup_steps=2))
-    train(build_model(config, 0), train_config, source, run_dir)
+    return source
+
+
+def job_model(**changes):
+    return build_model(MODEL.replace(**changes), 0)
+
+
+def job_config(steps: int, evaluate: bool = False, **changes) -> TrainConfig:
+    fields = dict(steps=steps, loss=LossConfig(kind="diffusion"), checkpoint_every=3, log_every=1,
+                  eval_every=3 if evaluate else 0, progress=False, tensorboard=False,
+                  optimizer=OptimizerConfig(warmup_steps=2))
+    fields.update(changes)
+    return TrainConfig(**fields)
+
+
+def job_eval(config: TrainConfig):
+    batches = validation_batches(job_source(), 2)
+    return held_out_loss(batches, config.loss)
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_kill(what: str, at: int) -> None:
+    """Patch the checkpoint store or the metrics log so the process kills itself at `what:at`."""
+    if what == "save":
+        save = checkpoint_module.CheckpointStore.save
+
+        def save_then_die(self, step, *args, **kwargs):
+            save(self, step, *args, **kwargs)
+            if step == at:
+                _die()
+
+        checkpoint_module.CheckpointStore.save = save_then_die
+        return
+    write = logging_module.MetricsLog.write
+
+    def write_then_die(self, step, record, prefix=""):
+        is_eval = prefix == "eval_"
+        if what == "torn" and step == at and not is_eval:
+            line = logging_module.json.dumps({"step": int(step), **{k: float(v) for k, v in record.items()}})
+            with open(self.path, "a") as handle:
+                handle.write(line[: len(line) // 2])
+            _die()
+        write(self, step, record, prefix)
+        if step == at and ((what == "log" and not is_eval) or (what == "eval" and is_eval)):
+            _die()
+
+    logging_module.MetricsLog.write = write_then_die
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("sleep", type=float, nargs="?", default=0.0)
+    parser.add_argument("--kill-after", default=None, help="save:S, log:S, eval:S or torn:S")
+    parser.add_argument("--eval", action="store_true", help="evaluate every 3 steps and at the end")
+    args = parser.parse_args()
+    if args.kill_after:
+        what, at = args.kill_after.split(":")
+        install_kill(what, int(at))
+    config = job_config(args.steps, evaluate=args.eval)
+    train(job_model(), config, job_source(args.sleep), args.run_dir, eval_fn=job_eval(config) if args.eval else None)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+    main()
