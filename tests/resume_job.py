@@ -2,12 +2,9 @@
 
 `python resume_job.py RUN_DIR STEPS [SLEEP] [--kill-after WHAT:STEP] [--eval]`
 
-`--kill-after` makes the job SIGKILL itself at a controlled point (no timing races):
-`save:S` right after checkpoint S is written, `log:S` right after the training record of
-step S is appended, `eval:S` right after the evaluation record of step S, `torn:S` in the
-middle of writing the training record of step S (half a line reaches the file).
-The tests import `job_model`, `job_source`, `job_config` and `job_eval` to run the same job
-in-process.
+`--kill-after WHAT:STEP` makes the job SIGKILL itself at a controlled point (no timing
+races; see `kill_hook`). The tests import `job_model`, `job_source`, `job_config`,
+`job_eval` and `kill_hook` to run the same job in-process.
 """
 
 import argparse
@@ -61,22 +58,27 @@ def job_eval(config: TrainConfig):
     return held_out_loss(batches, config.loss)
 
 
-def _die():
+class Killed(BaseException):
+    """What an in-process test raises instead of SIGKILL (no `except Exception` catches it)."""
+
+
+def sigkill():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def install_kill(what: str, at: int) -> None:
-    """Patch the checkpoint store or the metrics log so the process kills itself at `what:at`."""
+def kill_hook(what: str, at: int, die=sigkill) -> tuple[object, str, object]:
+    """(owner, attribute, replacement) that make the job call `die()` at `what:at`: `save:S`
+    right after checkpoint S is written, `log:S` / `eval:S` right after the training /
+    evaluation record of step S is appended, `torn:S` half-way through writing that record."""
     if what == "save":
         save = checkpoint_module.CheckpointStore.save
 
         def save_then_die(self, step, *args, **kwargs):
             save(self, step, *args, **kwargs)
             if step == at:
-                _die()
+                die()
 
-        checkpoint_module.CheckpointStore.save = save_then_die
-        return
+        return checkpoint_module.CheckpointStore, "save", save_then_die
     write = logging_module.MetricsLog.write
 
     def write_then_die(self, step, record, prefix=""):
@@ -85,12 +87,12 @@ def install_kill(what: str, at: int) -> None:
             line = logging_module.json.dumps({"step": int(step), **{k: float(v) for k, v in record.items()}})
             with open(self.path, "a") as handle:
                 handle.write(line[: len(line) // 2])
-            _die()
+            die()
         write(self, step, record, prefix)
         if step == at and ((what == "log" and not is_eval) or (what == "eval" and is_eval)):
-            _die()
+            die()
 
-    logging_module.MetricsLog.write = write_then_die
+    return logging_module.MetricsLog, "write", write_then_die
 
 
 def main() -> None:
@@ -103,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.kill_after:
         what, at = args.kill_after.split(":")
-        install_kill(what, int(at))
+        setattr(*kill_hook(what, int(at)))
     config = job_config(args.steps, evaluate=args.eval)
     train(job_model(), config, job_source(args.sleep), args.run_dir, eval_fn=job_eval(config) if args.eval else None)
 

@@ -175,11 +175,13 @@ def worker_meshes(out: Path) -> None:
     # continues to step 2 on (2,4,1), restoring parameters and optimizer state across meshes.
     started = time.perf_counter()
     reference = build_model(config, 0)
-    train(reference, train_config(2), source, out / "run_1x1x1", mesh=meshes[(1, 1, 1)])
+    # steps 1 -> 2 is a config change: allowed explicitly (and recorded at step 1)
+    train(reference, train_config(2), source, out / "run_1x1x1", mesh=meshes[(1, 1, 1)], allow_config_change=True)
     np.savez(out / "resumed_reference.npz", **_host_params(reference))
     shutil.copytree(out / "run_2x2x2", out / "run_moved")
     moved_run = build_model(config, 0)
-    result = train(moved_run, train_config(2), source, out / "run_moved", mesh=meshes[(2, 4, 1)])
+    result = train(moved_run, train_config(2), source, out / "run_moved", mesh=meshes[(2, 4, 1)],
+                   allow_config_change=True)
     np.savez(out / "resumed_moved.npz", **_host_params(moved_run), last_step=result.history[-1]["step"])
     timings["resume"] = time.perf_counter() - started
 

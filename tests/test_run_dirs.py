@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from resume_job import MODEL, job_config, job_eval, job_model, job_source
-from workbench.objectives.losses import LossConfig, loss_fn
+from resume_job import Killed, job_config, job_eval, job_model, job_source, kill_hook
+from workbench.objectives.losses import LossConfig
 from workbench.training import CheckpointStore, NonFiniteLossError, OptimizerConfig, load_model, train
+from workbench.training.trainer import eval_step
 from workbench.training.logging import read_metrics
 
 JOB = Path(__file__).with_name("resume_job.py")
@@ -42,8 +43,15 @@ def _train(run_dir, steps=STEPS, model=None, source=None, **kw):
     return train(model or job_model(), config, source or job_source(), run_dir, eval_fn=job_eval(config), **kw)
 
 
-def _job(run_dir, *args) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), JAX_PLATFORMS="cpu")
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """A compilation cache the subprocess jobs share (the second one skips compiling)."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def _job(run_dir, jax_cache, *args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(jax_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     return subprocess.Popen([sys.executable, str(JOB), str(run_dir), str(STEPS), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -64,14 +72,32 @@ def _copy(run_dir, tmp_path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("kill_after", ["save:6", "eval:3", "save:3", "log:5", "torn:5"])
-def test_killed_run_rerun_gives_the_uninterrupted_metrics_log(straight, tmp_path, kill_after):
-    """Killed right after the final checkpoint, after an evaluation, after a checkpoint that is
-    also an evaluation step, after a log line, or half-way through writing one."""
+@pytest.mark.parametrize("kill_after", ["save:6", "torn:5"])
+def test_sigkilled_run_rerun_gives_the_uninterrupted_metrics_log(straight, jax_cache, tmp_path, kill_after):
+    """SIGKILL right after the final checkpoint (its evaluation must not be lost) and half-way
+    through writing a log line."""
     run_dir = tmp_path / "killed"
-    proc = _job(run_dir, "0", "--eval", "--kill-after", kill_after)
+    proc = _job(run_dir, jax_cache, "0", "--eval", "--kill-after", kill_after)
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    _train(run_dir)
+    assert _records(run_dir) == _records(straight)
+
+
+@pytest.mark.parametrize("kill_after", ["save:6", "eval:3", "save:3", "eval:6", "log:5", "log:6", "torn:6"])
+def test_run_stopped_anywhere_rerun_gives_the_uninterrupted_metrics_log(straight, tmp_path, monkeypatch, kill_after):
+    """The same in-process, at every kind of point around a checkpoint that is also an
+    evaluation step (the job stops by an exception that nothing catches)."""
+    run_dir = tmp_path / "stopped"
+    what, at = kill_after.split(":")
+
+    def die():
+        raise Killed(kill_after)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(*kill_hook(what, int(at), die))
+        with pytest.raises(Killed):
+            _train(run_dir)
     _train(run_dir)
     assert _records(run_dir) == _records(straight)
 
@@ -106,18 +132,17 @@ def test_damaged_last_checkpoint_is_moved_aside_and_the_run_resumes_from_the_pre
         np.testing.assert_array_equal(x, y)
 
 
-def test_no_intact_checkpoint_refuses_with_step_path_and_fix(tmp_path):
-    run_dir = tmp_path / "run"
-    _train(run_dir, steps=2)  # checkpoints 0 and 2
-    for step in (0, 2):
+def test_no_intact_checkpoint_refuses_with_step_path_and_fix(straight, tmp_path):
+    run_dir = _copy(straight, tmp_path)
+    for step in (0, 3, 6):
         _damage(run_dir / "checkpoints" / str(step), "deleted_model")
     with pytest.raises(RuntimeError) as info:
-        _train(run_dir, steps=2)
+        _train(run_dir)
     message = str(info.value)
-    for step in (0, 2):
+    for step in (0, 3, 6):
         assert f"step {step}" in message and str(run_dir.resolve() / "checkpoints" / str(step)) in message
     assert "new directory" in message
-    assert (run_dir / "checkpoints" / "2").exists()  # nothing moved when nothing can be resumed
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "3", "6"]
 
 
 def test_torn_last_metrics_line_is_dropped_and_reported(straight, tmp_path):
@@ -139,17 +164,17 @@ CHANGES = {
     "sequence length": (dict(source=dict(seq_len=8)), ["batch.seq_len", "16", "8"]),
     "learning rate": (dict(config=dict(optimizer=OptimizerConfig(warmup_steps=2, learning_rate=3e-4))),
                       ["train.optimizer.learning_rate", "0.001", "0.0003"]),
-    "step count": (dict(steps=4), ["train.steps", "2", "4"]),
+    "step count": (dict(steps=4), ["train.steps", "6", "4"]),
     "data": (dict(source=dict(stream_seed=7)), ["source.sha256"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CHANGES))
-def test_rerun_with_another_config_is_refused_naming_each_field(tmp_path, case):
-    _train(tmp_path / "run", steps=2)
+def test_rerun_with_another_config_is_refused_naming_each_field(straight, tmp_path, case):
+    run_dir = _copy(straight, tmp_path)
     change, expected = CHANGES[case]
     with pytest.raises(ValueError) as info:
-        _train(tmp_path / "run", steps=change.get("steps", 2), source=job_source(**change.get("source", {})),
+        _train(run_dir, steps=change.get("steps", STEPS), source=job_source(**change.get("source", {})),
                config=change.get("config", {}))
     message = str(info.value)
     for text in expected:
@@ -157,33 +182,36 @@ def test_rerun_with_another_config_is_refused_naming_each_field(tmp_path, case):
     assert "new directory" in message and "allow_config_change=True" in message
 
 
-def test_rerun_with_another_model_config_says_so(tmp_path):
-    _train(tmp_path / "run", steps=2)
+def test_rerun_with_another_model_config_says_so(straight, tmp_path):
+    run_dir = _copy(straight, tmp_path)
     with pytest.raises(ValueError) as info:
-        _train(tmp_path / "run", steps=2, model=job_model(d_model=64, d_ff=128))
+        _train(run_dir, model=job_model(d_model=64, d_ff=128))
     message = str(info.value)
     assert "this run was started with another model config" in message
     assert "model.d_model" in message and "32" in message and "64" in message and "model.d_ff" in message
     assert len(message) < 2000 and "pytree" not in message
 
 
-def test_allowed_config_change_is_recorded_at_its_step(tmp_path):
-    run_dir = tmp_path / "run"
-    _train(run_dir, steps=3)
-    _train(run_dir, steps=6, allow_config_change=True)
-    changes = [r for r in read_metrics(run_dir, "config_change")]
+def test_allowed_config_change_is_recorded_at_its_step(straight, tmp_path):
+    run_dir = _copy(straight, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints" / "6")  # the run stopped after step 3
+    _train(run_dir, config=dict(eval_every=2), allow_config_change=True)
+    changes = read_metrics(run_dir, "config_change")
     assert [r["step"] for r in changes] == [3]
-    assert changes[0]["config_change"]["train.steps"] == [3, 6]
+    assert changes[0]["config_change"] == {"train.eval_every": [3, 2]}
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["config"]["train"]["steps"] == 6
-    assert info["config_changes"] == [{"step": 3, "changes": {"train.steps": [3, 6]}}]
-    _train(run_dir, steps=6)  # the recorded config is now the new one: a plain re-run resumes
-    assert [r["step"] for r in read_metrics(run_dir, "loss")] == list(range(1, 7))
+    assert info["config"]["train"]["eval_every"] == 2
+    assert info["config_changes"] == [{"step": 3, "changes": {"train.eval_every": [3, 2]}}]
+    assert [r["step"] for r in read_metrics(run_dir, "eval_loss")] == [3, 4, 6]
+    _train(run_dir, config=dict(eval_every=2))  # the recorded config is now the new one: a plain re-run resumes
+    assert [r["step"] for r in read_metrics(run_dir, "loss")] == list(range(1, STEPS + 1))
+    with pytest.raises(ValueError, match="train.eval_every: recorded 2, now 3"):
+        _train(run_dir)
 
 
-def test_second_writer_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path):
+def test_second_writer_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path, jax_cache):
     run_dir = tmp_path / "run"
-    holder = _job(run_dir, "600")  # holds the directory, then sleeps in its first batch
+    holder = _job(run_dir, jax_cache, "600")  # holds the directory, then sleeps in its first batch
     try:
         lock = run_dir / ".lock"
         deadline = time.time() + 240
@@ -232,14 +260,14 @@ def test_nan_stop_numbers_steps_like_the_log_and_its_advice_works(tmp_path):
 
 def test_model_trained_with_a_gpu_kernel_loads_on_cpu(tmp_path):
     """Backend-specific fields saved with a checkpoint do not make it unusable elsewhere."""
-    config = MODEL.replace(attention_impl="pallas_gpu", dtype="bfloat16")
     trained = job_model(attention_impl="pallas_gpu", dtype="bfloat16")
-    assert trained.config == config
     store = CheckpointStore(tmp_path)
     store.save(0, trained)
     store.close()
+    assert json.loads((tmp_path / "model_config.json").read_text())["attention_impl"] == "pallas_gpu"
     model, step = load_model(tmp_path)
-    assert step == 0
-    batch = job_source().batch_at(0)
-    metrics = loss_fn(model, batch, jax.random.key(0), LossConfig(kind="diffusion"))[1]
+    assert step == 0 and model.config.attention_impl == "auto" and model.config.dtype == "bfloat16"
+    metrics = eval_step(model, job_source().batch_at(0), jax.random.key(0), LossConfig(kind="diffusion"))
     assert np.isfinite(float(metrics["loss"]))
+    for x, y in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
+        np.testing.assert_array_equal(x, y)
