@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -151,21 +152,24 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in config.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             flat.update(flatten(value, name))
         else:
             flat[name] = value
     return flat
 
 
-def config_differences(recorded: Any, current: Any, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
-    """`{field: (recorded, current)}` for each dotted field set in both whose values differ.
+def config_differences(recorded: Any, current: Any, ignore: tuple[str, ...] = (),
+                       complete: tuple[str, ...] = ("data", "source")) -> dict[str, tuple]:
+    """`{field: (recorded, current)}` for each dotted field whose values differ.
 
-    Fields only one side knows (a field added to a config class since the run started) and
-    those under `ignore` (prefixes) are not compared."""
+    A field only one side has counts as a difference (None on the other side) under the
+    `complete` prefixes (data files, the source's settings); elsewhere it is not compared (a
+    field added to a config class since the run started). Fields under `ignore` are skipped."""
     old, new = flatten(recorded), flatten(current)
-    return {key: (old[key], new[key]) for key in sorted(old.keys() & new.keys())
-            if old[key] != new[key] and not key.startswith(ignore)}
+    keys = (old.keys() & new.keys()) | {k for k in old.keys() ^ new.keys() if k.split(".")[0] in complete}
+    return {key: (old.get(key), new.get(key)) for key in sorted(keys)
+            if old.get(key) != new.get(key) and not key.startswith(ignore)}
 
 
 def format_differences(differences: dict[str, tuple]) -> str:
@@ -211,6 +215,11 @@ class RunLock:
                 f"two writers would mix their checkpoints and metrics. Wait for that run to end or stop it, "
                 f"or train into another directory."
             ) from None
+        except OSError as error:  # a file system without locks (some network mounts): run, but say so
+            os.close(fd)
+            warnings.warn(f"cannot lock {self.path} ({error}); a second process training into "
+                          f"{self.path.parent} would not be refused", stacklevel=2)
+            return self
         previous = _read_holder(fd)
         self.taken_over = _describe_holder(previous) if previous else None
         me = {"pid": os.getpid(), "host": platform.node(), "since": _now(), "argv": sys.argv[:4]}

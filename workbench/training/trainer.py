@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from workbench.distributed import constrain_module, is_primary, mesh_context, shard_batch, shard_module, to_host
-from workbench.config import from_dict
+from workbench.config import from_dict, load_json
 from workbench.models import ModelConfig, build_model, flops_per_token
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import LossConfig, loss_fn
@@ -40,7 +40,13 @@ from workbench.runs import (
     recorded_config,
     write_run_info,
 )
-from workbench.training.checkpoint import BACKEND_FIELDS, CheckpointStore, DamagedCheckpointsError, all_finite
+from workbench.training.checkpoint import (
+    BACKEND_FIELDS,
+    MODEL_CONFIG,
+    CheckpointStore,
+    DamagedCheckpointsError,
+    all_finite,
+)
 from workbench.training.logging import MetricsLog
 from workbench.training.optim import OptimizerConfig, make_optimizer
 
@@ -190,18 +196,18 @@ def _check_config(run_dir: Path, recorded: dict, current: dict, model: nnx.Modul
     if not differences:
         return differences
     model_fields = {k: v for k, v in differences.items() if k.startswith("model.")}
+    others = {k: v for k, v in differences.items() if k not in model_fields}
     listing = format_differences(differences)
     if model_fields and not _same_parameter_shapes(recorded.get("model", {}), model):
         raise RunConfigMismatchError(
             f"this run was started with another model config ({run_dir}/run_info.json):\n"
             f"{format_differences(model_fields)}\nIts checkpoints hold parameters of other shapes, so this model "
             f"cannot continue it: train into a new directory, or build the model with the recorded config."
-            + (f"\nOther differences:\n{format_differences({k: v for k, v in differences.items() if k not in model_fields})}"
-               if len(model_fields) < len(differences) else "")
+            + (f"\nOther differences:\n{format_differences(others)}" if others else "")
         )
     if allow_change:
         return differences
-    started = "this run was started with another model config" if model_fields else "this run was started with another config"
+    started = f"this run was started with another {'model ' if model_fields else ''}config"
     raise RunConfigMismatchError(
         f"{started} ({run_dir}/run_info.json); this call differs in:\n{listing}\n"
         f"Either train into a new directory, or pass train(..., allow_config_change=True) to continue this run "
@@ -322,7 +328,9 @@ def _resume(run_dir: Path, store: CheckpointStore, log: MetricsLog, model, optim
     """Restore the latest intact checkpoint after checking the config; repair the metrics log.
     Returns the step resumed from and the log records kept."""
     recorded = recorded_config(run_dir)
-    changes = _check_config(run_dir, recorded, current, model, allow_config_change) if recorded else {}
+    saved_model = run_dir / MODEL_CONFIG  # beside the checkpoints: compared when run_info.json is gone
+    compared = recorded or ({"model": load_json(saved_model)} if saved_model.exists() else None)
+    changes = _check_config(run_dir, compared, current, model, allow_config_change) if compared else {}
     try:
         start, reports = store.restore_intact(model, optimizer)
     except DamagedCheckpointsError as error:
@@ -432,7 +440,8 @@ def _non_finite_report(step: int, values: dict, host_batch: Batch, batch: Batch,
             continue
         store.restore(model, step=c)
         if all_finite(nnx.state(model, nnx.Param)) and all_finite(
-                {k: v for k, v in probe_step(model, batch, rng, config.loss, config.grad_accum).items() if k in FINITE}):
+                {k: v for k, v in probe_step(model, batch, rng, config.loss, config.grad_accum).items()
+                 if k in FINITE}):
             good = c
             break
     if good is None:
