@@ -210,9 +210,9 @@ def _check_config(run_dir: Path, recorded: dict, current: dict, model: nnx.Modul
     started = f"this run was started with another {'model ' if model_fields else ''}config"
     raise RunConfigMismatchError(
         f"{started} ({run_dir}/run_info.json); this call differs in:\n{listing}\n"
-        f"Either train into a new directory, or pass train(..., allow_config_change=True) to continue this run "
-        f"with the new values from its last checkpoint (the change is recorded at that step in metrics.jsonl "
-        f"and run_info.json)."
+        f"Either train into a new directory, or pass allow_config_change=True (to `train`, or to the `study` "
+        f"function that calls it) to continue this run with the new values from its last checkpoint (the change "
+        f"is recorded at that step in metrics.jsonl and run_info.json)."
     )
 
 
@@ -457,5 +457,6 @@ def _non_finite_report(step: int, values: dict, host_batch: Batch, batch: Batch,
     return (f"{head} The last checkpoint with finite parameters and a finite loss (and gradient, at its next step "
             f"and on that batch): step {good} ({store.step_directory(good)}).{moved} To go on from step {good} with a "
             f"lower learning rate (or another change), re-run this call with the new TrainConfig and "
-            f"train(..., allow_config_change=True): it resumes from step {good} and records the change at that step "
-            f"in metrics.jsonl and run_info.json. Or train into a new directory.")
+            f"allow_config_change=True (an argument of `train` and the `study` functions): it resumes from step "
+            f"{good} and records the change at that step in metrics.jsonl and run_info.json. Or train into a new "
+            f"directory.")
