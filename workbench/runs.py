@@ -164,10 +164,12 @@ def config_differences(recorded: Any, current: Any, ignore: tuple[str, ...] = ()
     """`{field: (recorded, current)}` for each dotted field whose values differ.
 
     A field only one side has counts as a difference (None on the other side) under the
-    `complete` prefixes (data files, the source's settings); elsewhere it is not compared (a
-    field added to a config class since the run started). Fields under `ignore` are skipped."""
+    `complete` sections (data files, the source's settings) when both sides have the section;
+    elsewhere it is not compared (a field added to a config class since the run started).
+    Fields under `ignore` are skipped."""
     old, new = flatten(recorded), flatten(current)
-    keys = (old.keys() & new.keys()) | {k for k in old.keys() ^ new.keys() if k.split(".")[0] in complete}
+    both = set(to_dict(recorded)) & set(to_dict(current))  # sections a record from an older trainer may lack
+    keys = (old.keys() & new.keys()) | {k for k in old.keys() ^ new.keys() if k.split(".")[0] in both & set(complete)}
     return {key: (old.get(key), new.get(key)) for key in sorted(keys)
             if old.get(key) != new.get(key) and not key.startswith(ignore)}
 

@@ -31,6 +31,7 @@ from workbench.models import ModelConfig, build_model, flops_per_token
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import LossConfig, loss_fn
 from workbench.runs import (
+    RUN_INFO,
     RunLock,
     config_differences,
     describe_source,
@@ -189,7 +190,7 @@ def resolved_config(model: nnx.Module, config: TrainConfig, source, batch: Batch
             "source": describe_source(source), "data": dict(data_info or {})}
 
 
-def _check_config(run_dir: Path, recorded: dict, current: dict, model: nnx.Module, allow_change: bool) -> dict:
+def _check_config(record: Path, recorded: dict, current: dict, model: nnx.Module, allow_change: bool) -> dict:
     """The differences between a run's recorded config and this call's, when this call may go on
     with them; otherwise RunConfigMismatchError naming each field and the ways out."""
     differences = config_differences(recorded, current, ignore=NOT_COMPARED)
@@ -200,7 +201,7 @@ def _check_config(run_dir: Path, recorded: dict, current: dict, model: nnx.Modul
     listing = format_differences(differences)
     if model_fields and not _same_parameter_shapes(recorded.get("model", {}), model):
         raise RunConfigMismatchError(
-            f"this run was started with another model config ({run_dir}/run_info.json):\n"
+            f"this run was started with another model config ({record}):\n"
             f"{format_differences(model_fields)}\nIts checkpoints hold parameters of other shapes, so this model "
             f"cannot continue it: train into a new directory, or build the model with the recorded config."
             + (f"\nOther differences:\n{format_differences(others)}" if others else "")
@@ -209,7 +210,7 @@ def _check_config(run_dir: Path, recorded: dict, current: dict, model: nnx.Modul
         return differences
     started = f"this run was started with another {'model ' if model_fields else ''}config"
     raise RunConfigMismatchError(
-        f"{started} ({run_dir}/run_info.json); this call differs in:\n{listing}\n"
+        f"{started} ({record}); this call differs in:\n{listing}\n"
         f"Either train into a new directory, or pass allow_config_change=True (to `train`, or to the `study` "
         f"function that calls it) to continue this run with the new values from its last checkpoint (the change "
         f"is recorded at that step in metrics.jsonl and run_info.json)."
@@ -330,7 +331,8 @@ def _resume(run_dir: Path, store: CheckpointStore, log: MetricsLog, model, optim
     recorded = recorded_config(run_dir)
     saved_model = run_dir / MODEL_CONFIG  # beside the checkpoints: compared when run_info.json is gone
     compared = recorded or ({"model": load_json(saved_model)} if saved_model.exists() else None)
-    changes = _check_config(run_dir, compared, current, model, allow_config_change) if compared else {}
+    record = run_dir / RUN_INFO if recorded else saved_model
+    changes = _check_config(record, compared, current, model, allow_config_change) if compared else {}
     try:
         start, reports = store.restore_intact(model, optimizer)
     except DamagedCheckpointsError as error:
