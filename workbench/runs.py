@@ -68,7 +68,7 @@ def write_run_info(
         "seed": int(seed),
         "data": dict(data or {}),
         "git_commit": git_commit(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "python": sys.version.split()[0],
         "jax": jax.__version__,
         "backend": jax.default_backend(),
