@@ -216,7 +216,8 @@ def worker_meshes(out: Path) -> None:
     for name, shape in (("stay", (2, 2, 2)), ("moved", (2, 4, 1))):
         shutil.copytree(out / "run_2x2x2", out / f"run_{name}")
         resumed = build_model(config, 0)
-        result = train(resumed, train_config(2), source, out / f"run_{name}", mesh=meshes[shape])
+        result = train(resumed, train_config(2), source, out / f"run_{name}", mesh=meshes[shape],
+                       allow_config_change=True)  # 1 -> 2 steps: a config change, allowed
         np.savez(out / f"resumed_{name}.npz", **_host_params(resumed), last_step=result.history[-1]["step"],
                  loss=result.history[-1]["loss"], grad_norm=result.history[-1]["grad_norm"],
                  **_moments(out / f"run_{name}", config, train_config(2).optimizer, 2))

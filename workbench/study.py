@@ -128,8 +128,10 @@ def pretrain(
     max_tokens: Optional[int] = None,
     eval_batches: int = 4,
     mesh=None,
+    allow_config_change: bool = False,
 ):
-    """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split."""
+    """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split.
+    `allow_config_change`: continue an existing run with a changed config (see `train`)."""
     kw = dict(seq_len=seq_len, batch_size=batch_size, objective=objective, data_dir=data_dir)
     source = lm_source(tokenizer, dataset, "train", seed=train_config.seed, max_tokens=max_tokens, **kw)
     eval_source = held_out_source(tokenizer, dataset, eval_batches=eval_batches, **kw)
@@ -137,7 +139,8 @@ def pretrain(
     data = {**data_files(dataset, "train", data_dir), "tokenizer": tokenizer.sha256}
     batches = validation_batches(eval_source, eval_batches, start_step=0)
     result = train(model, train_config, source, run_dir, eval_fn=held_out_loss(batches, train_config.loss, mesh=mesh),
-                   data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh)
+                   data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh,
+                   allow_config_change=allow_config_change)
     return Pretrained(result, source, unigram_entropy(eval_source.stream, tokenizer.vocab_size))
 
 
@@ -159,15 +162,17 @@ def task_source(tokenizer: Tokenizer, task: str, *, input_len: int, target_len: 
 
 
 def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, data_info: Optional[dict] = None,
-             mesh=None):
+             mesh=None, allow_config_change: bool = False):
     """Fine-tune a model (AR or diffusion, as `train_config.loss.kind` says) on a task source."""
-    return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh)
+    return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh,
+                 allow_config_change=allow_config_change)
 
 
 def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig, steps: int,
-          attention: str = "bidirectional", mesh=None):
+          attention: str = "bidirectional", mesh=None, allow_config_change: bool = False):
     """AR2Diff_N stage: the AR checkpoint, switched to `attention`, trained `steps` diffusion steps."""
-    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
+    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh,
+                   allow_config_change=allow_config_change)
 
 
 def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_out: LMSource, steps, base: TrainConfig,
