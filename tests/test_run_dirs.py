@@ -268,6 +268,6 @@ def test_model_trained_with_a_gpu_kernel_loads_on_cpu(tmp_path):
     model, step = load_model(tmp_path)
     assert step == 0 and model.config.attention_impl == "auto" and model.config.dtype == "bfloat16"
     metrics = eval_step(model, job_source().batch_at(0), jax.random.key(0), LossConfig(kind="uniform"))
-    assert np.isfinite(float(metrics["loss"]))
+    assert np.isfinite(float(metrics.loss))
     for x, y in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
         np.testing.assert_array_equal(x, y)

@@ -1,4 +1,4 @@
-"""Training losses behind one interface: `loss_fn(model, batch, rng, config) -> (loss, metrics)`.
+"""Training losses behind one interface: `loss_fn(model, batch, rng, config) -> (loss, LossMetrics)`.
 
 * `kind="ar"` (teacher forcing): next-token cross-entropy on target tokens.
 * `kind=<a diffusion process>` (`workbench.processes`: `uniform`, the paper's SUNDAE-style
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from workbench.objectives.batch import Batch
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes import cross_entropy, get_process, process_names, weighted_mean
 
 
@@ -46,7 +47,7 @@ def ar_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     ce = cross_entropy(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     loss = weighted_mean(ce, weights)
-    return loss, {"loss": loss, "accuracy": weighted_mean(correct, weights), "target_tokens": jnp.sum(weights)}
+    return loss, LossMetrics.of(loss, weights, accuracy=(correct, weights))
 
 
 def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):

@@ -15,7 +15,8 @@ from workbench.processes.base import (
     token_probs,
     weighted_mean,
 )
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.uniform import UniformProcess
 
-__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "UniformProcess", "cross_entropy",
+__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "LossMetrics", "UniformProcess", "cross_entropy",
            "draw_tokens", "get_process", "non_special_ids", "process_names", "token_probs", "weighted_mean"]

@@ -16,6 +16,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
     token_probs, weighted_mean)
 
@@ -38,7 +39,7 @@ class AbsorbingProcess(DiffusionProcess):
         hit_f = hit.astype(jnp.float32)
         loss = jnp.sum(ce * hit_f / rates[:, None]) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
         correct = (jnp.argmax(logits, -1) == clean_BxN).astype(jnp.float32)
-        return loss, {"loss": loss, "accuracy": weighted_mean(correct, hit_f), "target_tokens": jnp.sum(weights_BxN)}
+        return loss, LossMetrics.of(loss, weights_BxN, accuracy=(correct, hit_f))
 
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), self.mask_id, jnp.int32)

@@ -29,7 +29,7 @@ from workbench.distributed import constrain_module, is_primary, mesh_context, sh
 from workbench.config import from_dict, load_json
 from workbench.models import ModelConfig, build_model, flops_per_token
 from workbench.objectives.batch import Batch
-from workbench.objectives.losses import LossConfig, loss_fn
+from workbench.objectives.losses import LossConfig, LossMetrics, loss_fn
 from workbench.runs import (
     RUN_INFO,
     RunLock,
@@ -119,19 +119,16 @@ def _gradients(model, batch: Batch, rng, loss_config: LossConfig, grad_accum: in
     """The gradients of one step and its metrics (with the gradient norm). Microbatch
     gradients are weighted by their target tokens, so they equal the whole batch's."""
     grad_fn = nnx.value_and_grad(lambda m, b, r: loss_fn(m, b, r, loss_config), has_aux=True)
-    grads, metrics, total = None, None, 0.0
+    grads, parts, total = None, [], 0.0
     for i, micro in enumerate(_microbatches(batch, grad_accum)):
         (_, m), g = grad_fn(model, micro, jax.random.fold_in(rng, i))
-        n = m["target_tokens"]
+        n = m.target_tokens
         g = jax.tree.map(lambda x: x * n, g)
-        m = {k: v * n for k, v in m.items()}
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-        metrics = m if metrics is None else {k: metrics[k] + m[k] for k in m}
+        parts.append(m)
         total = total + n
-    total = jnp.maximum(total, 1.0)
-    grads = jax.tree.map(lambda x: x / total, grads)
-    metrics = {k: (v if k == "target_tokens" else v / total) for k, v in metrics.items()}
-    metrics["target_tokens"] = total
+    grads = jax.tree.map(lambda x: x / jnp.maximum(total, 1.0), grads)
+    metrics = LossMetrics.combine(parts).record()
     metrics["grad_norm"] = optax.tree.norm(grads)
     return grads, metrics
 
@@ -157,7 +154,7 @@ def probe_step(model, batch: Batch, rng, loss_config: LossConfig, grad_accum: in
 
 @partial(nnx.jit, static_argnames=("loss_config",))
 def eval_step(model, batch: Batch, rng, loss_config: LossConfig):
-    return loss_fn(model, batch, rng, loss_config)[1]
+    return loss_fn(model, batch, rng, loss_config)[1]  # LossMetrics
 
 
 def held_out_loss(batches: list[Batch], loss_config: LossConfig, seed: int = 12345,
@@ -165,18 +162,14 @@ def held_out_loss(batches: list[Batch], loss_config: LossConfig, seed: int = 123
     """An evaluation hook: token-weighted mean metrics over fixed batches (fixed noise)."""
 
     def evaluate(model, step: int) -> dict:
-        sums, total = {}, 0.0
+        parts = []
         for i, batch in enumerate(batches):
             batch = batch if mesh is None else shard_batch(batch, mesh)
             with mesh_context(mesh):
-                m = eval_step(model, batch, jax.random.fold_in(jax.random.key(seed), i), loss_config)
-            m = jax.device_get(m)
-            n = float(m["target_tokens"])
-            for k, v in m.items():
-                if k != "target_tokens":
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
-            total += n
-        return {k: v / max(total, 1.0) for k, v in sums.items()}
+                parts.append(jax.device_get(eval_step(model, batch, jax.random.fold_in(jax.random.key(seed), i),
+                                                      loss_config)))
+        record = LossMetrics.combine(parts).record()
+        return {k: float(v) for k, v in record.items() if k != "target_tokens"}
 
     return evaluate
 
