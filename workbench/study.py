@@ -192,12 +192,11 @@ def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_o
     return rows
 
 
-def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", **kw):
+def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_vocab_size=None, **kw):
     """The loss of diffusion process `kind` with the tokenizer's special, mask and pad ids."""
     from workbench.objectives.losses import LossConfig
 
-    return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id,
-                      pad_id=tokenizer.pad_id, **kw)
+    return LossConfig.for_tokenizer(tokenizer, kind, model_vocab_size=model_vocab_size, **kw)
 
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:

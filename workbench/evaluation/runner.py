@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_json
 from workbench.data import data_files, load_dataset
+from workbench.data.special import ar_ids, diffusion_ids
 from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_host
 from workbench.evaluation.scoring import score
 from workbench.evaluation.tasks import get_task
@@ -61,8 +62,7 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         for i, seq in enumerate(inputs):
             prompts[i, : len(seq)] = seq
         lengths = np.array([max(len(s), 1) for s in inputs], np.int32)
-        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, eos_id=tokenizer.eos_id,
-                                 pad_id=tokenizer.pad_id)
+        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, **ar_ids(tokenizer))
         example_ids = np.asarray(ids, np.int32)
         if mesh is not None:
             prompts, lengths, example_ids = shard_batch((prompts, lengths, example_ids), mesh)
@@ -71,8 +71,8 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         return tokenizer.decode_batch(to_host(out.tokens))
     batch = seq2seq_batch(inputs, [[] for _ in inputs], input_len=config.input_len, target_len=config.target_len,
                           pad_id=tokenizer.pad_id, example_ids=ids, pad_targets=True)
-    diffusion = dataclasses.replace(config.diffusion, special_ids=tuple(tokenizer.special_ids),
-                                    mask_id=tokenizer.mask_id)
+    diffusion = dataclasses.replace(config.diffusion, **diffusion_ids(tokenizer, config.diffusion.process,
+                                                                      model.config.vocab_size))
     out = diffusion_sample(model, batch, diffusion, rng, mesh=mesh)
     return tokenizer.decode_batch(to_host(out.tokens))
 

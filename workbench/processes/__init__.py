@@ -10,6 +10,7 @@ from workbench.processes.base import (
     cross_entropy,
     draw_tokens,
     get_process,
+    get_process_class,
     non_special_ids,
     process_names,
     token_probs,
@@ -18,4 +19,4 @@ from workbench.processes.base import (
 from workbench.processes.uniform import UniformProcess
 
 __all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "UniformProcess", "cross_entropy",
-           "draw_tokens", "get_process", "non_special_ids", "process_names", "token_probs", "weighted_mean"]
+           "draw_tokens", "get_process", "get_process_class", "non_special_ids", "process_names", "token_probs", "weighted_mean"]
