@@ -164,10 +164,24 @@ def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, d
     return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh)
 
 
-def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig, steps: int,
+def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
           attention: str = "bidirectional", mesh=None):
-    """AR2Diff_N stage: the AR checkpoint, switched to `attention`, trained `steps` diffusion steps."""
-    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
+    """AR2Diff_N stage: the AR model, switched to `attention`, trained `steps` diffusion steps.
+
+    `ar` is an AR run directory (its latest checkpoint) or a model in memory, such as an
+    imported one (`workbench.pretrained_study.prepare_for_diffusion(...).model`)."""
+    if isinstance(ar, (str, Path)):
+        return ar2diff(ar, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
+    from workbench.models.transformer import with_attention
+    from workbench.training.ar2diff import DIFFUSION_ATTENTION
+
+    if attention not in DIFFUSION_ATTENTION:
+        raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
+    config = adaptation_config(base, steps)
+    if config.loss.kind == "ar":
+        raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set the loss kind to a diffusion process")
+    return train(with_attention(ar, attention), config, source, out_dir, mesh=mesh,
+                 extra_info={"ar2diff": {"ar": "model in memory", "attention": attention, "adaptation_steps": steps}})
 
 
 def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_out: LMSource, steps, base: TrainConfig,
