@@ -3,9 +3,9 @@ the bandwidth floor computed from the bytes actually read."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from workbench.benchmarks import pretrained as bench
 from workbench.data.hf_tokenizer import HFTokenizer

@@ -47,12 +47,21 @@ class EvalConfig:
     seed: int = 0
     ar: ARSamplingConfig = ARSamplingConfig()
     diffusion: DiffusionSamplingConfig = DiffusionSamplingConfig()
+    chat_template: bool = False  # imported instruct models: each input is one user turn of the model's template
 
     def __post_init__(self):
         if self.method not in ("ar", "diffusion"):
             raise ValueError(f"method={self.method!r}; expected 'ar' or 'diffusion'")
         if self.num_candidates < 1 or self.batch_size < 1:
             raise ValueError("num_candidates and batch_size must be >= 1")
+
+
+def encode_input(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """A task input as ids: plain, or as one user turn of the model's chat template (a named
+    error from the tokenizer where the model has none)."""
+    if chat_template:
+        return tokenizer.encode_chat([{"role": "user", "content": text}])
+    return tokenizer.encode(text)
 
 
 def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], config: EvalConfig, rng,
@@ -86,7 +95,7 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     outputs are dropped (examples decode the same in any batch)."""
     spec = get_task(config.task)
     pairs = [spec.format_example(r) for r in records]
-    encoded = [tokenizer.encode(src) for src, _ in pairs]
+    encoded = [encode_input(tokenizer, src, config.chat_template) for src, _ in pairs]
     too_long_inputs = [i for i, e in enumerate(encoded) if len(e) > config.input_len or not e]
     too_long_targets = sum(len(tokenizer.encode(tgt)) + 1 > config.target_len for _, tgt in pairs)
     jobs = [(i, c) for i in range(len(records)) if i not in set(too_long_inputs) for c in range(config.num_candidates)]
