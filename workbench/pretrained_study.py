@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from workbench.data.special import MaskToken, ar_ids, diffusion_ids
+from workbench.data.special import MaskToken, ar_ids
 from workbench.models.transformer import with_attention
 from workbench.objectives.batch import seq2seq_batch
 from workbench.pretrained import Pretrained, with_mask_token
@@ -84,13 +84,6 @@ def _with_config(model, **changes):
     new = nnx.eval_shape(lambda: build_model(config, 0))
     nnx.update(new, jax.tree.map(lambda x: x, state))
     return new
-
-
-def sampling_config(tokenizer, model, *, process: str = "absorbing", **options) -> DiffusionSamplingConfig:
-    """A `DiffusionSamplingConfig` with the tokenizer's ids (never-drawn ids include the rows of a
-    padded embedding)."""
-    return DiffusionSamplingConfig(process=process, **diffusion_ids(tokenizer, process, model.config.vocab_size),
-                                   **options)
 
 
 def diffusion_answers(model, tokenizer, prompts: Sequence[str], *, target_len: int,

@@ -213,6 +213,15 @@ def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_
     return LossConfig.for_tokenizer(tokenizer, kind, model_vocab_size=model_vocab_size, **kw)
 
 
+def diffusion_sampling_config(tokenizer: Tokenizer, *, process: str = "uniform", model_vocab_size=None, **options):
+    """A `DiffusionSamplingConfig` of `process` with the tokenizer's never-drawn and mask ids
+    (and the rows of a padded embedding past the tokenizer, given `model_vocab_size`)."""
+    from workbench.data.special import diffusion_ids
+    from workbench.sampling.diffusion import DiffusionSamplingConfig
+
+    return DiffusionSamplingConfig(process=process, **diffusion_ids(tokenizer, process, model_vocab_size), **options)
+
+
 def with_loss(config: TrainConfig, loss) -> TrainConfig:
     return dataclasses.replace(config, loss=loss)
 

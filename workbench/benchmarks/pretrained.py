@@ -163,14 +163,14 @@ def format_report(result: dict) -> str:
              f"load {result['load_seconds']:.1f} s, copy bandwidth {result['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
              f"peak RSS {result['host_peak_rss_bytes'] / 2**30:.2f} GiB"
              + (f", device peak {result['device_peak_bytes'] / 2**30:.2f} GiB" if "device_peak_bytes" in result else "")]
-    head = f"{'case':<48}{'seconds':>10}{'tokens/s':>11}{'floor ms/tok':>14}{'of floor':>10}"
+    head = f"{'case':<52}{'seconds':>10}{'tokens/s':>11}{'floor ms/tok':>14}{'of floor':>10}"
     lines += [head, "-" * len(head)]
     for r in result["rows"]:
         seconds = f"{r['seconds']:.3f}" if r.get("seconds") else r.get("status", "")
         tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else ""
         floor = f"{1e3 * r['floor_seconds_per_token']:.2f}" if "floor_seconds_per_token" in r else ""
         frac = f"{100 * r['fraction_of_floor']:.0f}%" if "fraction_of_floor" in r else ""
-        lines.append(f"{r['case']:<48}{seconds:>10}{tps:>11}{floor:>14}{frac:>10}")
+        lines.append(f"{r['case']:<52}{seconds:>10}{tps:>11}{floor:>14}{frac:>10}")
     return "\n".join(lines)
 
 
