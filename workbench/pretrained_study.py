@@ -65,6 +65,9 @@ def prepare_for_diffusion(pretrained: Pretrained, *, process: str = "absorbing",
     paper's form). Parameters are unchanged apart from the mask token's new row."""
     from workbench.processes import get_process_class
 
+    if pretrained.tokenizer is None:
+        raise ValueError(f"{pretrained.source.location!r} was loaded without a tokenizer; diffusion needs its special "
+                         "ids: load it with tokenizer=True (a GGUF file, or a folder with tokenizer.json)")
     if get_process_class(process).uses_mask and pretrained.tokenizer.specials.mask is None:
         pretrained = with_mask_token(pretrained, mask)
     model = with_attention(pretrained.model, attention)
