@@ -168,11 +168,25 @@ def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, d
                  allow_config_change=allow_config_change)
 
 
-def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig, steps: int,
+def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
           attention: str = "bidirectional", mesh=None, allow_config_change: bool = False):
-    """AR2Diff_N stage: the AR checkpoint, switched to `attention`, trained `steps` diffusion steps."""
-    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh,
-                   allow_config_change=allow_config_change)
+    """AR2Diff_N stage: the AR model, switched to `attention`, trained `steps` diffusion steps.
+
+    `ar` is an AR run directory (its latest checkpoint) or a model in memory, such as an
+    imported one (`workbench.pretrained_study.prepare_for_diffusion(...).model`)."""
+    if isinstance(ar, (str, Path)):
+        return ar2diff(ar, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh,
+                       allow_config_change=allow_config_change)
+    from workbench.models.transformer import with_attention
+    from workbench.training.ar2diff import DIFFUSION_ATTENTION
+
+    if attention not in DIFFUSION_ATTENTION:
+        raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
+    config = adaptation_config(base, steps)
+    if config.loss.kind == "ar":
+        raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set the loss kind to a diffusion process")
+    return train(with_attention(ar, attention), config, source, out_dir, mesh=mesh,
+                 allow_config_change=allow_config_change, extra_info={"ar2diff": {"ar": "model in memory", "attention": attention, "adaptation_steps": steps}})
 
 
 def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_out: LMSource, steps, base: TrainConfig,
@@ -197,12 +211,20 @@ def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_o
     return rows
 
 
-def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", **kw):
+def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_vocab_size=None, **kw):
     """The loss of diffusion process `kind` with the tokenizer's special, mask and pad ids."""
     from workbench.objectives.losses import LossConfig
 
-    return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id,
-                      pad_id=tokenizer.pad_id, **kw)
+    return LossConfig.for_tokenizer(tokenizer, kind, model_vocab_size=model_vocab_size, **kw)
+
+
+def diffusion_sampling_config(tokenizer: Tokenizer, *, process: str = "uniform", model_vocab_size=None, **options):
+    """A `DiffusionSamplingConfig` of `process` with the tokenizer's never-drawn and mask ids
+    (and the rows of a padded embedding past the tokenizer, given `model_vocab_size`)."""
+    from workbench.data.special import diffusion_ids
+    from workbench.sampling.diffusion import DiffusionSamplingConfig
+
+    return DiffusionSamplingConfig(process=process, **diffusion_ids(tokenizer, process, model_vocab_size), **options)
 
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:

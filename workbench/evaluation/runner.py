@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_json
 from workbench.data import data_files, dataset_splits, load_dataset
+from workbench.data.special import ar_ids, diffusion_ids
 from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_host
 from workbench.evaluation.sandbox import ISOLATION_LEVELS, require_isolation
 from workbench.evaluation.scoring import score
@@ -50,6 +51,7 @@ class EvalConfig:
     # Code tasks: the least sandbox isolation to run with ("full", "kernel" or "fallback", which allows
     # the Python-level guard alone); the evaluation refuses to start below it.
     code_isolation: str = "kernel"
+    chat_template: bool = False  # imported instruct models: each input is one user turn of the model's template
 
     def __post_init__(self):
         if self.task not in TASK_NAMES:
@@ -81,6 +83,14 @@ class EvalConfig:
             )
 
 
+def encode_input(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """A task input as ids: plain, or as one user turn of the model's chat template (a named
+    error from the tokenizer where the model has none)."""
+    if chat_template:
+        return tokenizer.encode_chat([{"role": "user", "content": text}])
+    return tokenizer.encode(text)
+
+
 def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], config: EvalConfig, rng,
                   mesh: Optional[Mesh] = None) -> list[str]:
     if config.method == "ar":
@@ -88,8 +98,7 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         for i, seq in enumerate(inputs):
             prompts[i, : len(seq)] = seq
         lengths = np.array([max(len(s), 1) for s in inputs], np.int32)
-        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, eos_id=tokenizer.eos_id,
-                                 pad_id=tokenizer.pad_id)
+        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, **ar_ids(tokenizer))
         example_ids = np.asarray(ids, np.int32)
         if mesh is not None:
             prompts, lengths, example_ids = shard_batch((prompts, lengths, example_ids), mesh)
@@ -98,8 +107,8 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         return tokenizer.decode_batch(to_host(out.tokens))
     batch = seq2seq_batch(inputs, [[] for _ in inputs], input_len=config.input_len, target_len=config.target_len,
                           pad_id=tokenizer.pad_id, example_ids=ids, pad_targets=True)
-    diffusion = dataclasses.replace(config.diffusion, special_ids=tuple(tokenizer.special_ids),
-                                    mask_id=tokenizer.mask_id)
+    diffusion = dataclasses.replace(config.diffusion, **diffusion_ids(tokenizer, config.diffusion.process,
+                                                                      model.config.vocab_size))
     out = diffusion_sample(model, batch, diffusion, rng, mesh=mesh)
     return tokenizer.decode_batch(to_host(out.tokens))
 
@@ -113,7 +122,7 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     outputs are dropped (examples decode the same in any batch)."""
     spec = get_task(config.task)
     pairs = [spec.format_example(r) for r in records]
-    encoded = [tokenizer.encode(src) for src, _ in pairs]
+    encoded = [encode_input(tokenizer, src, config.chat_template) for src, _ in pairs]
     too_long_inputs = [i for i, e in enumerate(encoded) if len(e) > config.input_len or not e]
     too_long_targets = sum(len(tokenizer.encode(tgt)) + 1 > config.target_len for _, tgt in pairs)
     jobs = [(i, c) for i in range(len(records)) if i not in set(too_long_inputs) for c in range(config.num_candidates)]

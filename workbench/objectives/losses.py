@@ -32,6 +32,14 @@ class LossConfig:
     mask_id: int = 3  # the absorbing token
     pad_id: int = 0  # target padding (the tokenizer's fixed pad id); only splits the accuracy metric
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, kind: str = "ar", *, model_vocab_size=None, **options) -> "LossConfig":
+        """The loss `kind` with the tokenizer's ids (`workbench.data.special.loss_ids`): its
+        specials, the padded rows past `model_vocab_size`'s share never drawn as noise."""
+        from workbench.data.special import loss_ids
+
+        return cls(kind=kind, **loss_ids(tokenizer, kind, model_vocab_size), **options)
+
     def __post_init__(self):
         if self.kind != "ar" and self.kind not in process_names():
             raise ValueError(f"loss kind {self.kind!r}; expected 'ar' or a diffusion process "

@@ -10,6 +10,7 @@ from workbench.processes.base import (
     cross_entropy,
     draw_tokens,
     get_process,
+    get_process_class,
     non_special_ids,
     process_names,
     token_probs,
@@ -18,5 +19,6 @@ from workbench.processes.base import (
 from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.uniform import UniformProcess
 
-__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "LossMetrics", "UniformProcess", "cross_entropy",
-           "draw_tokens", "get_process", "non_special_ids", "process_names", "token_probs", "weighted_mean"]
+__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "LossMetrics", "UniformProcess",
+           "cross_entropy", "draw_tokens", "get_process", "get_process_class", "non_special_ids", "process_names",
+           "token_probs", "weighted_mean"]

@@ -24,6 +24,7 @@ from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedu
 @dataclasses.dataclass(frozen=True)
 class AbsorbingProcess(DiffusionProcess):
     name: ClassVar[str] = "absorbing"
+    uses_mask: ClassVar[bool] = True
     schedule: ClassVar = LinearSchedule
 
     def corrupt(self, rng, clean_BxN, weights_BxN, min_rate: float = 0.0) -> Corruption:
