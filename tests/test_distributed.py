@@ -130,7 +130,13 @@ def _moments(run_dir: Path, config, optimizer_config, step: int, mesh=None) -> d
 class _ByteTokenizer:
     """Just enough tokenizer for the evaluation runner: bytes shifted past the 4 special ids."""
 
-    pad_id, eos_id, mask_id, special_ids, sha256 = 0, 1, 3, (0, 1, 2, 3), "none"
+    pad_id, eos_id, mask_id, special_ids, sha256, vocab_size = 0, 1, 3, (0, 1, 2, 3), "none", 64
+
+    @property
+    def specials(self):
+        from workbench.data.special import SpecialIds
+
+        return SpecialIds(pad=0, eos=1, unk=2, mask=3)
 
     def encode(self, text):
         return [4 + (b % 60) for b in text.encode()]
