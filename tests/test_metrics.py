@@ -142,3 +142,18 @@ def test_pass_at_k_summary():
     assert summary["pass@80"] == pytest.approx(50.0)
     with pytest.raises(ValueError, match="one per problem"):
         metrics.pass_at_k_summary([3, 3, 3], [1, 2])
+
+
+@pytest.mark.parametrize(
+    "samples,correct,pattern",
+    [
+        ([3, 0], [1, 0], r"problem 1 has num_samples=0; expected at least one sample per problem; generate samples"),
+        (0, [0], r"problem 0 has num_samples=0; expected at least one sample"),
+        ([2, 2], [1, 3], r"problem 1 has num_correct=3; expected 0 <= num_correct <= num_samples=2"),
+        ([], [], r"no problems to score; pass one sample count"),
+    ],
+    ids=["one-problem-without-samples", "zero-samples-everywhere", "more-correct-than-samples", "no-problems"],
+)
+def test_pass_at_k_summary_names_the_bad_count(samples, correct, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        metrics.pass_at_k_summary(samples, correct, ks=(1,))

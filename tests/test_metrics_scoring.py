@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench.evaluation import scoring
+from workbench.evaluation import sandbox, scoring
 
 
 def test_translation_and_squad_scores():
@@ -33,3 +33,21 @@ def test_mismatched_inputs_are_rejected():
         scoring.score("wmt14_enfr", [{"inputs": "a", "targets": "b"}], [])
     with pytest.raises(TypeError, match="only to code tasks"):
         scoring.score("wmt14_enfr", [{"inputs": "a", "targets": "b"}], ["b"], timeout_s=1)
+
+
+@pytest.mark.parametrize("with_targets", [False, True], ids=["answers-only", "targets-and-answers"])
+def test_squad_record_with_no_gold_answers_is_named(with_targets):
+    record = {"id": "q7", "question": "Who?", "context": "Broncos won.", "answers": []}
+    if with_targets:
+        record["targets"] = "Broncos"
+    with pytest.raises(ValueError, match=r"record 'q7'.*answers=\[\].*expected a non-empty list of gold answer strings.*drop it"):
+        scoring.score("squad_v1", [record], ["Broncos"])
+    with pytest.raises(KeyError, match="neither `targets` nor `answers`"):
+        scoring.score("squad_v1", [{"id": "q8", "question": "Who?", "context": "c"}], ["x"])
+
+
+@pytest.mark.skipif(sandbox.detect_isolation().level == "fallback", reason="no namespaces or Landlock here")
+def test_code_scores_record_their_isolation():
+    record = {"id": "m", "test_list": ["assert f(2) == 4"], "test_setup_code": ""}
+    result = scoring.score("mbpp", [record], [["def f(x):\n    return 2 * x"]], ks=(1,))
+    assert result["isolation"]["level"] in ("kernel", "full") and result["isolation"]["description"]

@@ -14,7 +14,9 @@ import pytest
 from workbench import notebook_runner as runner
 
 EXPECTED = ["00_quickstart", "01_pretrain", "02_ar2diff", "03_finetune_eval", "04_denoising_explorer",
-            "05_speed_benchmark", "06_paper_tables"]  # fmt: skip
+            "05_speed_benchmark", "06_paper_tables", "07_convert_pretrained"]  # fmt: skip
+# Run at their default scale by `executed`; 07 loads a 135M model and runs at a small setting below.
+DEFAULT_SCALE = [name for name in EXPECTED if name != "07_convert_pretrained"]
 NOTEBOOKS = {p.stem: p for p in runner.list_notebooks()}
 
 
@@ -118,7 +120,7 @@ def executed(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # the kernels inherit these
         patch.setenv("JAX_COMPILATION_CACHE_DIR", str(root / ".jax_cache"))
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-        for name in EXPECTED:
+        for name in DEFAULT_SCALE:
             params = {"runs_root": str(root)} if name == "06_paper_tables" else {}
             started = time.perf_counter()
             try:
@@ -268,3 +270,25 @@ def test_cells_after_setup_and_parameters_are_calls_and_displays(name):
         for node in ast.parse(cell.source).body:
             assert not isinstance(node, (ast.For, ast.While, ast.If, ast.With, ast.Try, ast.FunctionDef,
                                          ast.ClassDef)), f"{name}: move this into workbench:\n{ast.unparse(node)[:300]}"
+
+
+@pytest.mark.slow
+def test_convert_pretrained_at_a_small_setting(tmp_path):
+    """Notebook 07 end to end on a tiny Llama-layout model exported with a byte-level BPE tokenizer
+    (the default SmolLM2 run is `make demo`)."""
+    from workbench.data.hf_tokenizer import HFTokenizer
+    from workbench.models import build_model, get_preset
+    from workbench.pretrained import save_pretrained
+
+    tokenizer = HFTokenizer.from_gguf(Path(__file__).parent / "golden" / "tokenizer_tiny_llama-bpe.gguf")
+    config = get_preset("tiny", vocab_size=tokenizer.vocab_size, num_kv_heads=2, scale_logits=False, dtype="float32")
+    folder = save_pretrained(build_model(config, 3), tmp_path / "model", tokenizer=tokenizer)
+    params = dict(model_source=str(folder), max_len=96, max_new_tokens=6, adaptation_steps=2, seq_len=32,
+                  batch_size=2, max_tokens=4000, target_len=6, num_steps=3, speed_length=4)
+    run = runner.run_notebook("07_convert_pretrained", tmp_path / "out", params, html=False, timeout=300)
+    m = run.metrics
+    assert len(m["ar_answers"]) == len(m["diffusion_answers"]) == 3
+    assert m["mask_id"] == tokenizer.vocab_size and m["shift_targets"] is True
+    assert {row["method"] for row in m["speed"]} == {"ar", "diffusion"}
+    assert all(finite(row["seconds"]) for row in m["speed"])
+    assert (tmp_path / "out" / "ar2diff").is_dir()

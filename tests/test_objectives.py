@@ -75,7 +75,7 @@ def test_ar_loss_equals_hand_computed_cross_entropy():
     # targets are positions 2..5, predicted from positions 1..4
     expected = -np.mean([float(logp[p - 1, batch.tokens[0, p]]) for p in range(2, 6)])
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    assert float(metrics["target_tokens"]) == 4
+    assert float(metrics.target_tokens) == 4
 
 
 def test_packed_ar_loss_never_predicts_across_segments():
@@ -83,7 +83,7 @@ def test_packed_ar_loss_never_predicts_across_segments():
     tokens, segs, pos = pack_sequences([[3, 4, 5], [6, 7]], width=5, pad_id=0)
     batch = packed_lm_batch(tokens, segs, pos, np.array([0]), pad_id=0)
     _, metrics = ar_loss(model, jax.tree.map(jnp.asarray, batch), None, LossConfig())
-    assert float(metrics["target_tokens"]) == 3  # 4<-3, 5<-4, 7<-6; never 6<-5
+    assert float(metrics.target_tokens) == 3  # 4<-3, 5<-4, 7<-6; never 6<-5
 
 
 def test_uniform_logits_give_log_vocab():
@@ -158,5 +158,29 @@ def test_diffusion_accuracy_is_split_into_all_targets_and_non_padding():
     right = np.asarray(jnp.argmax(model.denoise(batch, noisy), -1) == clean)
     targets, text = np.asarray(targets), np.asarray(targets & (clean != 0))
     assert text.sum() == 5 and targets.sum() == 8
-    np.testing.assert_allclose(float(metrics["accuracy"]), right[targets].mean(), rtol=1e-6)
-    np.testing.assert_allclose(float(metrics["accuracy_non_pad"]), right[text].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics.record()["accuracy"]), right[targets].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics.record()["accuracy_non_pad"]), right[text].mean(), rtol=1e-6)
+
+
+def test_loss_metrics_combine_is_the_mean_over_all_tokens():
+    """Each mean keeps its own weight, so two halves combine to the whole batch's values
+    (masked accuracy counts masked positions, not target tokens)."""
+    from workbench.objectives import LossMetrics
+
+    values = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    weights = jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # 3 and 1 target tokens
+    masked = jnp.array([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    losses = jnp.array([2.0, 6.0])
+
+    def part(i):
+        return LossMetrics.of(losses[i], weights[i], accuracy=(values[i], masked[i]), hit=(values[i], weights[i]))
+
+    combined = LossMetrics.combine([part(0), part(1)]).record()
+    assert float(combined["target_tokens"]) == 4
+    assert float(combined["loss"]) == (2.0 * 3 + 6.0 * 1) / 4  # token-weighted
+    assert float(combined["accuracy"]) == 0.5  # positions (0,0) right and (1,0) wrong: 1 of 2
+    assert float(combined["hit"]) == 0.5  # 2 of the 4 target tokens right
+    with pytest.raises(ValueError, match="reserved"):
+        LossMetrics.of(losses[0], weights[0], loss=(values[0], weights[0]))
+    with pytest.raises(TypeError, match="must return \\(loss, LossMetrics\\)"):
+        LossMetrics.combine([{"loss": 1.0, "target_tokens": 1.0}])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench.models.decoding import ARSamplingConfig, generate
+from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.pretrained import DEFAULT_MODEL, load_pretrained
 from workbench.pretrained.gguf_reader import permute_rows
 from workbench.pretrained.hub import embedded_path
@@ -50,7 +50,8 @@ def test_config_and_metadata_of_the_embedded_default(smollm2):
     assert src.kind == "embedded" and src.license == "apache-2.0" and src.path == str(embedded_path(DEFAULT_MODEL))
     assert src.token_ids["bos"] == 1 and src.token_ids["eos"] == 2
     assert "<|im_start|>" in src.chat_template and src.tokenizer_file == src.path
-    assert smollm2.tokenizer is None  # filled by the tokenizer package
+    tok = smollm2.tokenizer  # built from the same GGUF
+    assert (tok.vocab_size, tok.specials.bos, tok.specials.eos) == (49152, 1, 2) and tok.chat_template == src.chat_template
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(smollm2.model, nnx.Param)))
 
 

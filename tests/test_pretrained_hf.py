@@ -75,7 +75,7 @@ def test_each_architecture_feature_changes_the_logits(name):
 def test_export_then_import_is_bitwise(name, attention, tmp_path):
     loaded = load_pretrained(GOLDEN / f"pretrained_tiny_{name}", dtype="float32", attention=attention)
     folder = save_pretrained(loaded, tmp_path / "export")
-    again = load_pretrained(folder)
+    again = load_pretrained(folder, tokenizer=False)  # the hook wrote a placeholder tokenizer.json
     assert again.config == loaded.config  # attention kind and dtype come back from the workbench record
     ours, theirs = _params(loaded.model), _params(again.model)
     assert ours.keys() == theirs.keys()
@@ -101,14 +101,14 @@ def test_export_keeps_chat_template_and_calls_the_tokenizer_hook(tmp_path):
     source = dataclasses.replace(loaded.source, chat_template="{{ messages }}", token_ids={"eos": 5, "bos": 4})
 
     class Files:
-        def save_pretrained(self, folder):
+        def save(self, folder):
             (Path(folder) / "tokenizer.json").write_text("{}")
 
     folder = save_pretrained(dataclasses.replace(loaded, source=source, tokenizer=Files()), tmp_path / "out")
-    again = load_pretrained(folder)
+    again = load_pretrained(folder, tokenizer=False)  # the hook wrote a placeholder tokenizer.json
     assert again.source.license is None
     (folder / "README.md").write_text("---\nlibrary_name: transformers\nlicense: apache-2.0\n---\n# card\n")
-    again = load_pretrained(folder)
+    again = load_pretrained(folder, tokenizer=False)  # the hook wrote a placeholder tokenizer.json
     assert again.source.license == "apache-2.0"
     assert again.source.chat_template == "{{ messages }}"
     assert again.source.token_ids == {"bos": 4, "eos": 5}

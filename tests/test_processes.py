@@ -15,6 +15,7 @@ from workbench.objectives.losses import LossConfig
 from workbench.processes import (
     DiffusionProcess,
     LinearSchedule,
+    LossMetrics,
     cross_entropy,
     draw_tokens,
     get_process,
@@ -46,8 +47,7 @@ class FixedTokenProcess(DiffusionProcess):
         logits = denoise(noisy)
         loss = weighted_mean(cross_entropy(logits, clean_BxN), weights_BxN)
         correct = (jnp.argmax(logits, -1) == clean_BxN).astype(jnp.float32)
-        return loss, {"loss": loss, "accuracy": weighted_mean(correct, weights_BxN),
-                      "target_tokens": jnp.sum(weights_BxN)}
+        return loss, LossMetrics.of(loss, weights_BxN, accuracy=(correct, weights_BxN))
 
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), FIXED, jnp.int32)

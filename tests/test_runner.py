@@ -51,6 +51,37 @@ def test_runner_end_to_end_on_real_test_split(finetuned, task, candidates):
     assert [len(json.loads(line)["outputs"]) for line in lines] == [candidates, candidates]
     info = json.loads((root / task / "run_info.json").read_text())
     assert info["data"] and info["seed"] == 0
+    if task in ("mbpp", "humaneval"):  # code evaluations state the isolation they ran with
+        assert on_disk["isolation"]["level"] in ("kernel", "full") and on_disk["isolation"]["description"]
+    else:
+        assert "isolation" not in on_disk
+
+
+@pytest.mark.parametrize(
+    "fields,pattern",
+    [
+        ({"task": "mbpp_plus"}, r"task='mbpp_plus'.*expected one of \('wmt14_enfr'"),
+        ({"task": "mbpp", "split": "dev"}, r"split='dev'.*task 'mbpp'.*expected one of .*'sanitized_test'.*or None"),
+        ({"task": "squad_v1", "limit": 0}, r"limit=0; expected None \(the whole split\) or an integer >= 1"),
+        ({"task": "squad_v1", "limit": -3}, r"limit=-3; expected None"),
+        ({"task": "wmt14_enfr", "target_len": 0}, r"target_len=0; expected an integer >= 1.*set target_len >= 1"),
+        ({"task": "wmt14_enfr", "input_len": -1}, r"input_len=-1; expected an integer >= 1.*set input_len >= 1"),
+        ({"task": "mbpp", "num_candidates": 0}, r"num_candidates=0; expected an integer >= 1.*set num_candidates >= 1"),
+        ({"task": "mbpp", "batch_size": 0}, r"batch_size=0; expected an integer >= 1.*set batch_size >= 1"),
+        ({"task": "mbpp", "code_isolation": "none"}, r"code_isolation='none'; expected one of \('fallback', 'kernel', 'full'\)"),
+        ({"task": "mbpp", "method": "beam"}, r"method='beam'; expected 'ar' or 'diffusion'"),
+    ],
+    ids=["task", "split", "limit-0", "limit-negative", "target_len", "input_len", "num_candidates", "batch_size",
+         "code_isolation", "method"],
+)
+def test_eval_config_checks_its_fields_when_built(fields, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        EvalConfig(**fields)
+
+
+def test_eval_config_defaults_refuse_the_unsafe_fallback():
+    assert EvalConfig(task="humaneval").code_isolation == "kernel"
+    assert EvalConfig(task="mbpp", split="sanitized_test", limit=1).split == "sanitized_test"
 
 
 @needs_data

@@ -5,6 +5,7 @@ Every test runs under a SIGALRM hard limit on top of the sandbox's own wall cloc
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -94,9 +95,12 @@ def test_early_exit_and_errors_fail(code):
     assert result.status == "failed" and not result.passed
 
 
-@pytest.mark.parametrize("code", ["import sys\nsys.stdout.close()", "import os\nos.close(1)"])
-def test_closing_stdout_fails(code):
-    assert sandbox.run_program(code, timeout_s=10).status == "failed"
+@pytest.mark.parametrize("code", ["import sys\nsys.stdout.close()", "import os\nos.close(1)\nos.close(2)"])
+def test_closing_stdout_is_not_a_verdict(code):
+    # The verdict travels on the judge's own channel, so output streams are the program's to close.
+    assert sandbox.run_program(code, timeout_s=10).status == "passed"
+    failing = sandbox.Program(code + "\ndef f():\n    return 1\n", tests="assert f() == 2")
+    assert sandbox.run_program(failing, timeout_s=10).status == "failed"
 
 
 def test_closed_pipes_and_a_hang_time_out():
@@ -239,26 +243,40 @@ def test_sandbox_that_cannot_start_reports_error():
     assert result.status == "error" and "could not start" in result.stderr_tail
 
 
-def test_check_candidates_keeps_order_and_runs_in_parallel():
-    programs = ["import time\ntime.sleep(1)"] * 4 + ["assert False", "print('ok')"]
-    start = time.monotonic()
+def test_check_candidates_keeps_order_and_runs_in_parallel(monkeypatch):
+    programs = ["import time\ntime.sleep(0.2)"] * 4 + ["assert False", "print('ok')"]
     results = sandbox.check_candidates(programs, max_workers=4, timeout_s=10)
-    elapsed = time.monotonic() - start
     assert [r.status for r in results] == ["passed"] * 4 + ["failed", "passed"]
-    assert elapsed < 3.5  # four 1 s sleeps on four workers, not 4 s in a row
+    # Parallelism, checked without a clock: four runs must be in flight at once to pass a
+    # 4-party barrier; run one after another, the first would wait alone and break it.
+    barrier = threading.Barrier(4, timeout=30)
+    real_run = sandbox.run_program
+
+    def run_at_barrier(program, **kw):
+        barrier.wait()
+        return real_run(program, **kw)
+
+    monkeypatch.setattr(sandbox, "run_program", run_at_barrier)
+    results = sandbox.check_candidates(["print(%d)" % i for i in range(4)], max_workers=4, timeout_s=10)
+    assert [r.status for r in results] == ["passed"] * 4
     with pytest.raises(TypeError, match="list of programs"):
         sandbox.check_candidates("print(1)")
 
 
 def test_program_builders():
-    mbpp = {"id": "2", "test_list": ["assert f(1) == 2"], "test_setup_code": "import math"}
+    mbpp = {"id": "2", "test_list": ["assert f(1) == 2"], "test_setup_code": "import math", "code": "def f(y):\n    pass"}
     program = sandbox.mbpp_program(mbpp, "def f(x):\n    return x + 1")
-    assert program.index("def f") < program.index("import math") < program.index("assert f(1)")
-    with pytest.raises(ValueError, match="no test_list"):
+    assert program.entry_points == ("f",)  # from the record's reference code
+    assert program.code.startswith("def f") and "assert" not in program.code  # the tests are the judge's
+    assert program.tests.index("import math") < program.tests.index("assert f(1)")
+    assert sandbox.run_program(program, timeout_s=10).status == "passed"
+    with pytest.raises(ValueError, match="no test_list.*load_dataset"):
         sandbox.mbpp_program({"id": "3", "test_list": []}, "pass")
     humaneval = {"prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
-    assert sandbox.humaneval_program(humaneval, "    return x + 1").endswith("check(f)\n")
-    with pytest.raises(KeyError, match="entry_point"):
+    program = sandbox.humaneval_program(humaneval, "    return x + 1")
+    assert program.tests.endswith("check(f)\n") and program.prelude == "def f(x):\n" and program.entry_points == ("f",)
+    assert sandbox.run_program(program, timeout_s=10).status == "passed"
+    with pytest.raises(KeyError, match="entry_point.*expected the fields"):
         sandbox.humaneval_program({"prompt": "", "test": ""}, "")
 
 
@@ -279,3 +297,27 @@ def test_evaluate_code_pass_at_k():
     assert [p["num_correct"] for p in summary["per_problem"]] == [1, 0]
     with pytest.raises(ValueError, match="not executable"):
         sandbox.evaluate_code("squad_v1", problems, completions)
+
+
+def test_isolation_is_recorded_and_the_fallback_needs_an_opt_in():
+    record = ISOLATION.record()
+    assert record["level"] in sandbox.ISOLATION_LEVELS and record["landlock_abi"] == ISOLATION.landlock_abi
+    assert BARE.level == "fallback" and BARE.record()["namespaces"] == [] and "no Landlock" in BARE.describe()
+    problem = {"task_id": "t/0", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}
+    with pytest.raises(sandbox.IsolationError, match=r"requires 'kernel'.*namespaces.*Landlock.*code_isolation='fallback'"):
+        sandbox.evaluate_code("humaneval", [problem], [["    return x + 1\n"]], ks=(1,), isolation=BARE)
+    summary = sandbox.evaluate_code(
+        "humaneval", [problem], [["    return x + 1\n"]], ks=(1,), isolation=BARE, isolation_required="fallback"
+    )
+    assert summary["pass@1"] == 100.0 and summary["isolation"]["level"] == "fallback"
+    with pytest.raises(ValueError, match="isolation_required='strict'.*expected one of"):
+        sandbox.require_isolation("strict")
+    no_cap = sandbox.Isolation(unshare_argv=ISOLATION.unshare_argv or ("unshare",), landlock_abi=5)
+    assert "Landlock ABI >= 6" in " ".join(no_cap.missing("full")) and not no_cap.missing("kernel")
+
+
+@pytest.mark.skipif(ISOLATION.level == "fallback", reason="this machine has neither namespaces nor Landlock")
+def test_default_evaluation_runs_here_and_records_its_isolation():
+    problem = {"task_id": "t/1", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(2) == 4\n", "entry_point": "f"}
+    summary = sandbox.evaluate_code("humaneval", [problem], [["    return 2 * x\n", "    return x\n"]], ks=(1,))
+    assert summary["pass@1"] == 50.0 and summary["isolation"] == ISOLATION.record()

@@ -5,8 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 from workbench import study
+from workbench.data.special import SpecialIds
 
-TOKENIZER = SimpleNamespace(vocab_size=100, special_ids=(0, 1, 2, 3), mask_id=3, pad_id=0)
+TOKENIZER = SimpleNamespace(vocab_size=100, special_ids=(0, 1, 2, 3), mask_id=3, pad_id=0,
+                            specials=SpecialIds(pad=0, eos=1, unk=2, mask=3))
 
 
 @pytest.fixture(autouse=True)

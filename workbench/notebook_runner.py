@@ -1,6 +1,7 @@
 """Run the notebooks in batch with papermill: parameters in; executed notebook, HTML and metrics.json out.
 
-    python -m workbench.notebook_runner 00_quickstart --out runs/quickstart     # make demo
+    python -m workbench.notebook_runner 07_convert_pretrained --out runs/demo  # make demo
+    python -m workbench.notebook_runner 00_quickstart --out runs/quickstart     # make demo DEMO=00_quickstart
     python -m workbench.notebook_runner all                                     # make notebooks
     python -m workbench.notebook_runner 03_finetune_eval -p finetune_steps 200 -f params.yaml
 
@@ -133,8 +134,10 @@ def run_notebook(
     cwd: Optional[Path] = None,
     timeout: Optional[int] = None,
     log_output: bool = False,
+    progress: bool = False,
 ) -> NotebookRun:
-    """Execute one notebook with `out_dir` (absolute) and `parameters`; check its metrics.json."""
+    """Execute one notebook with `out_dir` (absolute) and `parameters`; check its metrics.json.
+    `progress` shows a bar on stderr that advances cell by cell."""
     import papermill
 
     source = resolve_notebook(str(notebook))
@@ -145,7 +148,7 @@ def run_notebook(
     started = time.perf_counter()
     papermill.execute_notebook(
         str(source), str(executed), parameters=params, kernel_name=kernel or choose_kernel(),
-        cwd=str(cwd or REPO), progress_bar=False, log_output=log_output, store_widget_state=False,
+        cwd=str(cwd or REPO), progress_bar=progress, log_output=log_output, store_widget_state=False,
         execution_timeout=timeout,
     )
     seconds = time.perf_counter() - started
@@ -173,6 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--jax-cache", default=str(REPO / "runs" / ".jax_cache"),
                         help="JAX persistent compilation cache folder ('none' to disable)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
+    parser.add_argument("--no-progress", action="store_true", help="no cell-by-cell progress bar on stderr")
     args = parser.parse_args(argv)
 
     notebooks = list_notebooks() if args.notebook == "all" else [resolve_notebook(args.notebook)]
@@ -186,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out) if args.out else Path(args.runs) / path.stem / args.name
         print(f"running {path.name} -> {out} (kernel {kernel})", flush=True)
         run = run_notebook(path, out, parameters, kernel=kernel, html=not args.no_html, timeout=args.timeout,
-                           log_output=args.log_output)
+                           log_output=args.log_output, progress=not args.no_progress)
         results.append(run)
         print(f"  done in {run.seconds:.0f} s: {run.executed}" + (f", {run.html}" if run.html else ""), flush=True)
     if len(results) > 1:

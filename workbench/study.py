@@ -128,8 +128,10 @@ def pretrain(
     max_tokens: Optional[int] = None,
     eval_batches: int = 4,
     mesh=None,
+    allow_config_change: bool = False,
 ):
-    """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split."""
+    """Pretrain on a text/code corpus with an LM objective; held-out loss from the validation split.
+    `allow_config_change`: continue an existing run with a changed config (see `train`)."""
     kw = dict(seq_len=seq_len, batch_size=batch_size, objective=objective, data_dir=data_dir)
     source = lm_source(tokenizer, dataset, "train", seed=train_config.seed, max_tokens=max_tokens, **kw)
     eval_source = held_out_source(tokenizer, dataset, eval_batches=eval_batches, **kw)
@@ -137,7 +139,8 @@ def pretrain(
     data = {**data_files(dataset, "train", data_dir), "tokenizer": tokenizer.sha256}
     batches = validation_batches(eval_source, eval_batches, start_step=0)
     result = train(model, train_config, source, run_dir, eval_fn=held_out_loss(batches, train_config.loss, mesh=mesh),
-                   data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh)
+                   data_info=data, extra_info={"objective": objective, "dataset": dataset}, mesh=mesh,
+                   allow_config_change=allow_config_change)
     return Pretrained(result, source, unigram_entropy(eval_source.stream, tokenizer.vocab_size))
 
 
@@ -159,15 +162,31 @@ def task_source(tokenizer: Tokenizer, task: str, *, input_len: int, target_len: 
 
 
 def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, data_info: Optional[dict] = None,
-             mesh=None):
+             mesh=None, allow_config_change: bool = False):
     """Fine-tune a model (AR or diffusion, as `train_config.loss.kind` says) on a task source."""
-    return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh)
+    return train(model, train_config, source, run_dir, data_info=data_info, mesh=mesh,
+                 allow_config_change=allow_config_change)
 
 
-def adapt(ar_run_dir: Path | str, out_dir: Path | str, source, base: TrainConfig, steps: int,
-          attention: str = "bidirectional", mesh=None):
-    """AR2Diff_N stage: the AR checkpoint, switched to `attention`, trained `steps` diffusion steps."""
-    return ar2diff(ar_run_dir, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh)
+def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
+          attention: str = "bidirectional", mesh=None, allow_config_change: bool = False):
+    """AR2Diff_N stage: the AR model, switched to `attention`, trained `steps` diffusion steps.
+
+    `ar` is an AR run directory (its latest checkpoint) or a model in memory, such as an
+    imported one (`workbench.pretrained_study.prepare_for_diffusion(...).model`)."""
+    if isinstance(ar, (str, Path)):
+        return ar2diff(ar, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh,
+                       allow_config_change=allow_config_change)
+    from workbench.models.transformer import with_attention
+    from workbench.training.ar2diff import DIFFUSION_ATTENTION
+
+    if attention not in DIFFUSION_ATTENTION:
+        raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
+    config = adaptation_config(base, steps)
+    if config.loss.kind == "ar":
+        raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set the loss kind to a diffusion process")
+    return train(with_attention(ar, attention), config, source, out_dir, mesh=mesh,
+                 allow_config_change=allow_config_change, extra_info={"ar2diff": {"ar": "model in memory", "attention": attention, "adaptation_steps": steps}})
 
 
 def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_out: LMSource, steps, base: TrainConfig,
@@ -192,12 +211,20 @@ def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_o
     return rows
 
 
-def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", **kw):
+def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_vocab_size=None, **kw):
     """The loss of diffusion process `kind` with the tokenizer's special, mask and pad ids."""
     from workbench.objectives.losses import LossConfig
 
-    return LossConfig(kind=kind, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id,
-                      pad_id=tokenizer.pad_id, **kw)
+    return LossConfig.for_tokenizer(tokenizer, kind, model_vocab_size=model_vocab_size, **kw)
+
+
+def diffusion_sampling_config(tokenizer: Tokenizer, *, process: str = "uniform", model_vocab_size=None, **options):
+    """A `DiffusionSamplingConfig` of `process` with the tokenizer's never-drawn and mask ids
+    (and the rows of a padded embedding past the tokenizer, given `model_vocab_size`)."""
+    from workbench.data.special import diffusion_ids
+    from workbench.sampling.diffusion import DiffusionSamplingConfig
+
+    return DiffusionSamplingConfig(process=process, **diffusion_ids(tokenizer, process, model_vocab_size), **options)
 
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:

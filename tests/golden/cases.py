@@ -99,7 +99,7 @@ def loss_case(arch, attention, config, make_batch) -> dict[str, np.ndarray]:
 
     (loss, metrics), grads = nnx.value_and_grad(f, has_aux=True)(net)
     out = {"loss": np.asarray(loss)}
-    out.update({f"metric/{k}": np.asarray(v) for k, v in metrics.items()})
+    out.update({f"metric/{k}": np.asarray(v) for k, v in metrics.record().items()})
     # Each gradient leaf as (sum, sum of |g|, a fixed random projection): any changed bit moves them.
     leaves = jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param))
     for path, leaf in leaves:

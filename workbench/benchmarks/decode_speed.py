@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from workbench.data.special import diffusion_ids
 from workbench.config import save_json
 from workbench.models import build_model, get_preset, param_count
 from workbench.sampling.ar import ARSamplingConfig, generate
@@ -126,9 +127,13 @@ def benchmark_model(config: DecodeSpeedConfig, model=None):
 
 
 def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
-                     out_dir: Optional[Path | str] = None, progress: bool = True) -> pd.DataFrame:
-    """Median decode seconds per (method, length, num_steps, num_samples); writes decode_speed.json to out_dir."""
+                     out_dir: Optional[Path | str] = None, progress: bool = True, tokenizer=None) -> pd.DataFrame:
+    """Median decode seconds per (method, length, num_steps, num_samples); writes decode_speed.json to out_dir.
+    `tokenizer` (the model's) gives the pad and never-drawn ids; without one, a random-weight
+    model's vocabulary uses the from-scratch defaults."""
     model = benchmark_model(config, model)
+    pad_id = 0 if tokenizer is None else tokenizer.specials.pad
+    canvas_ids = {} if tokenizer is None else diffusion_ids(tokenizer, "uniform", model.config.vocab_size)
     ar_model = _rebuild(model, attention="prefix_lm")
     diffusion_model = _rebuild(model, attention=config.diffusion_attention)
     vocab = model.config.vocab_size
@@ -177,19 +182,20 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
     block_models: dict[int, object] = {}
 
     for length in sorted(config.lengths):
-        ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=0)
+        # eos_id=-1: no token stops generation, so every case emits `length` tokens (equal output lengths).
+        ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=pad_id)
         # model calls per batch: AR one per token plus the prompt; diffusion one per step (plus the prompt's
         # cache pass); block diffusion counts its own (prompt, steps actually run, one commit per block)
         run_case("ar", "AR (KV cache)", length, None, 1,
                  lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens, passes=length + 1)
         batch = seq2seq_batch(prompts.tolist(), [[] for _ in range(config.batch_size)], input_len=config.prompt_len,
-                              target_len=length, pad_id=0, pad_targets=True)
+                              target_len=length, pad_id=pad_id, pad_targets=True)
         batch = jax.tree.map(jnp.asarray, batch)
         for steps in config.num_steps:
             for samples in config.num_samples:
                 for cache in cache_modes:
                     sampling = DiffusionSamplingConfig(num_samples=samples, num_steps=steps, early_exit=False,
-                                                       prefix_cache=cache is not False)
+                                                       prefix_cache=cache is not False, **canvas_ids)
                     label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
                     label += {None: "", True: " (prefix cache)", False: " (full recomputation)"}[cache]
                     run_case("diffusion", label, length, steps, samples,

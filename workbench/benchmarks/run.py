@@ -1,4 +1,4 @@
-"""`make bench`: the model, kernel and decode-speed benchmarks, each printing its table and
+"""`make bench`: the model, kernel, decode-speed and pretrained-model benchmarks, each printing its table and
 writing JSON under --out."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import importlib
 from typing import Optional, Sequence
 
-BENCHMARKS = ("models", "kernels", "decode_speed")  # `make bench`
+BENCHMARKS = ("models", "kernels", "decode_speed", "pretrained")  # `make bench`
 OPTIONAL = ("pretrain_budget", "kernel_tuning")  # ~10 min on CPU; block-size sweep (~4-7 min on an H100, estimated)
 
 

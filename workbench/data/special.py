@@ -115,3 +115,52 @@ class MaskToken:
     @property
     def piece(self) -> Optional[str]:
         return DEFAULT_MASK_PIECE if self.strategy == "new_row" and self.token is None else self.token
+
+
+# -- the ids each consumer receives, from one tokenizer ------------------------------------------
+# Callers spread these into their frozen configs (`dataclasses.replace(config, **ar_ids(tok))`),
+# so the numbers come from the tokenizer once instead of from each config's defaults.
+
+
+def never_sampled(tokenizer, model_vocab_size: Optional[int] = None) -> tuple[int, ...]:
+    """Ids a corruption or a random canvas must never draw: every id with a role (pad, eos, bos,
+    unk, mask, sentinels, control tokens), and the rows of a padded embedding past the
+    tokenizer's vocabulary (Qwen2.5: 151,665 ids, 151,936 rows), which no text contains."""
+    size = tokenizer.vocab_size
+    if model_vocab_size is not None and model_vocab_size < size:
+        raise ValueError(f"model_vocab_size={model_vocab_size} is smaller than the tokenizer's {size} ids; "
+                         "use the tokenizer saved with this model")
+    padding = range(size, size if model_vocab_size is None else model_vocab_size)
+    return tuple(dict.fromkeys((*tokenizer.specials.reserved, *padding)))
+
+
+def mask_ids(tokenizer, uses_mask: bool) -> dict:
+    """{'mask_id': ...} when the vocabulary has a mask token; a named error when a process that
+    needs one (`uses_mask`) gets a vocabulary without; {} otherwise (the config keeps its value,
+    which such a process never reads)."""
+    mask = tokenizer.specials.mask
+    if mask is None:
+        if uses_mask:
+            tokenizer.specials.require_mask()
+        return {}
+    return {"mask_id": mask}
+
+
+def ar_ids(tokenizer) -> dict:
+    """The ids of `ARSamplingConfig`: where generation stops and what fills the rest."""
+    return {"eos_id": tokenizer.specials.eos, "pad_id": tokenizer.specials.pad}
+
+
+def diffusion_ids(tokenizer, process: str, model_vocab_size: Optional[int] = None) -> dict:
+    """The ids of `DiffusionSamplingConfig` (or of a process) for diffusion process `process`."""
+    from workbench.processes import get_process_class
+
+    return {"special_ids": never_sampled(tokenizer, model_vocab_size),
+            **mask_ids(tokenizer, get_process_class(process).uses_mask)}
+
+
+def loss_ids(tokenizer, kind: str, model_vocab_size: Optional[int] = None) -> dict:
+    """The ids of `LossConfig` for loss `kind` ('ar' or a diffusion process)."""
+    if kind == "ar":
+        return {"pad_id": tokenizer.specials.pad}
+    return {**diffusion_ids(tokenizer, kind, model_vocab_size), "pad_id": tokenizer.specials.pad}

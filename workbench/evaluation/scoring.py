@@ -36,6 +36,13 @@ def score(
         result = metrics.bleu(outputs, references)
         return {"bleu": result.score, "signature": result.signature}
     if spec.metric == "squad":
+        for index, record in enumerate(records):
+            answers = record.get("answers")
+            if isinstance(answers, str) or not answers:
+                raise ValueError(
+                    f"squad_v1 record {record.get('id', index)!r} (index {index}) has answers={answers!r}; expected a "
+                    f"non-empty list of gold answer strings (EM/F1 take the best over them); fix the record or drop it"
+                )
         return metrics.squad(outputs, [r["answers"] for r in records])
     result = metrics.chrf(outputs, references)
     return {"exact_match": metrics.code_exact_match(outputs, references), "chrf": result.score,

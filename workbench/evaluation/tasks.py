@@ -109,6 +109,11 @@ def format_squad(record: Record) -> tuple[str, str]:
             )
     answers = record.get("answers")
     targets = record.get("targets") or (answers[0] if answers else None)
+    if targets is None and answers is not None:
+        raise ValueError(
+            f"squad_v1 record {record.get('id', '?')!r} has answers={answers!r} and no `targets`; expected a "
+            f"non-empty list of gold answer strings; fix the record or drop it"
+        )
     if targets is None:
         raise KeyError(f"squad_v1 record {record.get('id', '?')!r} has neither `targets` nor `answers`")
     return inputs, targets

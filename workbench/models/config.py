@@ -66,6 +66,9 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm over each query/key head before rotary (Qwen3)
     rope_scaling: Optional[RopeScaling] = None  # Llama 3.1-style frequency scaling
     scale_logits: bool = True  # logits * d_model**-0.5 (workbench models); False for imported ones
+    # Diffusion denoiser: the logit at position i predicts token i+1 (DiffuLLaMA, Dream), so a
+    # pretrained AR head keeps its meaning; False is the paper's form (position i predicts token i).
+    shift_targets: bool = False
 
     def __post_init__(self):
         if self.vocab_size <= 0:
@@ -100,7 +103,17 @@ class ModelConfig:
             raise ValueError(
                 f"arch='encoder_decoder' with attention={self.attention!r}: the decoder takes 'causal' (AR) or "
                 f"'bidirectional' (diffusion); the encoder already sees the inputs, so the prefix kinds are "
-                f"decoder-only (use arch='decoder' for {self.attention!r})"
+                f"decoder-only, as is block_causal (use arch='decoder' for {self.attention!r})"
+            )
+        if self.shift_targets and self.arch != "decoder":
+            raise ValueError(
+                "shift_targets=True is for decoder-only models (each target is read from the position before it, "
+                "which an encoder-decoder's first target lacks); use arch='decoder' or shift_targets=False"
+            )
+        if self.shift_targets and self.attention == "block_causal":
+            raise ValueError(
+                "shift_targets=True with attention='block_causal' is not supported yet: block decoding and block "
+                "training read each block's own positions; use shift_targets=False for block diffusion"
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")

@@ -115,6 +115,19 @@ class _Embedder(nnx.Module):
         return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
 
 
+def _shift_right(logits_BxNxV: jax.Array) -> jax.Array:
+    """Position i gets the logits of position i - 1 (position 0 keeps its own; `target_view` gives it weight 0)."""
+    return jnp.concatenate([logits_BxNxV[:, :1], logits_BxNxV[:, :-1]], axis=1)
+
+
+def _has_predecessor(shape, segment_ids) -> jax.Array:
+    """[B, N] 1.0 where position i - 1 exists and belongs to the same packed sequence."""
+    has = jnp.ones(shape, jnp.float32).at[:, 0].set(0.0)
+    if segment_ids is not None:
+        has = has.at[:, 1:].multiply((segment_ids[:, 1:] == segment_ids[:, :-1]).astype(jnp.float32))
+    return has
+
+
 class DecoderOnly(nnx.Module):
     """The paper's main architecture: one stack over [inputs | targets]."""
 
@@ -177,17 +190,24 @@ class DecoderOnly(nnx.Module):
     # -- the denoiser interface (the same methods on EncoderDecoder) --------
     def target_view(self, batch) -> tuple[jax.Array, jax.Array]:
         """(clean tokens [B, N], target weights [B, N]) in the layout `denoise` takes: the
-        whole ``[inputs | targets | padding]`` row, targets weighted 1."""
-        return batch.tokens, batch.target_mask.astype(jnp.float32)
+        whole ``[inputs | targets | padding]`` row, targets weighted 1. With `shift_targets` a
+        target with no position before it in its sequence has weight 0 (nothing predicts it)."""
+        weights = batch.target_mask.astype(jnp.float32)
+        if self.config.shift_targets:
+            weights = weights * _has_predecessor(batch.tokens.shape, batch.segment_ids)
+        return batch.tokens, weights
 
     def denoise(self, batch, tokens_BxN: jax.Array) -> jax.Array:
-        """Logits [B, N, V] at every position of `tokens` (the `target_view` layout)."""
-        return self(tokens_BxN, prefix_len=batch.prefix_len, lengths=batch.lengths, segment_ids=batch.segment_ids,
-                    positions=batch.positions)
+        """Logits [B, N, V] for every position of `tokens` (the `target_view` layout); with
+        `shift_targets` those for token i are the network's output at position i - 1."""
+        logits = self(tokens_BxN, prefix_len=batch.prefix_len, lengths=batch.lengths, segment_ids=batch.segment_ids,
+                      positions=batch.positions)
+        return _shift_right(logits) if self.config.shift_targets else logits
 
     def teacher_forced(self, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(logits, next-token labels, weights) for the AR loss: each position predicts the next."""
-        logits = self.denoise(batch, batch.tokens)[:, :-1]
+        logits = self(batch.tokens, prefix_len=batch.prefix_len, lengths=batch.lengths, segment_ids=batch.segment_ids,
+                      positions=batch.positions)[:, :-1]
         labels = batch.tokens[:, 1:]
         weights = batch.target_mask[:, 1:].astype(jnp.float32)
         if batch.segment_ids is not None:  # never predict across packed-sequence boundaries
@@ -200,6 +220,10 @@ class DecoderOnly(nnx.Module):
         `prompt_cache`) the inputs never see the targets, so their keys and values are
         computed here once and each call runs the Tt target positions only."""
         positions = batch.prefix_len[:, None] + jnp.arange(target_len, dtype=jnp.int32)[None, :]
+        shift = self.config.shift_targets
+        if shift and not isinstance(batch.prefix_len, jax.core.Tracer) and bool(jnp.any(batch.prefix_len < 1)):
+            raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
+                             "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
         if not (prompt_cache and self.config.attention == "prefix_diffusion"):
             def full(canvas_BxT):
                 tokens = jax.vmap(lambda row, pos, vals: row.at[pos].set(vals))(batch.tokens, positions, canvas_BxT)
@@ -210,13 +234,17 @@ class DecoderOnly(nnx.Module):
         full_pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (size, width))
         mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
                               q_offset=jnp.zeros((size,), jnp.int32))
-        _, cache = self.forward_cached(batch.tokens, full_pos, mask, self.init_cache(size, width))
+        prompt_logits, cache = self.forward_cached(batch.tokens, full_pos, mask, self.init_cache(size, width))
         # The targets' queries under prefix_diffusion, offset to the targets' start.
         step_mask = mask_for_kind("prefix_diffusion", prefix_len=batch.prefix_len, kv_lengths=batch.lengths,
                                   q_offset=batch.prefix_len)
 
+        if shift:  # the first target is read from the prompt's last position, which never sees the canvas
+            last_BxV = jnp.take_along_axis(prompt_logits, (batch.prefix_len - 1)[:, None, None], axis=1)[:, 0]
+
         def cached(canvas_BxT):
-            return self.forward_cached(canvas_BxT, positions, step_mask, cache)[0]
+            logits = self.forward_cached(canvas_BxT, positions, step_mask, cache)[0]
+            return jnp.concatenate([last_BxV[:, None], logits[:, :-1]], axis=1) if shift else logits
 
         return cached
 

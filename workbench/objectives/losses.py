@@ -1,4 +1,4 @@
-"""Training losses behind one interface: `loss_fn(model, batch, rng, config) -> (loss, metrics)`.
+"""Training losses behind one interface: `loss_fn(model, batch, rng, config) -> (loss, LossMetrics)`.
 
 * `kind="ar"` (teacher forcing): next-token cross-entropy on target tokens.
 * `kind=<a diffusion process>` (`workbench.processes`: `uniform`, the paper's SUNDAE-style
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from workbench.objectives.batch import Batch
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes import cross_entropy, get_process, process_names, weighted_mean
 
 
@@ -32,6 +33,14 @@ class LossConfig:
     special_ids: tuple[int, ...] = (0, 1, 2)  # never sampled as corruption (pad, eos, unk, ...)
     mask_id: int = 3  # the absorbing token
     pad_id: int = 0  # target padding (the tokenizer's fixed pad id); only splits the accuracy metric
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, kind: str = "ar", *, model_vocab_size=None, **options) -> "LossConfig":
+        """The loss `kind` with the tokenizer's ids (`workbench.data.special.loss_ids`): its
+        specials, the padded rows past `model_vocab_size`'s share never drawn as noise."""
+        from workbench.data.special import loss_ids
+
+        return cls(kind=kind, **loss_ids(tokenizer, kind, model_vocab_size), **options)
 
     def __post_init__(self):
         if self.kind != "ar" and self.kind not in process_names():
@@ -48,7 +57,7 @@ def ar_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     ce = cross_entropy(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     loss = weighted_mean(ce, weights)
-    return loss, {"loss": loss, "accuracy": weighted_mean(correct, weights), "target_tokens": jnp.sum(weights)}
+    return loss, LossMetrics.of(loss, weights, accuracy=(correct, weights))
 
 
 def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):

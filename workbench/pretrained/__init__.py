@@ -12,9 +12,11 @@ from workbench.pretrained.errors import (
     UnsupportedArchitectureError,
     UnsupportedConfigError,
     UnsupportedQuantizationError,
+    VocabularyMismatchError,
 )
 from workbench.pretrained.export import TokenizerFiles, save_pretrained
 from workbench.pretrained.hub import DEFAULT_MODEL
+from workbench.pretrained.masking import with_mask_token
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -29,7 +31,9 @@ __all__ = [
     "UnsupportedArchitectureError",
     "UnsupportedConfigError",
     "UnsupportedQuantizationError",
+    "VocabularyMismatchError",
     "append_embedding_rows",
     "load_pretrained",
     "save_pretrained",
+    "with_mask_token",
 ]

@@ -5,8 +5,10 @@ Face folder (Llama family, Qwen2/2.5, Qwen3; sharded too), or a hub id (download
 here). Parameters are float32; `dtype` is the compute dtype and `attention` the mask kind, so
 the same weights load as an AR model or as the start of an AR2Diff conversion.
 
-The tokenizer is one field of the result, filled by the tokenizer package from
-`source.tokenizer_file` (the GGUF file, or the folder's tokenizer.json); see `Pretrained`.
+The tokenizer is one field of the result, built from `source.tokenizer_file` (the GGUF file,
+through the reader the weights opened, or the folder's tokenizer.json) and checked against the
+model's vocabulary; `with_mask_token` (workbench.pretrained.masking) readies both for masked
+diffusion.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from workbench.models.config import AttentionKind, ModelConfig, default_compute_
 from workbench.models.transformer import DecoderOnly
 from workbench.pretrained import hub
 from workbench.pretrained.convert import model_from_tensors
-from workbench.pretrained.errors import UnknownModelError
+from workbench.pretrained.errors import UnknownModelError, VocabularyMismatchError
 from workbench.pretrained.gguf_reader import GGUFSource
 from workbench.pretrained.hf_config import WORKBENCH_KEY, apply_workbench_record, model_config_from_hf
 from workbench.pretrained.hf_folder import SafetensorsSource, chat_template, license_from_readme, read_json
@@ -42,8 +44,8 @@ class SourceInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    """An imported model, its config and source. `tokenizer` is None from `load_pretrained`;
-    the tokenizer package fills it (`dataclasses.replace(p, tokenizer=...)`) from `source`."""
+    """An imported model, its config, source and tokenizer (`load_pretrained` builds it from
+    `source.tokenizer_file`; None only for a folder without tokenizer.json or `tokenizer=False`)."""
 
     model: DecoderOnly
     config: ModelConfig
@@ -125,6 +127,7 @@ def load_pretrained(
     max_len: Optional[int] = None,
     revision: Optional[str] = None,
     cache_dir: Optional[str] = None,
+    tokenizer: bool = True,
 ) -> Pretrained:
     """Load a pretrained decoder-only model (float32 parameters).
 
@@ -132,6 +135,8 @@ def load_pretrained(
     attention: mask kind (default: a workbench export's own, else 'causal').
     max_len: cap the model's context (default: the checkpoint's, e.g. 8192).
     revision / cache_dir: for hub ids only.
+    tokenizer: build the tokenizer from the source (a GGUF's metadata, or the folder's
+        tokenizer.json) and check that it fits the model's vocabulary.
     """
     info, hf, tensors = _resolve(source, revision, cache_dir)
     where = f"{info.kind} {info.location!r}"
@@ -141,5 +146,28 @@ def load_pretrained(
         config = config.replace(dtype=default_compute_dtype())
     changes = {k: v for k, v in (("dtype", dtype), ("attention", attention), ("max_len", max_len)) if v is not None}
     config = config.replace(**changes)
+    text_tokenizer = _tokenizer(info, tensors, config.vocab_size, where) if tokenizer else None
     model = model_from_tensors(config, tensors, where)
-    return Pretrained(model=model, config=config, source=info)
+    return Pretrained(model=model, config=config, source=info, tokenizer=text_tokenizer)
+
+
+def _tokenizer(info: SourceInfo, tensors, vocab_size: int, where: str):
+    """The source's tokenizer, checked against the model's embedding rows. A GGUF's is read
+    through the reader the weights already opened (opening the file again takes seconds)."""
+    from workbench.data.hf_tokenizer import HFTokenizer
+    from workbench.data.text_tokenizer import check_vocab_matches
+
+    if isinstance(tensors, GGUFSource):
+        if "tokenizer.ggml.model" not in tensors.reader.fields:
+            return None  # a weights-only GGUF carries no tokenizer
+        built = HFTokenizer.from_gguf(tensors.reader)
+    elif info.tokenizer_file is not None:
+        built = HFTokenizer.from_folder(info.tokenizer_file)
+    else:
+        return None
+    try:
+        # Hugging Face checkpoints may pad the embedding past the vocabulary (Qwen2.5); GGUF files do not.
+        check_vocab_matches(built, vocab_size, allow_padding=not isinstance(tensors, GGUFSource))
+    except ValueError as err:
+        raise VocabularyMismatchError(f"{where}: {err}") from err
+    return built

@@ -24,6 +24,10 @@ class TensorMismatchError(PretrainedError):
     """A tensor is missing, unexpected, or has another shape than the config implies."""
 
 
+class VocabularyMismatchError(PretrainedError):
+    """The tokenizer's ids do not fit the model's embedding rows."""
+
+
 class UnknownModelError(PretrainedError):
     """A source that is neither a file, a folder, a short name nor a hub id."""
 

@@ -23,10 +23,10 @@ from workbench.pretrained.hf_folder import INDEX_FILE, SINGLE_FILE
 
 
 class TokenizerFiles(Protocol):
-    """The hook for tokenizer files: anything with `save_pretrained(folder)` that writes
-    tokenizer.json (and tokenizer_config.json, special tokens, ...) into `folder`."""
+    """The hook for tokenizer files: anything with `save(folder)` that writes tokenizer.json
+    (and tokenizer_config.json, special tokens, ...) into `folder`, as `HFTokenizer.save` does."""
 
-    def save_pretrained(self, folder: str) -> object: ...
+    def save(self, folder: str) -> object: ...
 
 
 def save_pretrained(
@@ -62,5 +62,5 @@ def save_pretrained(
     if source is not None and source.chat_template:
         (folder / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        tokenizer.save(str(folder))
     return folder

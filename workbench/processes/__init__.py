@@ -11,14 +11,16 @@ from workbench.processes.base import (
     cross_entropy,
     draw_tokens,
     get_process,
+    get_process_class,
     non_special_ids,
     process_names,
     token_probs,
     weighted_mean,
 )
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.policies import Policy, commit_policy_names, get_policy, policy_names
 from workbench.processes.uniform import UniformProcess
 
-__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "Policy", "UniformProcess",
-           "commit_policy_names", "cross_entropy", "draw_tokens", "get_policy", "get_process", "non_special_ids",
-           "policy_names", "process_names", "token_probs", "weighted_mean"]
+__all__ = ["AbsorbingProcess", "Corruption", "DiffusionProcess", "LinearSchedule", "LossMetrics", "Policy",
+           "UniformProcess", "commit_policy_names", "cross_entropy", "draw_tokens", "get_policy", "get_process",
+           "get_process_class", "non_special_ids", "policy_names", "process_names", "token_probs", "weighted_mean"]

@@ -17,6 +17,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
     token_probs, weighted_mean)
 from workbench.processes.policies import commit_policy_names, get_policy
@@ -25,6 +26,7 @@ from workbench.processes.policies import commit_policy_names, get_policy
 @dataclasses.dataclass(frozen=True)
 class AbsorbingProcess(DiffusionProcess):
     name: ClassVar[str] = "absorbing"
+    uses_mask: ClassVar[bool] = True
     schedule: ClassVar = LinearSchedule
     default_policy: ClassVar[str] = "low_confidence"
 
@@ -41,7 +43,7 @@ class AbsorbingProcess(DiffusionProcess):
         hit_f = hit.astype(jnp.float32)
         loss = jnp.sum(ce * hit_f / rates[:, None]) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
         correct = (jnp.argmax(logits, -1) == clean_BxN).astype(jnp.float32)
-        return loss, {"loss": loss, "accuracy": weighted_mean(correct, hit_f), "target_tokens": jnp.sum(weights_BxN)}
+        return loss, LossMetrics.of(loss, weights_BxN, accuracy=(correct, hit_f))
 
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), self.mask_id, jnp.int32)

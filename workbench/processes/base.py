@@ -83,6 +83,7 @@ class DiffusionProcess:
 
     name: ClassVar[str] = ""
     default_policy: ClassVar[str] = ""  # the decoding policy `step` uses when given none
+    uses_mask: ClassVar[bool] = False  # whether `mask_id` means anything to this process
     vocab_size: int
     special_ids: tuple[int, ...] = (0, 1, 2)
     mask_id: int = 3
@@ -128,9 +129,13 @@ def process_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get_process(name: str, vocab_size: int, special_ids: Sequence[int] = (0, 1, 2), mask_id: int = 3) -> DiffusionProcess:
-    """The registered process `name` over a vocabulary of `vocab_size`."""
+def get_process_class(name: str) -> type["DiffusionProcess"]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown diffusion process {name!r}; expected one of {list(process_names())} "
                          f"(define a DiffusionProcess subclass with that name to add one)")
-    return _REGISTRY[name](vocab_size=vocab_size, special_ids=tuple(special_ids), mask_id=mask_id)
+    return _REGISTRY[name]
+
+
+def get_process(name: str, vocab_size: int, special_ids: Sequence[int] = (0, 1, 2), mask_id: int = 3) -> DiffusionProcess:
+    """The registered process `name` over a vocabulary of `vocab_size`."""
+    return get_process_class(name)(vocab_size=vocab_size, special_ids=tuple(special_ids), mask_id=mask_id)

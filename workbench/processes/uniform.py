@@ -20,6 +20,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
     non_special_ids, token_probs, weighted_mean)
 from workbench.processes.policies import get_policy
@@ -44,11 +45,12 @@ class UniformProcess(DiffusionProcess):
         corrupt_key, unroll_key = jax.random.split(rng)
         noisy = self.corrupt(corrupt_key, clean_BxN, weights_BxN).noisy
         logits1 = denoise(noisy)
-        loss1 = weighted_mean(cross_entropy(logits1, clean_BxN), weights_BxN)
+        ce1 = cross_entropy(logits1, clean_BxN)
+        loss1 = weighted_mean(ce1, weights_BxN)
         correct = (jnp.argmax(logits1, -1) == clean_BxN).astype(jnp.float32)
         text_weights = weights_BxN * (clean_BxN != config.pad_id)
-        metrics = {"loss_l1": loss1, "accuracy": weighted_mean(correct, weights_BxN),
-                   "accuracy_non_pad": weighted_mean(correct, text_weights), "target_tokens": jnp.sum(weights_BxN)}
+        means = {"loss_l1": (ce1, weights_BxN), "accuracy": (correct, weights_BxN),
+                 "accuracy_non_pad": (correct, text_weights)}
         loss = loss1
         if config.unroll:
             first_pass = jax.lax.stop_gradient(logits1)
@@ -57,11 +59,10 @@ class UniformProcess(DiffusionProcess):
             else:
                 guess = jax.random.categorical(unroll_key, first_pass / config.unroll_temperature).astype(clean_BxN.dtype)
             unrolled = jnp.where(weights_BxN > 0, guess, clean_BxN)  # inputs stay clean ("frozen")
-            loss2 = weighted_mean(cross_entropy(denoise(unrolled), clean_BxN), weights_BxN)
-            metrics["loss_l2"] = loss2
-            loss = loss1 + loss2
-        metrics["loss"] = loss
-        return loss, metrics
+            ce2 = cross_entropy(denoise(unrolled), clean_BxN)
+            means["loss_l2"] = (ce2, weights_BxN)
+            loss = loss1 + weighted_mean(ce2, weights_BxN)
+        return loss, LossMetrics.of(loss, weights_BxN, **means)
 
     def initial_canvas(self, keys_B, length):
         allowed = non_special_ids(self.vocab_size, self.special_ids)

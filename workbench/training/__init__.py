@@ -3,7 +3,16 @@
 from workbench.training.checkpoint import CheckpointStore, load_model
 from workbench.training.optim import OptimizerConfig
 from workbench.training.sources import LMSource, Seq2SeqSource, fit_pairs, validation_batches
-from workbench.training.trainer import NonFiniteLossError, TrainConfig, TrainResult, held_out_loss, train
+from workbench.training.trainer import (
+    NonFiniteLossError,
+    RunConfigMismatchError,
+    RunDirectoryWarning,
+    TrainConfig,
+    TrainResult,
+    held_out_loss,
+    train,
+)
 
-__all__ = ["CheckpointStore", "LMSource", "NonFiniteLossError", "OptimizerConfig", "Seq2SeqSource", "TrainConfig",
-           "TrainResult", "fit_pairs", "held_out_loss", "load_model", "train", "validation_batches"]
+__all__ = ["CheckpointStore", "LMSource", "NonFiniteLossError", "OptimizerConfig", "RunConfigMismatchError",
+           "RunDirectoryWarning", "Seq2SeqSource", "TrainConfig", "TrainResult", "fit_pairs", "held_out_loss",
+           "load_model", "train", "validation_batches"]

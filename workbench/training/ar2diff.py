@@ -33,6 +33,7 @@ def ar2diff(
     eval_fn=None,
     data_info: Optional[dict] = None,
     mesh=None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Stage 2: load `ar_run_dir` (latest or `ar_step`), switch attention, train `config.steps`
     diffusion steps into `out_dir` (checkpoint step 0 is the unchanged AR model)."""
@@ -44,7 +45,8 @@ def ar2diff(
     model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention, block_size=block_size)
     extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
                          "block_size": block_size, "adaptation_steps": config.steps}}
-    return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra, mesh=mesh)
+    return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra, mesh=mesh,
+                 allow_config_change=allow_config_change)
 
 
 def adaptation_config(base: TrainConfig, steps: int) -> TrainConfig:

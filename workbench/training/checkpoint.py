@@ -5,14 +5,19 @@ checkpoint half-written when the process dies is never listed, let alone loaded.
 config travels beside the weights (`model_config.json`), so `load_model(dir)` needs nothing else.
 Sharded arrays are saved shard by shard (every process calls `save`); `restore` reads each
 array onto the sharding of the model it restores into, so a checkpoint moves across meshes.
+A checkpoint damaged after it was written (truncated file, missing metadata or item) is
+found when it fails to restore; `restore_intact` then falls back to the one before and
+moves the damaged one aside, never deleting it.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -22,6 +27,20 @@ from workbench.distributed import place_zeros
 from workbench.models import ModelConfig, build_model
 
 MODEL_CONFIG = "model_config.json"
+DAMAGED = "checkpoints_damaged"  # where restore_intact moves checkpoints that do not restore
+# ModelConfig fields that choose how the machine at hand runs the model, not what it computes:
+# not taken from a checkpoint (a model trained with a GPU kernel loads on a CPU).
+BACKEND_FIELDS = ("attention_impl",)
+
+
+class DamagedCheckpointsError(RuntimeError):
+    pass
+
+
+def all_finite(tree) -> bool:
+    """Whether every array of `tree` is free of NaN and inf (reduced on device)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
 
 
 class CheckpointStore:
@@ -69,22 +88,73 @@ class CheckpointStore:
             nnx.update(optimizer, opt_state)
         return step
 
+    def step_directory(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def restore_intact(self, model: nnx.Module, optimizer: Optional[nnx.Optimizer] = None) -> tuple[int, list[str]]:
+        """Restore the latest checkpoint that restores completely with finite values; move later
+        ones that do not to `<run_dir>/checkpoints_damaged/` (call on every process; the primary
+        moves). Returns the step and one report per checkpoint moved aside. Raises
+        DamagedCheckpointsError naming every step and path, moving nothing, if none restores."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.restore(model, optimizer, step)
+            except Exception as error:  # any failure to read is damage; a later intact one decides
+                failures.append((step, _first_line(error)))
+                continue
+            if not all_finite(nnx.state(model, nnx.Param)):
+                failures.append((step, "its parameters hold NaN or inf"))
+                continue
+            reports = []
+            for bad, why in failures:
+                moved = self.set_aside(bad, DAMAGED)
+                reports.append(f"the checkpoint of step {bad} in {self.step_directory(bad)} is damaged ({why}); "
+                               f"moved to {moved}; resuming from step {step}")
+            return step, reports
+        listing = "\n".join(f"  step {step}: {self.step_directory(step)}: {why}" for step, why in failures)
+        raise DamagedCheckpointsError(
+            f"no checkpoint under {self.directory} restores:\n{listing}\nNothing was moved. If these come from "
+            f"another model or optimizer, train with that config; otherwise the run cannot continue: train into "
+            f"a new directory (or move {self.directory.parent} aside and start it again)."
+        )
+
+    def set_aside(self, step: int, folder: str) -> Path:
+        """Move checkpoint `step` to `<run_dir>/<folder>/<step>` (a free name) and forget it."""
+        target = self.directory.parent / folder / str(step)
+        if jax.process_index() == 0:
+            suffix = 1
+            while target.exists():
+                target = self.directory.parent / folder / f"{step}.{suffix}"
+                suffix += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.step_directory(step)), str(target))
+        self.manager.reload()
+        return target
+
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
 def load_model(run_dir: Path | str, step: Optional[int] = None, mesh: Optional[Mesh] = None, **config_changes):
     """Rebuild a run's model from its saved config and load its weights (latest step by default).
 
     `config_changes` (e.g. attention="bidirectional") apply to the config before the weights
-    are loaded; they cannot change any parameter shape. With a `mesh`, the weights are read
-    straight onto it (whatever mesh wrote them).
+    are loaded; they cannot change any parameter shape. The saved `attention_impl` is not
+    reused (it may name a kernel this machine lacks): "auto" unless given here. With a
+    `mesh`, the weights are read straight onto it (whatever mesh wrote them).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / MODEL_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {run_dir} holds no workbench checkpoint")
-    config = from_dict(ModelConfig, load_json(config_path)).replace(**config_changes)
+    saved = {k: v for k, v in load_json(config_path).items() if k not in BACKEND_FIELDS}
+    config = from_dict(ModelConfig, saved).replace(**config_changes)
     model = nnx.eval_shape(lambda: build_model(config, 0))
     # eval_shape gives abstract arrays; materialise zeros of the right shapes, then restore.
     state = nnx.state(model)

@@ -1,4 +1,8 @@
-"""Run metrics: JSONL in the run directory and TensorBoard event files, one call per record."""
+"""Run metrics: JSONL in the run directory and TensorBoard event files, one call per record.
+
+A process killed while appending leaves half a line at the end of metrics.jsonl: readers
+skip it, and a resumed run drops it (with a report) before writing that record again.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +23,28 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run rewrites them identically)."""
+    def truncate_after(self, step: int) -> tuple[list[dict], list[str]]:
+        """Drop records past `step` (a resumed run rewrites them identically) and lines that are
+        not whole records. Returns the records kept and a report per line dropped as unreadable."""
         if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+            return [], []
+        text = self.path.read_text()
+        lines = text.split("\n")
+        kept, reports = [], []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None:
+                where = "a partial record at its end" if number == len(lines) else f"an unreadable line {number}"
+                reports.append(f"{self.path} held {where} ({line[:80]!r}), left by a process killed while "
+                               f"writing; dropped (the checkpoint says which steps are done, they are re-run)")
+            elif record["step"] <= step:
+                kept.append((line, record))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line, _ in kept))
         tmp.replace(self.path)
+        return [record for _, record in kept], reports
 
     def write(self, step: int, record: dict, prefix: str = "") -> None:
         record = {"step": int(step), **{prefix + k: _scalar(v) for k, v in record.items()}}
@@ -43,9 +61,30 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path | str, key: Optional[str] = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (those holding `key`), skipping a partial last line
+    (a writer is appending, or was killed while appending)."""
     path = Path(run_dir) / METRICS_FILE
-    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    lines = path.read_text().split("\n") if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _parse(line)
+        if record is None:
+            if number == len(lines):
+                continue
+            raise ValueError(f"{path} line {number} is not a JSON record ({line[:80]!r}); resuming the run "
+                             f"repairs the file (train into this directory again)")
+        records.append(record)
     return [r for r in records if key is None or key in r]
+
+
+def _parse(line: str) -> Optional[dict]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 def _scalar(value):

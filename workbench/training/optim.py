@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import optax
@@ -52,7 +53,10 @@ def _inverse_sqrt(step, warmup):
     return jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
 
 
+@functools.lru_cache(maxsize=32)
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The transformation and its schedule. Cached: equal configs get the same (stateless)
+    objects, so a second `train` call with them reuses the compiled step instead of recompiling."""
     schedule = make_schedule(config, total_steps)
     if config.name == "adamw":
         tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)

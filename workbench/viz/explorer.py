@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import plotly.graph_objects as go
 
+from workbench.data.special import diffusion_ids
 from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.diffusion import diffusion_sample
 from workbench.viz.trajectory import Trajectory, figure_at, trajectory_from_output
@@ -27,7 +28,7 @@ class ModelDecoder:
 
     def __init__(self, model, tokenizer, config, *, input_len: int, target_len: int, seed: int = 0):
         self.model, self.tokenizer = model, tokenizer
-        self.config = dataclasses.replace(config, special_ids=tuple(tokenizer.special_ids), mask_id=tokenizer.mask_id)
+        self.config = dataclasses.replace(config, **diffusion_ids(tokenizer, config.process, model.config.vocab_size))
         self.input_len, self.target_len, self.seed = input_len, target_len, seed
 
     def __call__(self, prompt: str, reference: Optional[str], example_id: int) -> Trajectory:

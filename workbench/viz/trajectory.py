@@ -68,6 +68,25 @@ def display_piece(piece: str) -> str:
     return piece.replace("▁", "␣")
 
 
+def token_label(tokenizer, token_id: int) -> str:
+    """A cell label for one id of any tokenizer. SentencePiece pieces are shown as spelled
+    (`display_piece`); other vocabularies (byte-level BPE spells a space 'Ġ' and a newline 'Ċ')
+    are decoded one id at a time, with whitespace made visible and the role tokens as symbols.
+    An id holding part of a multi-byte character keeps its raw spelling."""
+    from workbench.data.tokenizer import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return display_piece(tokenizer.id_to_piece(token_id))
+    specials = tokenizer.specials
+    roles = {specials.pad: "·", specials.eos: "⏎eos", specials.mask: "▒"}
+    if token_id in roles:
+        return roles[token_id]
+    text = tokenizer.decode([token_id], stop_at_eos=False, stop_at_pad=False)
+    if "\ufffd" in text or not text:
+        return tokenizer.id_to_piece(token_id)
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+
+
 def trajectory_from_output(
     output,
     tokenizer,
@@ -95,7 +114,7 @@ def trajectory_from_output(
 
     def piece(i: int) -> str:
         if i not in lookup:
-            lookup[i] = display_piece(tokenizer.id_to_piece(i))
+            lookup[i] = token_label(tokenizer, i)
         return lookup[i]
 
     pieces = tuple(tuple(tuple(piece(int(i)) for i in row) for row in sample) for sample in tokens)
