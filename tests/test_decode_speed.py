@@ -134,3 +134,15 @@ def test_block_diffusion_rows_report_passes_and_ratio_to_ar():
     np.testing.assert_allclose(ok["speedup_vs_ar"], ar["seconds"].item() / ok["seconds"])
     np.testing.assert_allclose(frame["tokens_per_s"], frame["batch_size"] * 8 / frame["seconds"])
     assert block["speedup_vs_full"].isna().all()  # the cache-on/off ratio belongs to full-canvas rows only
+
+
+def test_block_decode_example_commits_every_position_once_per_block():
+    from workbench.benchmarks.decode_speed import DecodeSpeedConfig, block_decode_example
+
+    config = DecodeSpeedConfig(preset="tiny", lengths=(8,), num_steps=(2,), prompt_len=4, vocab_size=64)
+    out = block_decode_example(config, block_size=4, policy="low_confidence", length=8)
+    steps = np.asarray(out.commit_step)[0].reshape(2, 4)
+    assert steps.shape == (2, 4) and (steps >= 0).all() and (steps < 4).all()  # b=4 steps per block by default
+    # low_confidence commits one position per step (4 steps for 4 positions): each step once per block
+    assert all(sorted(row) == [0, 1, 2, 3] for row in steps.tolist())
+    assert int(out.blocks_run) == 2

@@ -217,6 +217,8 @@ def test_denoising_explorer(executed):
     assert run.executed.stat().st_size < 2e6  # widget state not stored
     trajectories = run.metrics["trajectories"]
     assert len(trajectories) == 4 and all(len(t["rewritten_per_step"]) == t["steps"] for t in trajectories)
+    # accuracy against the reference on text and padding positions apart, beside the overall one
+    assert all({"final_accuracy", "final_accuracy_text", "final_accuracy_padding"} <= set(t) for t in trajectories)
     assert outputs(run, "application/vnd.jupyter.widget-view+json"), "the explorer widget is displayed"
     assert (run.out_dir / "trajectories.html").is_file()
 
@@ -229,7 +231,12 @@ def test_speed_benchmark(executed):
     assert {r["label"] for r in rows} >= {"AR (KV cache)", "diffusion 10 steps x 1 sample",
                                          "diffusion 50 steps x 1 sample"}
     assert all(r["status"] == "ok" for r in rows) and finite(run.metrics["max_speedup_vs_ar"])
+    blocks = [r for r in rows if r["method"] == "block"]
+    assert {(r["block_size"], r["policy"]) for r in blocks} == {(4, "low_confidence"), (4, "threshold"),
+                                                                (16, "low_confidence"), (16, "threshold")}
+    assert all(finite(r["nfe_per_token"]) and r["nfe_per_token"] > 0 for r in blocks)
     assert (run.out_dir / "decode_speed.json").is_file()
+    assert outputs(run, "application/vnd.plotly.v1+json"), "figures are displayed"
 
 
 @pytest.mark.slow

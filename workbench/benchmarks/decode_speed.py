@@ -126,6 +126,18 @@ def benchmark_model(config: DecodeSpeedConfig, model=None):
     return _rebuild(model, max_len=max(model.config.max_len, needed), dtype=dtype or model.config.dtype)
 
 
+def block_decode_example(config: DecodeSpeedConfig, block_size: int, policy: str, length: int, model=None):
+    """One block-diffusion decode of the benchmark's first prompt (same model and prompts as
+    `run_decode_speed`): a `BlockOutput` to look at (`workbench.viz.blocks`), not a timing."""
+    model = _rebuild(benchmark_model(config, model), attention="block_causal", block_size=block_size)
+    prompts = np.random.default_rng(config.seed).integers(4, model.config.vocab_size, size=(1, config.prompt_len))
+    batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts.astype(np.int32).tolist(), [[]], input_len=config.prompt_len,
+                                                    target_len=length, pad_id=0, pad_targets=True))
+    sampling = BlockSamplingConfig(steps_per_block=config.block_steps or block_size, policy=policy,
+                                   threshold=config.threshold, eos_id=None)
+    return block_sample(model, batch, sampling, jax.random.key(config.seed))
+
+
 def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
                      out_dir: Optional[Path | str] = None, progress: bool = True, tokenizer=None) -> pd.DataFrame:
     """Median decode seconds per (method, length, num_steps, num_samples); writes decode_speed.json to out_dir.

@@ -140,8 +140,9 @@ def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, 
     """Decode the targets of `batch` (built with `seq2seq_batch(..., pad_targets=True)`)
     block by block; the model needs attention='block_causal' (its `block_size` sets b)
     and `target_len` (default: the batch's target width) a multiple of b."""
-    if not isinstance(model, DecoderOnly):
-        raise ValueError("block decoding needs a decoder-only model (block_causal attention over [prompt | targets])")
+    if model.config.arch != "decoder":
+        raise ValueError(f"block decoding needs a decoder-only model (block_causal attention over [prompt | targets]); "
+                         f"got arch={model.config.arch!r}")
     target_len = int(batch.targets.shape[1]) if target_len is None else target_len
     block_size = model.config.block_size
     if model.config.attention != "block_causal":
