@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.data.special import MaskToken, ar_ids
-from workbench.models.transformer import with_attention
+from workbench.models.transformer import with_attention, with_config
 from workbench.objectives.batch import seq2seq_batch
 from workbench.pretrained import Pretrained, with_mask_token
 from workbench.sampling.ar import ARSamplingConfig, generate
@@ -72,21 +72,8 @@ def prepare_for_diffusion(pretrained: Pretrained, *, process: str = "absorbing",
         pretrained = with_mask_token(pretrained, mask)
     model = with_attention(pretrained.model, attention)
     if shift_targets != model.config.shift_targets:
-        model = _with_config(model, shift_targets=shift_targets)
+        model = with_config(model, shift_targets=shift_targets)
     return dataclasses.replace(pretrained, model=model, config=model.config)
-
-
-def _with_config(model, **changes):
-    """The same parameters under a config change that keeps every shape (e.g. shift_targets)."""
-    from flax import nnx
-
-    from workbench.models import build_model
-
-    config = model.config.replace(**changes)
-    _, state = nnx.split(model)
-    new = nnx.eval_shape(lambda: build_model(config, 0))
-    nnx.update(new, jax.tree.map(lambda x: x, state))
-    return new
 
 
 def diffusion_answers(model, tokenizer, prompts: Sequence[str], *, target_len: int,

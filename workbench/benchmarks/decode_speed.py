@@ -40,6 +40,7 @@ from flax import nnx
 from workbench.data.special import diffusion_ids
 from workbench.config import save_json
 from workbench.models import build_model, get_preset, param_count
+from workbench.models.transformer import with_config
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.block import BlockSamplingConfig, block_sample
@@ -88,15 +89,6 @@ class DecodeSpeedConfig:
                              f"'prefix_diffusion'")
 
 
-def _rebuild(model, **changes):
-    """The same parameters under a changed config (attention, max_len: no parameter shape changes)."""
-    config = model.config.replace(**changes)
-    _, state = nnx.split(model)
-    new = nnx.eval_shape(lambda: build_model(config, 0))
-    nnx.update(new, jax.tree.map(lambda x: x, state))
-    return new
-
-
 def _time(fn, warmup: int, repeats: int) -> list[float]:
     for _ in range(warmup):
         jax.block_until_ready(fn())
@@ -123,13 +115,13 @@ def benchmark_model(config: DecodeSpeedConfig, model=None):
     if model.config.arch != "decoder":
         raise ValueError("the decode-speed benchmark times decoder-only models; got arch="
                          f"{model.config.arch!r}")
-    return _rebuild(model, max_len=max(model.config.max_len, needed), dtype=dtype or model.config.dtype)
+    return with_config(model, max_len=max(model.config.max_len, needed), dtype=dtype or model.config.dtype)
 
 
 def block_decode_example(config: DecodeSpeedConfig, block_size: int, policy: str, length: int, model=None):
     """One block-diffusion decode of the benchmark's first prompt (same model and prompts as
     `run_decode_speed`): a `BlockOutput` to look at (`workbench.viz.blocks`), not a timing."""
-    model = _rebuild(benchmark_model(config, model), attention="block_causal", block_size=block_size)
+    model = with_config(benchmark_model(config, model), attention="block_causal", block_size=block_size)
     prompts = np.random.default_rng(config.seed).integers(4, model.config.vocab_size, size=(1, config.prompt_len))
     batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts.astype(np.int32).tolist(), [[]], input_len=config.prompt_len,
                                                     target_len=length, pad_id=0, pad_targets=True))
@@ -146,8 +138,8 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
     model = benchmark_model(config, model)
     pad_id = 0 if tokenizer is None else tokenizer.specials.pad
     canvas_ids = {} if tokenizer is None else diffusion_ids(tokenizer, "uniform", model.config.vocab_size)
-    ar_model = _rebuild(model, attention="prefix_lm")
-    diffusion_model = _rebuild(model, attention=config.diffusion_attention)
+    ar_model = with_config(model, attention="prefix_lm")
+    diffusion_model = with_config(model, attention=config.diffusion_attention)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(config.seed)
     prompts = rng.integers(4, vocab, size=(config.batch_size, config.prompt_len)).astype(np.int32)
@@ -223,7 +215,7 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
                     continue
                 sampling = BlockSamplingConfig(steps_per_block=steps, policy=policy, threshold=config.threshold,
                                                eos_id=None)
-                block_model = block_models.setdefault(size, _rebuild(model, attention="block_causal",
+                block_model = block_models.setdefault(size, with_config(model, attention="block_causal",
                                                                      block_size=size))
                 run = lambda m=block_model, s=sampling: block_sample(m, batch, s, key)
                 run_case("block", label, length, steps, 1, lambda r=run: r().tokens, True,

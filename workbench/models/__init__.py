@@ -15,6 +15,7 @@ from workbench.models.transformer import (
     build_model,
     count_params,
     with_attention,
+    with_config,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "get_preset",
     "param_count",
     "with_attention",
+    "with_config",
 ]

@@ -536,16 +536,19 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def with_attention(model: DecoderOnly | EncoderDecoder, attention: str,
-                   block_size: Optional[int] = None) -> DecoderOnly | EncoderDecoder:
-    """The same parameters under another self-attention mask kind (AR2Diff's switch);
-    `block_size` goes with attention='block_causal' only.
-
-    Returns a new model object sharing no mutable state with `model`; its parameters are
-    bitwise equal to `model`'s.
-    """
-    config = model.config.replace(attention=attention, block_size=block_size)
-    graphdef, state = nnx.split(model)
+def with_config(model: DecoderOnly | EncoderDecoder, **changes) -> DecoderOnly | EncoderDecoder:
+    """The same parameters under a config change that keeps every parameter shape (attention,
+    max_len, dtype, shift_targets, ...). Returns a new model object sharing no mutable state
+    with `model`; its parameters are bitwise equal to `model`'s."""
+    config = model.config.replace(**changes)
+    _, state = nnx.split(model)
     new = nnx.eval_shape(lambda: build_model(config, 0))
     nnx.update(new, jax.tree.map(lambda x: x, state))
     return new
+
+
+def with_attention(model: DecoderOnly | EncoderDecoder, attention: str,
+                   block_size: Optional[int] = None) -> DecoderOnly | EncoderDecoder:
+    """The same parameters under another self-attention mask kind (AR2Diff's switch);
+    `block_size` goes with attention='block_causal' only."""
+    return with_config(model, attention=attention, block_size=block_size)
