@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from workbench.data.special import SpecialIds
 from workbench.sampling.diffusion import DiffusionOutput
 from workbench.viz.trajectory import final_accuracy, trajectory_from_output
 
@@ -10,11 +11,12 @@ class DigitTokenizer:
     """Ids are digits; 0 is padding, 1 is EOS."""
 
     pad_id = 0
+    specials = SpecialIds(pad=0, eos=1)
 
     def encode(self, text, add_eos=False):
         return [int(c) for c in text] + ([1] if add_eos else [])
 
-    def decode(self, ids):
+    def decode(self, ids, stop_at_eos=True, stop_at_pad=True):
         return "".join(str(int(i)) for i in ids if int(i) > 1)
 
     def id_to_piece(self, i):
