@@ -146,3 +146,68 @@ def test_block_decode_example_commits_every_position_once_per_block():
     # low_confidence commits one position per step (4 steps for 4 positions): each step once per block
     assert all(sorted(row) == [0, 1, 2, 3] for row in steps.tolist())
     assert int(out.blocks_run) == 2
+
+
+def test_trained_models_rows_are_scored_on_their_own_outputs_of_the_eval_prompts():
+    """With one model per method and an EvalSet, each row decodes the eval prompts with its own
+    model and is scored against the references: references made from independent AR and block
+    decodes of those prompts score 1.0 on their own row, and one changed reference costs 1/3."""
+    import jax
+    import jax.numpy as jnp
+
+    from workbench.models import build_model, get_preset
+    from workbench.models.transformer import with_config
+    from workbench.objectives.batch import seq2seq_batch
+    from workbench.sampling.ar import ARSamplingConfig, generate
+    from workbench.sampling.block import BlockSamplingConfig, block_sample
+
+    ar_model = build_model(get_preset("tiny", vocab_size=64, max_len=16, attention="prefix_lm"), 1)
+    block_model = build_model(get_preset("tiny", vocab_size=64, max_len=16, attention="block_causal", block_size=4), 2)
+    prompts = [[5, 6, 7], [8, 9, 10, 11], [12, 13]]
+    config = DecodeSpeedConfig(lengths=(8,), num_steps=(2,), num_samples=(1,), repeats=1, warmup=1, prompt_len=4,
+                               batch_size=3, block_sizes=(4,), block_policies=("low_confidence",), process="absorbing",
+                               temperature=0.0)
+    padded = np.zeros((3, 4), np.int32)
+    for row, p in zip(padded, prompts):
+        row[: len(p)] = p
+    lengths = np.array([3, 4, 2], np.int32)
+    timed_ar = decode_speed.benchmark_model(config, ar_model)
+    ar_out = np.asarray(generate(with_config(timed_ar, attention="prefix_lm"), padded, lengths,
+                                 ARSamplingConfig(max_new_tokens=8, eos_id=-1), jax.random.key(0)).tokens)
+    batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts, [[]] * 3, input_len=4, target_len=8, pad_id=0))
+    timed_block = decode_speed.benchmark_model(config, block_model)
+    block_out = np.asarray(block_sample(timed_block, batch, BlockSamplingConfig(steps_per_block=4, eos_id=None),
+                                        jax.random.key(0)).tokens)
+
+    def cut(row):
+        stop = np.isin(row, (0, 1))
+        return tuple(int(t) for t in row[: int(np.argmax(stop)) if stop.any() else len(row)])
+
+    def scored(references):
+        eval_set = decode_speed.EvalSet(prompts=tuple(map(tuple, prompts)), references=references, eos_id=1)
+        frame = run_decode_speed(config, {"ar": ar_model, "diffusion": block_model, "block": block_model},
+                                 progress=False, eval_set=eval_set)
+        return frame.set_index("method")
+
+    ar_refs, block_refs = [cut(r) for r in ar_out], [cut(r) for r in block_out]
+    assert scored(tuple(ar_refs)).loc["ar", "exact_match"] == 1.0
+    changed = scored((ar_refs[0] + (63,), *ar_refs[1:])).loc["ar"]
+    assert changed["exact_match"] == pytest.approx(2 / 3) and changed["token_accuracy"] < 1.0
+    frame = scored(tuple(block_refs))
+    assert frame.loc["block", "exact_match"] == 1.0 and frame.loc["block", "token_accuracy"] == 1.0
+    assert 0.0 <= frame.loc["diffusion", "exact_match"] <= 1.0
+
+
+def test_eval_set_and_models_are_checked():
+    from workbench.models import build_model, get_preset
+
+    model = build_model(get_preset("tiny", vocab_size=64, max_len=16, attention="prefix_lm"), 1)
+    config = DecodeSpeedConfig(lengths=(4,), num_steps=(1,), num_samples=(1,), prompt_len=3, batch_size=2)
+    with pytest.raises(ValueError, match="missing: \\['diffusion'\\]"):
+        run_decode_speed(config, {"ar": model}, progress=False)
+    with pytest.raises(ValueError, match="batch_size=2 but the EvalSet has 1 prompts"):
+        run_decode_speed(config, model, progress=False, eval_set=decode_speed.EvalSet(((5,),), ((6,),)))
+    with pytest.raises(ValueError, match="more than prompt_len=3"):
+        run_decode_speed(config, model, progress=False, eval_set=decode_speed.EvalSet(((5,) * 4, (5,)), ((6,), (6,))))
+    with pytest.raises(ValueError, match="as many references as prompts"):
+        decode_speed.EvalSet(((5,),), ())

@@ -157,3 +157,16 @@ def test_pass_at_k_summary():
 def test_pass_at_k_summary_names_the_bad_count(samples, correct, pattern):
     with pytest.raises(ValueError, match=pattern):
         metrics.pass_at_k_summary(samples, correct, ks=(1,))
+
+
+def test_token_sequence_scores_by_hand():
+    # eos 1, pad 0. Row 0: exact. Row 1: stops one early (2 of 3 match). Row 2: one extra token
+    # before EOS (3 of 4). Row 3: no stop id at all, wrong first token (2 of 4 positions).
+    outputs = [[5, 6, 7, 1, 9], [5, 6, 1, 0, 0], [5, 6, 7, 8, 1], [9, 6, 7, 5, 5]]
+    references = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [5, 6, 7]]
+    got = metrics.token_sequence_scores(outputs, references, stop_ids=(0, 1))
+    assert got["exact_match"] == pytest.approx(1 / 4)
+    assert got["token_accuracy"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 2 / 5) / 4)
+    assert metrics.token_sequence_scores([[1, 4]], [[]], stop_ids=(1,)) == {"exact_match": 1.0, "token_accuracy": 1.0}
+    with pytest.raises(ValueError, match="one row per reference"):
+        metrics.token_sequence_scores([[1, 2]], [[1], [2]], stop_ids=(1,))

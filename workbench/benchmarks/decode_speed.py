@@ -11,8 +11,15 @@ Block diffusion rows (`block_sizes`, `block_policies`) decode the same L tokens 
 block with the exact KV cache (`workbench.sampling.block`, absorbing process, no EOS stop).
 Each shape is compiled and run `warmup` times before timing, then timed `repeats` times
 with `block_until_ready`; the median is reported, with tokens/s (batch x L / seconds) and
-forward passes per token (model calls per batch / L; AR: L + 1 with the prompt). No
-quality column: the timed models are not trained (speed does not depend on the weights).
+forward passes per token (model calls per batch / L; AR: L + 1 with the prompt).
+
+Speed does not depend on the weights, so by default the timed model has random weights and
+there is no quality column. Given trained models (one per method: `{"ar": ..., "diffusion":
+..., "block": ...}`) and an `EvalSet` of prompts with reference continuations, the prompts are
+the evaluation prompts, and every row's timed output is also scored against the references
+(`exact_match`, `token_accuracy`: `workbench.evaluation.metrics.token_sequence_scores`, each
+output cut at its first EOS or padding), so no speed is shown without what it costs;
+`workbench.benchmarks.decode_quality` trains such models and runs this.
 
     python -m workbench.benchmarks.decode_speed --out runs/bench
     python -m workbench.benchmarks.decode_speed --preset small --lengths 64 128 256 512 1024 2048 4096
@@ -29,7 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +45,10 @@ import pandas as pd
 from flax import nnx
 
 from workbench.data.special import diffusion_ids
+from workbench.evaluation.metrics import token_sequence_scores
 from workbench.config import save_json
 from workbench.models import build_model, get_preset, param_count
-from workbench.models.transformer import with_config
+from workbench.models.transformer import with_attention, with_config
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
 from workbench.sampling.block import BlockSamplingConfig, block_sample
@@ -48,7 +56,26 @@ from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_samp
 
 COLUMNS = ["method", "label", "length", "num_steps", "num_samples", "batch_size", "seconds", "seconds_min",
            "seconds_max", "ms_per_token", "ms_per_step", "tokens_per_s", "forward_passes", "nfe_per_token",
-           "block_size", "policy", "prefix_cache", "speedup_vs_ar", "speedup_vs_full", "status"]  # fmt: skip
+           "block_size", "policy", "prefix_cache", "speedup_vs_ar", "speedup_vs_full", "exact_match",
+           "token_accuracy", "status"]  # fmt: skip
+METHODS = ("ar", "diffusion", "block")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """Prompts and their reference continuations (token ids; references without EOS) that a
+    trained model's rows are scored on; all prompts are decoded in one timed batch."""
+
+    prompts: tuple[tuple[int, ...], ...]
+    references: tuple[tuple[int, ...], ...]
+    eos_id: int = 1
+
+    def __post_init__(self):
+        if not self.prompts or len(self.prompts) != len(self.references):
+            raise ValueError(f"an EvalSet needs as many references as prompts, at least one; got "
+                             f"{len(self.prompts)} prompts and {len(self.references)} references")
+        if min(len(p) for p in self.prompts) < 1:
+            raise ValueError("every prompt needs at least one token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +94,8 @@ class DecodeSpeedConfig:
     block_policies: tuple[str, ...] = ("low_confidence", "threshold")  # absorbing-process decoding policies
     block_steps: Optional[int] = None  # steps per block (a budget); None: the block size (one token per step)
     threshold: float = 0.9  # the 'threshold' policy's bar
+    process: Optional[str] = None  # None: uniform (the paper's) for full canvases, absorbing for blocks
+    temperature: Optional[float] = None  # None: each sampler's default (canvas 0.2 as the paper, blocks argmax)
     max_case_seconds: float = 120.0  # a method's longer lengths are skipped once one case takes longer
     dtype: Optional[str] = None  # compute dtype; None: float32 on CPU (bfloat16 is emulated there), else the model's
     seed: int = 0
@@ -89,15 +118,16 @@ class DecodeSpeedConfig:
                              f"'prefix_diffusion'")
 
 
-def _time(fn, warmup: int, repeats: int) -> list[float]:
+def _time(fn, warmup: int, repeats: int) -> tuple[list[float], object]:
+    """Seconds of each timed call, and the last call's output."""
     for _ in range(warmup):
         jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
+        output = jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return times
+    return times, output
 
 
 def _is_oom(error: Exception) -> bool:
@@ -108,6 +138,8 @@ def _is_oom(error: Exception) -> bool:
 def benchmark_model(config: DecodeSpeedConfig, model=None):
     """The model the benchmark times: `model` (its weights) or a random one of `config.preset`."""
     needed = config.prompt_len + max(config.lengths)
+    if isinstance(model, Mapping):
+        return {method: benchmark_model(config, m) for method, m in model.items()}
     dtype = config.dtype or ("float32" if jax.default_backend() == "cpu" else None)
     if model is None:
         model = build_model(get_preset(config.preset, vocab_size=config.vocab_size, max_len=needed,
@@ -121,7 +153,7 @@ def benchmark_model(config: DecodeSpeedConfig, model=None):
 def block_decode_example(config: DecodeSpeedConfig, block_size: int, policy: str, length: int, model=None):
     """One block-diffusion decode of the benchmark's first prompt (same model and prompts as
     `run_decode_speed`): a `BlockOutput` to look at (`workbench.viz.blocks`), not a timing."""
-    model = with_config(benchmark_model(config, model), attention="block_causal", block_size=block_size)
+    model = with_attention(benchmark_model(config, model), "block_causal", block_size)
     prompts = np.random.default_rng(config.seed).integers(4, model.config.vocab_size, size=(1, config.prompt_len))
     batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts.astype(np.int32).tolist(), [[]], input_len=config.prompt_len,
                                                     target_len=length, pad_id=0, pad_targets=True))
@@ -130,29 +162,74 @@ def block_decode_example(config: DecodeSpeedConfig, block_size: int, policy: str
     return block_sample(model, batch, sampling, jax.random.key(config.seed))
 
 
+def method_models(config: DecodeSpeedConfig, model=None) -> dict:
+    """{method: model} for the methods the config runs: one model for all (random weights when
+    None), or a mapping of trained models, one per method."""
+    needed = ("ar", "diffusion", "block") if config.block_sizes else ("ar", "diffusion")
+    if not isinstance(model, Mapping):
+        one = benchmark_model(config, model)
+        return {method: one for method in needed}
+    unknown, missing = set(model) - set(METHODS), [m for m in needed if m not in model]
+    if unknown or missing:
+        raise ValueError(f"models for methods {sorted(model)}: expected one for each of {list(needed)} (unknown: "
+                         f"{sorted(unknown)}, missing: {missing}); the AR row is every ratio's baseline")
+    return benchmark_model(config, {method: model[method] for method in needed})
+
+
+def _eval_prompts(config: DecodeSpeedConfig, eval_set: EvalSet, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(eval_set.prompts) != config.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} but the EvalSet has {len(eval_set.prompts)} prompts; set "
+                         f"batch_size={len(eval_set.prompts)} (the prompts are decoded as one timed batch)")
+    longest = max(len(p) for p in eval_set.prompts)
+    if longest > config.prompt_len:
+        raise ValueError(f"an EvalSet prompt has {longest} tokens, more than prompt_len={config.prompt_len}; "
+                         f"raise prompt_len")
+    prompts = np.full((config.batch_size, config.prompt_len), pad_id, np.int32)
+    for row, prompt in zip(prompts, eval_set.prompts):
+        row[: len(prompt)] = prompt
+    return prompts, np.array([len(p) for p in eval_set.prompts], np.int32)
+
+
+def _sampler_ids(tokenizer, process: str, vocab: int, pad_id: int) -> dict:
+    """The never-drawn, mask and pad ids a sampler of `process` takes (from the tokenizer, else defaults)."""
+    return {"pad_id": pad_id, **({} if tokenizer is None else diffusion_ids(tokenizer, process, vocab))}
+
+
 def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
-                     out_dir: Optional[Path | str] = None, progress: bool = True, tokenizer=None) -> pd.DataFrame:
+                     out_dir: Optional[Path | str] = None, progress: bool = True, tokenizer=None,
+                     eval_set: Optional[EvalSet] = None) -> pd.DataFrame:
     """Median decode seconds per (method, length, num_steps, num_samples); writes decode_speed.json to out_dir.
-    `tokenizer` (the model's) gives the pad and never-drawn ids; without one, a random-weight
-    model's vocabulary uses the from-scratch defaults."""
-    model = benchmark_model(config, model)
+    `model`: one model for every method (default: random weights of `config.preset`), or
+    trained models `{"ar": ..., "diffusion": ..., "block": ...}`. `tokenizer` (the models')
+    gives the pad, EOS and never-drawn ids; without one, the from-scratch defaults. With
+    `eval_set` the prompts are its prompts and every row is scored against its references."""
+    models = method_models(config, model)
     pad_id = 0 if tokenizer is None else tokenizer.specials.pad
-    canvas_ids = {} if tokenizer is None else diffusion_ids(tokenizer, "uniform", model.config.vocab_size)
-    ar_model = with_config(model, attention="prefix_lm")
-    diffusion_model = with_config(model, attention=config.diffusion_attention)
-    vocab = model.config.vocab_size
-    rng = np.random.default_rng(config.seed)
-    prompts = rng.integers(4, vocab, size=(config.batch_size, config.prompt_len)).astype(np.int32)
-    prompt_lengths = np.full(config.batch_size, config.prompt_len, np.int32)
+    vocab = models["ar"].config.vocab_size
+    canvas_process, block_process = config.process or "uniform", config.process or "absorbing"
+    canvas_ids = _sampler_ids(tokenizer, canvas_process, vocab, pad_id)
+    block_ids = _sampler_ids(tokenizer, block_process, vocab, pad_id) if config.block_sizes else {}
+    canvas_temperature = {} if config.temperature is None else {"temperature": config.temperature}
+    ar_model = with_attention(models["ar"], "prefix_lm")
+    diffusion_model = with_attention(models["diffusion"], config.diffusion_attention)
+    if eval_set is None:
+        rng = np.random.default_rng(config.seed)
+        prompts = rng.integers(4, vocab, size=(config.batch_size, config.prompt_len)).astype(np.int32)
+        prompt_lengths = np.full(config.batch_size, config.prompt_len, np.int32)
+    else:
+        prompts, prompt_lengths = _eval_prompts(config, eval_set, pad_id)
     key = jax.random.key(config.seed)
     rows: list[dict] = []
     stopped: set[str] = set()
 
     def record(method, label, length, steps, samples, times=None, status="ok", prefix_cache=None, passes=None,
-               block_size=None, policy=None):
+               block_size=None, policy=None, output=None):
         row = {"method": method, "label": label, "length": length, "num_steps": steps, "num_samples": samples,
                "batch_size": config.batch_size, "prefix_cache": prefix_cache, "status": status,
                "block_size": block_size, "policy": policy}
+        if times and eval_set is not None:
+            row.update(token_sequence_scores(np.asarray(output), eval_set.references,
+                                             stop_ids=(eval_set.eos_id, pad_id)))
         if times:
             median = statistics.median(times)
             passes = passes() if callable(passes) else passes
@@ -173,8 +250,8 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
             return record(method, label, length, steps, samples, status="skipped (slower than max_case_seconds)",
                           **case)
         try:
-            record(method, label, length, steps, samples, _time(fn, config.warmup, config.repeats), passes=passes,
-                   **case)
+            times, output = _time(fn, config.warmup, config.repeats)
+            record(method, label, length, steps, samples, times, passes=passes, output=output, **case)
         except Exception as error:  # noqa: BLE001 - out-of-memory is a result here, anything else is re-raised
             if not _is_oom(error):
                 raise
@@ -192,14 +269,16 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         # cache pass); block diffusion counts its own (prompt, steps actually run, one commit per block)
         run_case("ar", "AR (KV cache)", length, None, 1,
                  lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens, passes=length + 1)
-        batch = seq2seq_batch(prompts.tolist(), [[] for _ in range(config.batch_size)], input_len=config.prompt_len,
+        batch = seq2seq_batch([p[:n] for p, n in zip(prompts.tolist(), prompt_lengths)],
+                              [[] for _ in range(config.batch_size)], input_len=config.prompt_len,
                               target_len=length, pad_id=pad_id, pad_targets=True)
         batch = jax.tree.map(jnp.asarray, batch)
         for steps in config.num_steps:
             for samples in config.num_samples:
                 for cache in cache_modes:
                     sampling = DiffusionSamplingConfig(num_samples=samples, num_steps=steps, early_exit=False,
-                                                       prefix_cache=cache is not False, **canvas_ids)
+                                                       prefix_cache=cache is not False, process=canvas_process,
+                                                       **canvas_temperature, **canvas_ids)
                     label = f"diffusion {steps} steps x {samples} sample{'s' if samples > 1 else ''}"
                     label += {None: "", True: " (prefix cache)", False: " (full recomputation)"}[cache]
                     run_case("diffusion", label, length, steps, samples,
@@ -214,9 +293,9 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
                            block_size=size, policy=policy)
                     continue
                 sampling = BlockSamplingConfig(steps_per_block=steps, policy=policy, threshold=config.threshold,
-                                               eos_id=None)
-                block_model = block_models.setdefault(size, with_config(model, attention="block_causal",
-                                                                     block_size=size))
+                                               eos_id=None, process=block_process, temperature=config.temperature or 0.0,
+                                               **block_ids)
+                block_model = block_models.setdefault(size, with_attention(models["block"], "block_causal", size))
                 run = lambda m=block_model, s=sampling: block_sample(m, batch, s, key)
                 run_case("block", label, length, steps, 1, lambda r=run: r().tokens, True,
                          passes=lambda r=run: int(r().forward_passes), block_size=size, policy=policy)
@@ -229,17 +308,19 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         full.get((row.length, row.num_steps, row.num_samples), np.nan) / row.seconds
         if row.prefix_cache is True and row.method == "diffusion" else np.nan for row in table.itertuples()]
     if out_dir is not None:
-        write_results(table, config, model, out_dir)
+        write_results(table, config, models, out_dir)
     return table
 
 
-def write_results(table: pd.DataFrame, config: DecodeSpeedConfig, model, out_dir: Path | str) -> Path:
+def write_results(table: pd.DataFrame, config: DecodeSpeedConfig, models: dict, out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]
     payload = {
         "config": dataclasses.asdict(config),
-        "model": {**dataclasses.asdict(model.config), "params": param_count(model.config)["total"]},
+        "model": {**dataclasses.asdict(models["ar"].config), "params": param_count(models["ar"].config)["total"]},
+        "models": {method: {"attention": m.config.attention, "block_size": m.config.block_size}
+                   for method, m in models.items()},
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
         "jax": jax.__version__,
         "rows": json.loads(table.to_json(orient="records")),

@@ -195,3 +195,27 @@ def pass_at_k_summary(
     if 80 in table:
         summary["pass@80"] = table[80]
     return summary
+
+
+def token_sequence_scores(outputs, references: Sequence[Sequence[int]], stop_ids: Iterable[int]) -> dict[str, float]:
+    """Exact match and token accuracy (fractions) of decoded id rows against reference id lists.
+
+    Each output row is cut at its first id in `stop_ids` (EOS, padding); token accuracy is an
+    example's positional matches over the longer of the two sequences (so missing and extra
+    tokens both cost), averaged over examples.
+    """
+    outputs = np.asarray(outputs)
+    if outputs.ndim != 2 or len(outputs) != len(references):
+        raise ValueError(f"outputs of shape {outputs.shape} must be [examples, length] with one row per reference "
+                         f"({len(references)} references)")
+    if not len(references):
+        raise ValueError("no examples to score; pass at least one reference")
+    stops = np.isin(outputs, list(stop_ids))
+    exact, accuracy = [], []
+    for row, stop, reference in zip(outputs, stops, references):
+        text = row[: int(np.argmax(stop)) if stop.any() else len(row)].tolist()
+        reference = list(reference)
+        matches = sum(a == b for a, b in zip(text, reference))
+        exact.append(text == reference)
+        accuracy.append(matches / max(len(text), len(reference)) if text or reference else 1.0)
+    return {"exact_match": float(np.mean(exact)), "token_accuracy": float(np.mean(accuracy))}
