@@ -12,9 +12,10 @@ from workbench.sampling.block import BlockSamplingConfig, block_sample
 V, B = 50, 4
 
 
-def block_model(block_size=B, seed=0):
+def block_model(block_size=B, seed=0, shift_targets=False):
     config = ModelConfig(vocab_size=V, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_len=64, dtype="float32",
-                         tie_embeddings=False, attention="block_causal", block_size=block_size)
+                         tie_embeddings=False, attention="block_causal", block_size=block_size,
+                         shift_targets=shift_targets)
     return build_model(config, seed)
 
 
@@ -25,13 +26,14 @@ def batch_of(n, seed=0, input_len=7, target_len=12):
                          example_ids=list(range(40, 40 + n)), pad_targets=True)
 
 
-CASES = [("absorbing", None, 0.0), ("absorbing", "threshold", 0.0), ("absorbing", "random", 0.8),
-         ("uniform", None, 0.7), ("uniform", "entropy", 0.0), ("uniform", "renoise_entropy", 0.5)]
+CASES = [("absorbing", None, 0.0, False), ("absorbing", "threshold", 0.0, False), ("absorbing", "random", 0.8, False),
+         ("uniform", None, 0.7, False), ("uniform", "entropy", 0.0, False), ("uniform", "renoise_entropy", 0.5, False),
+         ("absorbing", None, 0.0, True), ("uniform", "renoise_entropy", 0.5, True)]  # True: shift_targets
 
 
-@pytest.mark.parametrize("process, policy, temperature", CASES)
-def test_cached_block_decoding_equals_full_recomputation(process, policy, temperature):
-    model, batch = block_model(), batch_of(5)
+@pytest.mark.parametrize("process, policy, temperature, shift_targets", CASES)
+def test_cached_block_decoding_equals_full_recomputation(process, policy, temperature, shift_targets):
+    model, batch = block_model(shift_targets=shift_targets), batch_of(5)
     cfg = BlockSamplingConfig(steps_per_block=3, temperature=temperature, process=process, policy=policy,
                               threshold=0.05, eos_id=None)
     cached = block_sample(model, batch, cfg, jax.random.key(3))

@@ -17,9 +17,9 @@ from workbench.training.logging import read_metrics
 V, B, T = 40, 3, 9  # T is not a multiple of B: the last block is cut by the row's end
 
 
-def block_model():
+def block_model(shift_targets=False):
     config = ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=2, d_ff=64, max_len=64, dtype="float32",
-                         tie_embeddings=False, attention="block_causal", block_size=B)
+                         tie_embeddings=False, attention="block_causal", block_size=B, shift_targets=shift_targets)
     return build_model(config, 1)
 
 
@@ -33,9 +33,10 @@ def batch_and_noise(seed=0):
     return jax.tree.map(jnp.asarray, batch), jnp.asarray(noisy, jnp.int32)
 
 
+@pytest.mark.parametrize("shift_targets", [False, True])
 @pytest.mark.parametrize("cache", [True, False])
-def test_training_logits_of_block_k_equal_decoding_block_k_after_clean_blocks(cache):
-    model, (batch, noisy) = block_model(), batch_and_noise()
+def test_training_logits_of_block_k_equal_decoding_block_k_after_clean_blocks(cache, shift_targets):
+    model, (batch, noisy) = block_model(shift_targets), batch_and_noise()
     train_logits = np.asarray(model.block_denoise(batch, noisy))
     target_len = 12  # the decoder's canvas: whole blocks (the row is padded, which block k never sees)
     wide = jax.tree.map(lambda x: x, batch)
@@ -71,6 +72,19 @@ def test_a_noisy_block_sees_clean_earlier_blocks_its_own_noise_and_nothing_else(
     assert not np.allclose(np.asarray(model.block_denoise(earlier_clean, noisy))[0, block1], base[0, block1])
     own = noisy.at[0, p + 4].set(7 if int(noisy[0, p + 4]) != 7 else 8)
     assert not np.allclose(np.asarray(model.block_denoise(batch, own))[0, p + 3], base[0, p + 3])
+
+
+def test_with_shifted_targets_a_blocks_first_token_is_read_from_the_clean_position_before_it():
+    model, (batch, noisy) = block_model(shift_targets=True), batch_and_noise(1)
+    base = np.asarray(model.block_denoise(batch, noisy))
+    clean = np.asarray(model(batch.tokens, prefix_len=batch.prefix_len, lengths=batch.lengths))  # unshifted outputs
+    p = int(batch.prefix_len[0])  # example 0: block 0 starts at p, block 1 at p + 3
+    np.testing.assert_allclose(base[0, p], clean[0, p - 1], rtol=1e-5, atol=1e-5)  # from the prompt's last token
+    np.testing.assert_allclose(base[0, p + 3], clean[0, p + 2], rtol=1e-5, atol=1e-5)  # from block 0's clean last
+    own = noisy.at[0, p + 3].set(7 if int(noisy[0, p + 3]) != 7 else 8)
+    changed = np.asarray(model.block_denoise(batch, own))
+    np.testing.assert_array_equal(changed[0, p + 3], base[0, p + 3])  # a token never sees its own noise
+    assert not np.allclose(changed[0, p + 4], base[0, p + 4])  # the next token is read from its position
 
 
 @pytest.mark.parametrize("kind", ["uniform", "absorbing"])

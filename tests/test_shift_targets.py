@@ -132,7 +132,12 @@ def test_export_records_the_shift(tmp_path):
     assert again.config.shift_targets and again.config == model.config
 
 
-def test_shift_targets_with_block_causal_is_refused_by_name():
-    with pytest.raises(ValueError, match="shift_targets=True with attention='block_causal' is not supported"):
-        ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, attention="block_causal",
-                    block_size=4, shift_targets=True)
+def test_block_decoding_with_shift_needs_a_prompt_token_before_the_first_block():
+    from workbench.objectives.batch import seq2seq_batch
+    from workbench.sampling.block import BlockSamplingConfig, block_sample
+
+    config = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, d_ff=64, attention="block_causal",
+                         block_size=4, shift_targets=True, dtype="float32")
+    batch = seq2seq_batch([[5, 6], []], [[], []], input_len=3, target_len=4, pad_id=0, pad_targets=True)
+    with pytest.raises(ValueError, match="prefix_len >= 1"):
+        block_sample(build_model(config, 0), batch, BlockSamplingConfig(steps_per_block=2, eos_id=None))

@@ -110,11 +110,6 @@ class ModelConfig:
                 "shift_targets=True is for decoder-only models (each target is read from the position before it, "
                 "which an encoder-decoder's first target lacks); use arch='decoder' or shift_targets=False"
             )
-        if self.shift_targets and self.attention == "block_causal":
-            raise ValueError(
-                "shift_targets=True with attention='block_causal' is not supported yet: block decoding and block "
-                "training read each block's own positions; use shift_targets=False for block diffusion"
-            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.dtype not in ("bfloat16", "float32", "float16"):

@@ -254,7 +254,12 @@ class DecoderOnly(nnx.Module):
         the committed blocks before it and itself. With `cache`, the prompt runs once into a
         KV cache and each committed block's keys and values are written once (`commit`);
         without it, every call reruns the whole row under the full block_causal mask (the
-        reference the cache must equal)."""
+        reference the cache must equal).
+
+        With `shift_targets` a block's first token is read from the position before it (the
+        prompt's last token or the previous block's last), which never sees the block: its
+        logits come from the prompt pass or the previous block's commit pass, and the other
+        positions from the noisy block's outputs one position earlier."""
         cfg = self.config
         if cfg.attention != "block_causal":
             raise ValueError(f"block decoding needs attention='block_causal'; this model has attention="
@@ -264,6 +269,10 @@ class DecoderOnly(nnx.Module):
                              f"pad the target canvas to a whole number of blocks")
         size, width = batch.tokens.shape
         check_lengths("prefix_len", batch.prefix_len, width - target_len, f"row width {width} - target_len {target_len}")
+        shift = cfg.shift_targets
+        if shift and not isinstance(batch.prefix_len, jax.core.Tracer) and bool(jnp.any(batch.prefix_len < 1)):
+            raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
+                             "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
         offsets = jnp.arange(cfg.block_size, dtype=jnp.int32)[None, :]
 
         def place(k):  # absolute positions [B, b] and the block's first position [B]
@@ -286,7 +295,7 @@ class DecoderOnly(nnx.Module):
         prompt_pos = jnp.broadcast_to(jnp.arange(prompt.shape[1], dtype=jnp.int32), prompt.shape)
         mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
                               q_offset=jnp.zeros((size,), jnp.int32))
-        _, kv = self.forward_cached(prompt, prompt_pos, mask, self.init_cache(size, width))
+        prompt_logits, kv = self.forward_cached(prompt, prompt_pos, mask, self.init_cache(size, width))
 
         def run(kv, k, tokens_BxB):
             positions, start = place(k)
@@ -295,8 +304,23 @@ class DecoderOnly(nnx.Module):
 
         # A denoising step's keys and values (of a noisy block) are dropped; the committed
         # block's are kept, so later blocks see exactly its final tokens.
-        return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
-                             lambda kv, k, tokens: run(kv, k, tokens)[1], prompt_passes=1)
+        if not shift:
+            return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
+                                 lambda kv, k, tokens: run(kv, k, tokens)[1], prompt_passes=1)
+
+        # The state also carries the logits that predict the next block's first token: the
+        # prompt's last position, then each committed block's last position.
+        def shifted_logits(state, k, canvas):
+            kv, first_BxV = state
+            logits = run(kv, k, canvas)[0]
+            return jnp.concatenate([first_BxV[:, None].astype(logits.dtype), logits[:, :-1]], axis=1)
+
+        def shifted_commit(state, k, tokens):
+            logits, kv = run(state[0], k, tokens)
+            return kv, logits[:, -1].astype(jnp.float32)
+
+        first = jnp.take_along_axis(prompt_logits, (batch.prefix_len - 1)[:, None, None], axis=1)[:, 0]
+        return BlockDenoiser((kv, first.astype(jnp.float32)), shifted_logits, shifted_commit, prompt_passes=1)
 
     def block_denoise(self, batch, noisy_BxN: jax.Array) -> jax.Array:
         """Block-diffusion training logits [B, N, V] (the `target_view` layout): each noisy
@@ -304,7 +328,9 @@ class DecoderOnly(nnx.Module):
         exactly what `block_denoiser` gives block k when it is decoded after clean blocks
         0..k-1 (BD3-LM's objective). Two passes: the clean row under block_causal attention
         fills a KV cache (gradients flow through it); then each noisy block runs against it
-        at its own positions, as in decoding. Prompt positions get the clean pass's logits."""
+        at its own positions, as in decoding. Prompt positions get the clean pass's logits.
+        With `shift_targets` token i is read from position i - 1: inside a block from the
+        noisy block's output, at a block's first token from the clean pass (as in decoding)."""
         cfg = self.config
         if cfg.attention != "block_causal":
             raise ValueError(f"block_denoise needs attention='block_causal'; this model has {cfg.attention!r}")
@@ -333,7 +359,12 @@ class DecoderOnly(nnx.Module):
         rel = jnp.arange(width)[None, :] - batch.prefix_len[:, None]  # position within the targets
         k_idx, o_idx = jnp.clip(rel // b, 0, num_blocks - 1), jnp.mod(rel, b)
         from_blocks = blocks[k_idx, jnp.arange(size)[:, None], o_idx]
-        return jnp.where((rel >= 0)[..., None], from_blocks, clean_logits[:, :width])
+        clean = clean_logits[:, :width]
+        logits = jnp.where((rel >= 0)[..., None], from_blocks, clean)
+        if not cfg.shift_targets:
+            return logits
+        block_start = (rel >= 0) & (o_idx == 0)
+        return jnp.where(block_start[..., None], _shift_right(clean), _shift_right(logits))
 
     def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
         """Raise when this model cannot continue these prompts by `max_new_tokens`."""
