@@ -114,11 +114,24 @@ def format_plan(steps: Sequence[Step], out: Path, budget_s: float) -> str:
     return "\n".join(lines)
 
 
+# Versions worth knowing when a step fails on an image we do not control (the carried wheels too).
+VERSIONS_OF = ("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow", "datasets", "plotly", "tokenizers")
+
+
 def describe_device(timeout_s: float = 60.0) -> dict:
     """jax.devices() and the backend, read in a subprocess so that this process never takes
     the accelerator (JAX would pre-allocate its memory away from the steps)."""
-    code = ("import json, jax; d = jax.devices(); print(json.dumps(dict(backend=jax.default_backend(), "
-            "jax=jax.__version__, devices=[str(x) for x in d], device_kind=d[0].device_kind)))")
+    code = f"""
+import importlib.metadata, json, jax
+def version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+d = jax.devices()
+print(json.dumps(dict(backend=jax.default_backend(), devices=[str(x) for x in d], device_kind=d[0].device_kind,
+                      versions={{name: version(name) for name in {VERSIONS_OF!r}}})))
+"""
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
