@@ -38,7 +38,8 @@ def test_steps_run_in_order_and_report_failures_and_budget_skips(tmp_path):
     assert _statuses(summary) == ["ok", "failed (rc 3)", "skipped (budget)", "ok"]
     assert [row["rc"] for row in summary["steps"] if "rc" in row] == [0, 3, 0]
     assert (tmp_path / "ok.log").read_text() == "hello\n"
-    assert (tmp_path / "fails.log").read_text() == "boom\n"
+    assert (tmp_path / "fails.log").read_text() == "boom\n" and summary["steps"][1]["last_line"] == "boom"
+    assert "last_line" not in summary["steps"][0]
     assert not (tmp_path / "too_long.log").exists() and summary["steps"][2]["budget_left_s"] < 1000
     # The placeholder became the step's own folder, which exists before the step starts.
     assert (tmp_path / "after.log").read_text() == f"after {tmp_path / 'after'}\n" and (tmp_path / "after").is_dir()
@@ -174,3 +175,11 @@ def test_device_wheels_script_names_the_packages_missing_on_the_device():
     for pin in ("datasets==5.2.0", "dill==", "multiprocess==", "plotly==7.1.0"):
         assert pin in script
     assert os.access(Path(__file__).parents[1] / "environments" / "device_wheels.sh", os.X_OK)
+
+
+def test_the_documented_device_command_is_one_line_under_the_tool_limit():
+    """The device tool takes at most 2,000 characters; the docstring and NOTES.md give the same line."""
+    command = next(line.strip() for line in device_suite.__doc__.splitlines() if "pip install" in line)
+    assert len(command) < 2000 and "--budget-s 540" in command and ".whl/*.whl" in command
+    notes = (Path(__file__).parents[1] / "kernels" / "NOTES.md").read_text()
+    assert command in notes

@@ -1,9 +1,9 @@
 """Every pending device check in one call: correctness first, then speed, within a time budget.
 
-On a lent H200 (device tool: `carry` [".whl"], timeout_s 600), after
-`bash environments/device_wheels.sh` here:
+Here, once: `bash environments/device_wheels.sh` (the packages the device image lacks, into
+.whl/). Then one device call (`carry` [".whl"], timeout_s 600):
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PYTHONPATH:$PWD PYTHONUNBUFFERED=1; python3 -m workbench.benchmarks.device_suite --out /tmp/suite --archive "$OUT/device_suite.tar.gz" --budget-s 540
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 || exit; python3 -m workbench.benchmarks.device_suite --out /tmp/suite --archive "$OUT/device_suite.tar.gz" --budget-s 540; cp /tmp/suite/device_suite.json "$OUT/"
 
 Steps (`DEVICE_PLAN`, in this order): hopper_check (the experimental Mosaic GPU kernel
 against float32), kernels (attention benchmark, D=128), decode_speed (AR vs diffusion vs
@@ -11,10 +11,12 @@ block decoding), models (tokens/s and MFU per preset), kernel_tuning (Pallas Tri
 sweep, prefix-LM, D=128), pretrained_arch (the imported-model benchmark on SmolLM2-135M's
 architecture with random weights: its 98 MB wheel cannot travel). Each runs as a
 subprocess with its own time limit; a step whose limit exceeds the budget left is
-"skipped (budget)". Step i writes OUT/<name>.log (stdout and stderr) and its JSON under
-OUT/<name>/; OUT/device_suite.json (steps, argv, status, seconds, device) is rewritten
-after every step, so a killed run still leaves a summary. The device tool returns at most
-8 files from $OUT, hence `--archive`: a tar.gz of OUT, also rewritten after every step.
+"skipped (budget)". Each step writes OUT/<name>.log (stdout and stderr) and its JSON under
+OUT/<name>/; OUT/device_suite.json (steps, argv, status, seconds, a failed step's last log
+line, the device and package versions) is rewritten before and after every step, so a
+killed run still leaves a summary. The device tool returns at most 8 files from $OUT,
+hence `--out /tmp/suite` and `--archive`: a tar.gz of OUT, rewritten with the summary.
+The exit status is 0 only if every step passed.
 
     python -m workbench.benchmarks.device_suite --dry-run          # the plan, nothing run
     python -m workbench.benchmarks.device_suite --smoke --out runs/suite   # CPU: tiny sizes
@@ -157,7 +159,11 @@ def run_step(step: Step, out: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
             status = "timed out"
-    return dict(status=status, rc=rc, seconds=round(time.monotonic() - started, 2))
+    result = dict(status=status, rc=rc, seconds=round(time.monotonic() - started, 2))
+    if status != "ok":  # the reason, readable in the summary without opening the log
+        lines = (out / f"{step.name}.log").read_text(errors="replace").strip().splitlines()
+        result["last_line"] = lines[-1][:300] if lines else ""
+    return result
 
 
 def write_summary(out: Path, summary: dict, archive: Optional[Path]) -> None:
@@ -202,7 +208,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"device suite on {where} ({device.get('backend', '?')}): {summary.get('seconds', 0):.0f} s "
              f"of a {summary['budget_s']:g} s budget"]
     for row in summary["steps"]:
-        lines.append(f"  {row['name']:<16} {row['status']:<18} {row.get('seconds', 0):7.1f} s")
+        lines.append(f"  {row['name']:<16} {row['status']:<18} {row.get('seconds', 0):7.1f} s  {row.get('last_line', '')}")
     return "\n".join(lines)
 
 
