@@ -93,7 +93,7 @@ def test_summary_is_on_disk_before_each_step_and_archived_after_it(tmp_path):
              Step("last", _py("pass"), 30)]
     summary = run_suite(steps, out, budget_s=120, archive=archive, device=DEVICE)
     # While `reader` ran, the file said what had happened so far: a kill then leaves that much.
-    assert (out / "reader.log").read_text() == "failed (rc 1),pending,pending\n"
+    assert (out / "reader.log").read_text() == "failed (rc 1),running,pending\n"
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
         saved = json.load(tar.extractfile("out/device_suite.json"))

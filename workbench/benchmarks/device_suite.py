@@ -196,6 +196,8 @@ def run_suite(steps: Sequence[Step], out: Path | str, budget_s: float, *, archiv
         else:
             print(f"[device_suite] {step.name}: running (limit {step.limit_s:g} s, {left:.0f} s of budget left)",
                   flush=True)
+            row["status"] = "running"  # what a kill of the whole suite leaves on disk
+            write_summary(out, summary, archive)
             row.update(run_step(step, out))
         print(f"[device_suite] {step.name}: {row['status']} ({row['seconds']:.1f} s)", flush=True)
         summary["seconds"] = round(time.monotonic() - started, 2)
