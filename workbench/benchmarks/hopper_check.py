@@ -16,7 +16,7 @@
 `--ptxas` makes Mosaic GPU print ptxas's register and spill report for every kernel it
 compiles (MOSAIC_GPU_DUMP_PTXAS), and `--dump-to DIR` also writes PTX/SASS there.
 Each case reports its own failure and the rest still run; a short table ends the output
-and everything goes to OUT/hopper_check.json.
+and everything goes to OUT/hopper_check.json. The exit status is 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -247,6 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                               variants={name: dataclasses.asdict(VARIANTS[name])
                                                         for name in args.variants}))
     print("wrote", out / "hopper_check.json")
+    if failed:  # a check script's exit status must say so (the device suite reads it)
+        raise SystemExit(f"hopper_check: {failed} of {len(check_rows)} checks failed")
 
 
 if __name__ == "__main__":
