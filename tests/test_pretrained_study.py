@@ -55,6 +55,32 @@ def test_adapt_takes_a_model_in_memory(imported, tmp_path):
         study.adapt(ready.model, tmp_path / "b", source, config, steps=1, attention="causal")
 
 
+def test_an_imported_model_becomes_a_block_diffusion_model_with_its_next_token_head(imported, tmp_path):
+    """prepare_for_diffusion(attention='block_causal') keeps shift_targets; one adaptation step
+    trains it; its block decoding of a chat prompt equals full recomputation."""
+    from workbench.data.special import diffusion_ids
+    from workbench.objectives.batch import seq2seq_batch
+    from workbench.sampling.block import BlockSamplingConfig, block_sample
+
+    ready = pretrained_study.prepare_for_diffusion(imported, attention="block_causal", block_size=4)
+    assert (ready.config.attention, ready.config.block_size, ready.config.shift_targets) == ("block_causal", 4, True)
+    source = study.lm_source(ready.tokenizer, "python_code", "train", seq_len=16, batch_size=2, objective="prefix_lm",
+                             seed=0, max_tokens=2000)
+    loss = study.diffusion_loss_config(ready.tokenizer, "absorbing", model_vocab_size=ready.config.vocab_size)
+    result = study.adapt(ready.model, tmp_path / "b", source, TrainConfig(steps=1, loss=loss, progress=False,
+                                                                          tensorboard=False), steps=1,
+                         attention="block_causal")
+    assert result.model.config.block_size == 4 and result.model.config.shift_targets
+    ids = pretrained_study.prompt_ids(ready.tokenizer, ["hi"])
+    batch = seq2seq_batch(ids, [[]], input_len=len(ids[0]), target_len=8, pad_id=ready.tokenizer.specials.pad)
+    sampling = BlockSamplingConfig(steps_per_block=2, eos_id=None, pad_id=ready.tokenizer.specials.pad,
+                                   **diffusion_ids(ready.tokenizer, "absorbing", ready.config.vocab_size))
+    cached = block_sample(result.model, batch, sampling, jax.random.key(0))
+    full = block_sample(result.model, batch, BlockSamplingConfig(**{**sampling.__dict__, "cache": False}),
+                        jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(cached.tokens), np.asarray(full.tokens))
+
+
 def test_prepare_needs_a_tokenizer(imported):
     import dataclasses
 

@@ -58,11 +58,13 @@ def ar_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
 
 
 def prepare_for_diffusion(pretrained: Pretrained, *, process: str = "absorbing", mask: MaskToken = MaskToken(),
-                          attention: str = "prefix_diffusion", shift_targets: bool = True) -> Pretrained:
+                          attention: str = "prefix_diffusion", shift_targets: bool = True,
+                          block_size: Optional[int] = None) -> Pretrained:
     """The imported model ready for AR2Diff's adaptation stage: a mask token when `process`
-    needs one (`with_mask_token`), `attention` (the prompt stays causal under prefix_diffusion)
-    and `shift_targets` (True keeps the pretrained head's next-token meaning; False is the
-    paper's form). Parameters are unchanged apart from the mask token's new row."""
+    needs one (`with_mask_token`), `attention` (the prompt stays causal under prefix_diffusion;
+    'block_causal' with `block_size` for block diffusion) and `shift_targets` (True keeps the
+    pretrained head's next-token meaning; False is the paper's form). Parameters are unchanged
+    apart from the mask token's new row."""
     from workbench.processes import get_process_class
 
     if pretrained.tokenizer is None:
@@ -70,7 +72,7 @@ def prepare_for_diffusion(pretrained: Pretrained, *, process: str = "absorbing",
                          "ids: load it with tokenizer=True (a GGUF file, or a folder with tokenizer.json)")
     if get_process_class(process).uses_mask and pretrained.tokenizer.specials.mask is None:
         pretrained = with_mask_token(pretrained, mask)
-    model = with_attention(pretrained.model, attention)
+    model = with_attention(pretrained.model, attention, block_size)
     if shift_targets != model.config.shift_targets:
         model = with_config(model, shift_targets=shift_targets)
     return dataclasses.replace(pretrained, model=model, config=model.config)

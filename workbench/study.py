@@ -169,14 +169,18 @@ def finetune(run_dir: Path | str, model, source, train_config: TrainConfig, *, d
 
 
 def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
-          attention: str = "bidirectional", mesh=None, allow_config_change: bool = False):
+          attention: str = "bidirectional", mesh=None, allow_config_change: bool = False,
+          block_size: Optional[int] = None):
     """AR2Diff_N stage: the AR model, switched to `attention`, trained `steps` diffusion steps.
 
     `ar` is an AR run directory (its latest checkpoint) or a model in memory, such as an
-    imported one (`workbench.pretrained_study.prepare_for_diffusion(...).model`)."""
+    imported one (`workbench.pretrained_study.prepare_for_diffusion(...).model`).
+    `block_size` goes with attention='block_causal' (default: a model in memory keeps its own)."""
     if isinstance(ar, (str, Path)):
         return ar2diff(ar, out_dir, source, adaptation_config(base, steps), attention=attention, mesh=mesh,
-                       allow_config_change=allow_config_change)
+                       allow_config_change=allow_config_change, block_size=block_size)
+    if block_size is None and attention == ar.config.attention:
+        block_size = ar.config.block_size
     from workbench.models.transformer import with_attention
     from workbench.training.ar2diff import DIFFUSION_ATTENTION
 
@@ -185,8 +189,10 @@ def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
     config = adaptation_config(base, steps)
     if config.loss.kind == "ar":
         raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set the loss kind to a diffusion process")
-    return train(with_attention(ar, attention), config, source, out_dir, mesh=mesh,
-                 allow_config_change=allow_config_change, extra_info={"ar2diff": {"ar": "model in memory", "attention": attention, "adaptation_steps": steps}})
+    return train(with_attention(ar, attention, block_size), config, source, out_dir, mesh=mesh,
+                 allow_config_change=allow_config_change,
+                 extra_info={"ar2diff": {"ar": "model in memory", "attention": attention, "block_size": block_size,
+                                         "adaptation_steps": steps}})
 
 
 def adaptation_sweep(ar_run_dir: Path | str, out_dir: Path | str, source, held_out: LMSource, steps, base: TrainConfig,
