@@ -60,12 +60,36 @@ def test_a_block_sees_the_blocks_before_it_and_not_after():
 
 def test_example_decodes_the_same_alone_or_in_a_batch():
     model, batch = block_model(), batch_of(6, seed=1)
-    cfg = BlockSamplingConfig(steps_per_block=2, temperature=0.9, process="absorbing", policy="random")
+    cfg = BlockSamplingConfig(steps_per_block=2, temperature=0.9, process="absorbing", policy="random", num_samples=2)
     full = block_sample(model, batch, cfg, jax.random.key(1))
     for i in (0, 4):
         alone = block_sample(model, jax.tree.map(lambda x: x[i : i + 1], batch), cfg, jax.random.key(1))
         np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(full.tokens[i]))
         np.testing.assert_allclose(np.asarray(alone.probs[0]), np.asarray(full.probs[i]), rtol=1e-6)
+
+
+def test_several_samples_keep_the_one_with_the_lowest_mean_nll_of_its_text():
+    """Sample 0 of several is the single-sample decode (same key); the scores are each sample's
+    mean -log p over its text (checked by hand on the single decode and on the kept one); the
+    kept sample is the argmin."""
+    model, batch = block_model(), batch_of(4, seed=3)
+    one = BlockSamplingConfig(steps_per_block=2, temperature=1.0, process="uniform", eos_id=7)
+    single = block_sample(model, batch, one, jax.random.key(5))
+    several = block_sample(model, batch, BlockSamplingConfig(**{**one.__dict__, "num_samples": 3}), jax.random.key(5))
+
+    def by_hand(out):
+        probs, lengths = np.asarray(out.probs, np.float64), np.asarray(out.lengths)
+        return np.array([-np.log(np.maximum(p[:n], 1e-30)).mean() for p, n in zip(probs, lengths)])
+
+    scores = np.asarray(several.scores)
+    assert scores.shape == (4, 3) and np.asarray(single.scores).shape == (4, 1)
+    np.testing.assert_allclose(np.asarray(single.scores)[:, 0], by_hand(single), rtol=1e-5)
+    np.testing.assert_allclose(scores[:, 0], by_hand(single), rtol=1e-5)  # sample 0 == the single decode
+    np.testing.assert_array_equal(np.asarray(several.chosen), scores.argmin(-1))
+    np.testing.assert_allclose(scores.min(-1), by_hand(several), rtol=1e-5)  # what was kept is the best
+    kept_first = np.asarray(several.chosen) == 0
+    np.testing.assert_array_equal(np.asarray(several.tokens)[kept_first], np.asarray(single.tokens)[kept_first])
+    assert not np.allclose(scores[:, 0], scores[:, 1])  # the samples are different draws
 
 
 def test_an_example_stops_at_the_block_holding_eos():

@@ -11,15 +11,20 @@ all of it, so `threshold` spends fewer forward passes on easy blocks.
 
 An example stops at the first block holding EOS: later positions are padding (so are the
 positions after EOS in that block). The loop ends when every example has stopped or the
-canvas is full. Random draws are keyed by (example id, block, step): an example decodes
-the same alone or in any batch.
+canvas is full. Random draws are keyed by (example id, sample, block, step): an example
+decodes the same alone or in any batch.
+
+With `num_samples` > 1 each example is decoded that many times (independent random draws;
+with the uniform process each starts from its own random canvas) and the sample with the
+lowest mean -log p of its text (the probability each token had when committed, up to and
+including EOS) is kept, as the full-canvas sampler reranks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,7 @@ from workbench.models import DecoderOnly
 from workbench.models.transformer import check_lengths
 from workbench.objectives.batch import Batch
 from workbench.processes import get_policy, get_process, policy_names, process_names
+from workbench.sampling.diffusion import mean_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +50,13 @@ class BlockSamplingConfig:
     pad_id: int = 0
     special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for a random initial canvas
     mask_id: int = 3
+    num_samples: int = 1  # samples per example; the best by mean -log p of its text is kept
 
     def __post_init__(self):
         if self.steps_per_block < 1:
             raise ValueError(f"steps_per_block={self.steps_per_block} must be >= 1")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples={self.num_samples} must be >= 1")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
         if self.process not in process_names():
@@ -67,17 +76,22 @@ class BlockOutput(NamedTuple):
     commit_step: jax.Array  # [B, Tt] the step of its block that committed each position (-1 on padding)
     blocks_run: jax.Array  # [] blocks decoded (fewer than Tt / b when every example stopped)
     forward_passes: jax.Array  # [] model calls: prompt pass, denoising steps and block commits
+    scores: Any = None  # [B, S] each sample's mean -log p over its text (lower is better)
+    chosen: Any = None  # [B] the sample kept
 
 
 @partial(nnx.jit, static_argnames=("config", "target_len"))
 def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_len: int) -> BlockOutput:
-    size = batch.tokens.shape[0]
+    num_b, num_s = batch.tokens.shape[0], config.num_samples
+    batch = jax.tree.map(lambda x: jnp.repeat(x, num_s, axis=0), batch)  # [B*S], sample-major per example
+    size = num_b * num_s
     b, steps = model.config.block_size, config.steps_per_block
     num_blocks = target_len // b
     process = get_process(config.process, model.config.vocab_size, config.special_ids, config.mask_id)
     policy = config.decoding_policy(process)
     denoiser = model.block_denoiser(batch, target_len, cache=config.cache)
-    keys = jax.vmap(lambda e: jax.random.fold_in(rng, e))(batch.example_ids)
+    sample_idx = jnp.tile(jnp.arange(num_s, dtype=jnp.int32), num_b)
+    keys = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(rng, e), s))(batch.example_ids, sample_idx)
     stop_at_eos = config.eos_id is not None
 
     def decode_block(k, state):
@@ -132,8 +146,16 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
     else:
         lengths = jnp.full((size,), target_len, jnp.int32)
     text = position < lengths[:, None]
-    return BlockOutput(jnp.where(text, tokens, config.pad_id), lengths, jnp.where(text, probs, 0.0),
-                       jnp.where(text, commit_step, -1), k, passes)
+    probs = jnp.where(text, probs, 0.0)
+    scores = mean_nll(probs, text).reshape(num_b, num_s)
+    chosen = jnp.argmin(scores, axis=-1)
+
+    def keep(x):  # [B*S, ...] -> the chosen sample's [B, ...]
+        by_sample = x.reshape(num_b, num_s, *x.shape[1:])
+        return jnp.take_along_axis(by_sample, chosen.reshape(num_b, 1, *([1] * (x.ndim - 1))), axis=1)[:, 0]
+
+    return BlockOutput(keep(jnp.where(text, tokens, config.pad_id)), keep(lengths), keep(probs),
+                       keep(jnp.where(text, commit_step, -1)), k, passes, scores, chosen)
 
 
 def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, rng: Optional[jax.Array] = None,

@@ -135,12 +135,17 @@ def rerank_scores(probs_BxN: jax.Array, tokens_BxN: jax.Array, config: Diffusion
     """Mean -log p of each row's tokens (lower is better). With `score_excludes_padding`,
     over its text positions only (tokens != pad_id); a row with none scores +inf, so an
     all-padding sample never wins over one with text."""
+    return mean_nll(probs_BxN, tokens_BxN != config.pad_id if config.score_excludes_padding else None)
+
+
+def mean_nll(probs_BxN: jax.Array, where_BxN: Optional[jax.Array] = None) -> jax.Array:
+    """Each row's mean -log p over the positions `where` (all when None); +inf for a row with
+    none, so it never wins a reranking."""
     nll = -jnp.log(jnp.maximum(probs_BxN, 1e-30))
-    if not config.score_excludes_padding:
+    if where_BxN is None:
         return jnp.mean(nll, axis=-1)
-    text = tokens_BxN != config.pad_id
-    count = jnp.sum(text, axis=-1)
-    return jnp.where(count > 0, jnp.sum(nll * text, axis=-1) / jnp.maximum(count, 1), jnp.inf)
+    count = jnp.sum(where_BxN, axis=-1)
+    return jnp.where(count > 0, jnp.sum(nll * where_BxN, axis=-1) / jnp.maximum(count, 1), jnp.inf)
 
 
 def length_report(tokens_BxN, eos_id: int = 1, pad_id: int = 0) -> dict:
