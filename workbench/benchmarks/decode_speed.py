@@ -380,6 +380,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--block-policies", nargs="+", default=list(defaults.block_policies))
     parser.add_argument("--block-steps", type=int, help="steps per block (default: the block size)")
     parser.add_argument("--threshold", type=float, default=defaults.threshold)
+    parser.add_argument("--process", choices=("uniform", "absorbing"),
+                        help="diffusion process of every diffusion row (default: uniform canvases, absorbing blocks)")
+    parser.add_argument("--temperature", type=float, help="diffusion temperature (default: each sampler's own)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="compute dtype (default: float32 on CPU, the preset's elsewhere)")
     args = parser.parse_args(argv)
@@ -389,13 +392,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                diffusion_attention=args.diffusion_attention, max_case_seconds=args.max_case_seconds,
                                dtype=args.dtype, block_sizes=tuple(args.block_sizes),
                                block_policies=tuple(args.block_policies), block_steps=args.block_steps,
-                               threshold=args.threshold)
+                               threshold=args.threshold, process=args.process, temperature=args.temperature)
     table = run_decode_speed(config, out_dir=args.out)
     out = Path(args.out)
     speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["label", "length", "seconds", "ms_per_token", "tokens_per_s", "nfe_per_token", "speedup_vs_ar",
-                     "speedup_vs_full", "status"]].dropna(axis=1, how="all")
+                     "speedup_vs_full", "exact_match", "token_accuracy", "status"]].dropna(axis=1, how="all")
               .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {out / 'decode_speed.json'} and {out / 'decode_speed.html'}")
     return 0
