@@ -36,6 +36,7 @@ def test_budgets_match_forward_passes_per_canvas_token():
     (dict(task="copy"), "task='copy'"),
     (dict(min_len=5, max_len=4), "min_len"),
     (dict(steps_per_token=(0.0,)), "steps_per_token"),
+    (dict(block_size=2, steps_per_token=(0.25, 1.0)), r"\[0.25\] give blocks of 2 tokens less than one step"),
 ])  # fmt: skip
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -81,6 +81,10 @@ class DecodeQualityConfig:
         if not self.steps_per_token or min(self.steps_per_token) <= 0:
             raise ValueError(f"steps_per_token={self.steps_per_token}: give positive budgets (forward passes per "
                              f"canvas token), e.g. (0.25, 0.5, 1.0)")
+        unmatched = [f for f in self.steps_per_token if f * self.block_size < 1]
+        if unmatched:  # a block needs at least one step: blocks would spend more than the budget
+            raise ValueError(f"steps_per_token {unmatched} give blocks of {self.block_size} tokens less than one step; "
+                             f"use budgets >= 1/block_size = {1 / self.block_size:g}")
 
     @property
     def canvas_len(self) -> int:
