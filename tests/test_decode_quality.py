@@ -57,7 +57,7 @@ def test_end_to_end_trains_converts_and_scores_every_row(tmp_path):
     cached = table[(table["method"] == "diffusion") & (table["prefix_cache"] == True)]  # noqa: E712
     assert cached["forward_passes"].item() == canvas_steps + 1  # the prompt pass, then the steps
     low_confidence = table[(table["method"] == "block") & (table["policy"] == "low_confidence")]
-    assert low_confidence["forward_passes"].item() == 1 + 2 * (block_steps + 1)  # prompt, 2 blocks x (steps + commit)
+    assert low_confidence["forward_passes"].item() == 1 + 2 * block_steps  # prompt, 2 blocks x steps
     saved = json.loads((tmp_path / "decode_quality.json").read_text())
     assert set(saved["final_train_loss"]) == {"ar", "diffusion", "block"}
     assert len(saved["rows"]) == 5 and saved["config"]["block_size"] == 4

@@ -125,9 +125,9 @@ def test_block_diffusion_rows_report_passes_and_ratio_to_ar():
     assert list(block["block_size"]) == [4, 4, 3, 3] and list(block["policy"]) == ["low_confidence", "threshold"] * 2
     ok = block[block["status"] == "ok"]
     assert len(ok) == 2 and block[block["block_size"] == 3]["status"].str.startswith("skipped").all()
-    # low_confidence spends its budget: prompt pass + 2 blocks x (4 steps + 1 commit); a threshold of 0
-    # commits a whole block in one step: prompt + 2 x (1 + 1)
-    assert list(ok["forward_passes"]) == [11, 5]
+    # low_confidence spends its budget: prompt pass + 2 blocks x 4 steps (each commit rides on the next
+    # block's first step); a threshold of 0 commits a whole block in one step: prompt + 2 x 1
+    assert list(ok["forward_passes"]) == [9, 3]
     np.testing.assert_allclose(ok["nfe_per_token"], ok["forward_passes"] / 8)
     ar = frame[frame["method"] == "ar"]
     assert ar["forward_passes"].item() == 9

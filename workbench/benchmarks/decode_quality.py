@@ -12,7 +12,7 @@ synthetic sequence task (`reverse` or `sort` a random symbol string), at a CPU s
    KV-cached AR, the full canvas (low-confidence commits) and blocks (low-confidence and
    threshold commits), at budgets of `steps_per_token` forward passes per canvas token: a
    full canvas of L tokens gets round(f x L) steps, each block round(f x b), so both spend the
-   same denoising passes (blocks add one commit pass each; `forward_passes` counts them).
+   same denoising passes (each block's commit rides on the next block's first step).
 
 Every row carries exact match and token accuracy next to its time and its ratio to AR.
 Writes decode_quality.json (config, data hash, training losses, rows) to --out, and the three

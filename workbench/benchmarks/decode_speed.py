@@ -266,7 +266,7 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
         # eos_id=-1: no token stops generation, so every case emits `length` tokens (equal output lengths).
         ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, eos_id=-1, pad_id=pad_id)
         # model calls per batch: AR one per token plus the prompt; diffusion one per step (plus the prompt's
-        # cache pass); block diffusion counts its own (prompt, steps actually run, one commit per block)
+        # cache pass); block diffusion counts its own (prompt pass, steps actually run; commits ride along)
         run_case("ar", "AR (KV cache)", length, None, 1,
                  lambda: generate(ar_model, prompts, prompt_lengths, ar, key).tokens, passes=length + 1)
         batch = seq2seq_batch([p[:n] for p, n in zip(prompts.tolist(), prompt_lengths)],

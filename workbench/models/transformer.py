@@ -32,11 +32,14 @@ CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> ta
 class BlockDenoiser(NamedTuple):
     """Block diffusion's view of a model (`DecoderOnly.block_denoiser`): a state threaded
     through the sampler (a KV cache, or the token rows when recomputing), the logits of
-    block k's canvas, and `commit`, which fixes block k's final tokens into the state."""
+    block k's canvas, `commit`, which fixes block k's final tokens into the state, and
+    `advance`, which commits block k and returns block k + 1's logits for its first canvas
+    in one forward pass (the cache's commit pass and the next block's first step fused)."""
 
     state: Any
     logits: Callable[[Any, jax.Array, jax.Array], jax.Array]  # (state, k, canvas [B, b]) -> [B, b, V]
     commit: Callable[[Any, jax.Array, jax.Array], Any]  # (state, k, tokens [B, b]) -> state
+    advance: Callable[[Any, jax.Array, jax.Array, jax.Array], tuple]  # (state, k, tokens, next canvas) -> (state, logits)
     prompt_passes: int  # forward passes spent before the first block (the prompt's cache)
 
 
@@ -289,7 +292,11 @@ class DecoderOnly(nnx.Module):
                 positions, _ = place(k)
                 return jax.vmap(lambda r, pos, vals: r.at[pos].set(vals))(row_BxW, positions, tokens_BxB)
 
-            return BlockDenoiser(batch.tokens, full_logits, full_commit, prompt_passes=0)
+            def full_advance(row_BxW, k, tokens_BxB, next_BxB):
+                row = full_commit(row_BxW, k, tokens_BxB)
+                return row, full_logits(row, k + 1, next_BxB)
+
+            return BlockDenoiser(batch.tokens, full_logits, full_commit, full_advance, prompt_passes=0)
 
         prompt = batch.inputs
         prompt_pos = jnp.broadcast_to(jnp.arange(prompt.shape[1], dtype=jnp.int32), prompt.shape)
@@ -297,16 +304,26 @@ class DecoderOnly(nnx.Module):
                               q_offset=jnp.zeros((size,), jnp.int32))
         prompt_logits, kv = self.forward_cached(prompt, prompt_pos, mask, self.init_cache(size, width))
 
-        def run(kv, k, tokens_BxB):
-            positions, start = place(k)
+        def run(kv, k, tokens_BxN):  # N = b tokens (block k), or 2b (blocks k and k + 1)
+            _, start = place(k)
+            positions = start[:, None] + jnp.arange(tokens_BxN.shape[1], dtype=jnp.int32)[None, :]
             step_mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=start)
-            return self.forward_cached(tokens_BxB, positions, step_mask, kv)
+            return self.forward_cached(tokens_BxN, positions, step_mask, kv)
 
         # A denoising step's keys and values (of a noisy block) are dropped; the committed
-        # block's are kept, so later blocks see exactly its final tokens.
+        # block's are kept, so later blocks see exactly its final tokens. `advance` runs block
+        # k's final tokens and block k + 1's first canvas together: under block_causal block k
+        # does not see block k + 1, and the noisy keys it leaves at block k + 1's positions are
+        # rewritten by every later pass over that block.
+        b = cfg.block_size
+
+        def advance(kv, k, tokens, next_canvas):
+            logits, kv = run(kv, k, jnp.concatenate([tokens, next_canvas], axis=1))
+            return kv, logits[:, b:]
+
         if not shift:
             return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
-                                 lambda kv, k, tokens: run(kv, k, tokens)[1], prompt_passes=1)
+                                 lambda kv, k, tokens: run(kv, k, tokens)[1], advance, prompt_passes=1)
 
         # The state also carries the logits that predict the next block's first token: the
         # prompt's last position, then each committed block's last position.
@@ -319,8 +336,13 @@ class DecoderOnly(nnx.Module):
             logits, kv = run(state[0], k, tokens)
             return kv, logits[:, -1].astype(jnp.float32)
 
+        def shifted_advance(state, k, tokens, next_canvas):
+            logits, kv = run(state[0], k, jnp.concatenate([tokens, next_canvas], axis=1))
+            return (kv, logits[:, b - 1].astype(jnp.float32)), logits[:, b - 1 : 2 * b - 1]
+
         first = jnp.take_along_axis(prompt_logits, (batch.prefix_len - 1)[:, None, None], axis=1)[:, 0]
-        return BlockDenoiser((kv, first.astype(jnp.float32)), shifted_logits, shifted_commit, prompt_passes=1)
+        return BlockDenoiser((kv, first.astype(jnp.float32)), shifted_logits, shifted_commit, shifted_advance,
+                             prompt_passes=1)
 
     def block_denoise(self, batch, noisy_BxN: jax.Array) -> jax.Array:
         """Block-diffusion training logits [B, N, V] (the `target_view` layout): each noisy

@@ -5,7 +5,9 @@ each block starts from the process's initial canvas and runs up to `steps_per_bl
 steps of the process's `step` under a decoding policy (`workbench.processes.policies`),
 attending to itself, the prompt and the committed blocks before it (`block_causal`
 attention). A committed block's keys and values are written into the cache once
-(`DecoderOnly.block_denoiser`), so each step runs b positions only. With a commit policy
+(`DecoderOnly.block_denoiser`), in the same forward pass as the next block's first step
+(`advance`: 2b positions), so every other step runs b positions only and the forward passes
+are the prompt pass plus the denoising steps. With a commit policy
 (absorbing's default, `threshold`, ...) a block stops as soon as every row has committed
 all of it, so `threshold` spends fewer forward passes on easy blocks.
 
@@ -75,7 +77,7 @@ class BlockOutput(NamedTuple):
     probs: jax.Array  # [B, Tt] each final token's probability when it was committed (0 on padding)
     commit_step: jax.Array  # [B, Tt] the step of its block that committed each position (-1 on padding)
     blocks_run: jax.Array  # [] blocks decoded (fewer than Tt / b when every example stopped)
-    forward_passes: jax.Array  # [] model calls: prompt pass, denoising steps and block commits
+    forward_passes: jax.Array  # [] model calls: the prompt pass and the denoising steps (commits ride along)
     scores: Any = None  # [B, S] each sample's mean -log p over its text (lower is better)
     chosen: Any = None  # [B] the sample kept
 
@@ -94,13 +96,21 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
     keys = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(rng, e), s))(batch.example_ids, sample_idx)
     stop_at_eos = config.eos_id is not None
 
-    def decode_block(k, state):
-        block_keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(keys)
+    def block_keys(k):
+        return jax.vmap(lambda key: jax.random.fold_in(key, k))(keys)
+
+    def first_canvas(k):
+        return process.initial_canvas(block_keys(k), b)
+
+    def decode_block(k, state, first_logits):
+        keys_k = block_keys(k)
 
         def body(carry):
             s, canvas, committed, when, conf = carry
-            logits = denoiser.logits(state, k, canvas).astype(jnp.float32)
-            step_keys = jax.vmap(lambda key: jax.random.fold_in(key, s))(block_keys)
+            # step 0's logits came with the block (the previous block's fused commit pass)
+            logits = jax.lax.cond(s == 0, lambda: first_logits,
+                                  lambda: denoiser.logits(state, k, canvas).astype(jnp.float32))
+            step_keys = jax.vmap(lambda key: jax.random.fold_in(key, s))(keys_k)
             new, now_committed, p = process.step(s, steps, canvas, committed, logits, step_keys, config.temperature,
                                                  policy)
             # keep policies re-decide every position each step, so their last step is what counts
@@ -111,15 +121,14 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
             s, _, committed, _, _ = carry
             return (s < steps) & ~jnp.all(committed) if policy.freezes else s < steps
 
-        init = (jnp.int32(0), process.initial_canvas(block_keys, b), jnp.zeros((size, b), bool),
+        init = (jnp.int32(0), first_canvas(k), jnp.zeros((size, b), bool),
                 jnp.full((size, b), -1, jnp.int32), jnp.zeros((size, b), jnp.float32))
         s, canvas, _, when, conf = jax.lax.while_loop(cond, body, init)
         return s, canvas, when, conf
 
     def outer(carry):
-        k, state, tokens, probs, commit_step, done, passes = carry
-        s, canvas, when, conf = decode_block(k, state)
-        state = denoiser.commit(state, k, canvas)
+        k, state, first_logits, tokens, probs, commit_step, done, passes = carry
+        s, canvas, when, conf = decode_block(k, state, first_logits)
         live = ~done[:, None]
         start = (jnp.int32(0), k * b)
         tokens = jax.lax.dynamic_update_slice(tokens, jnp.where(live, canvas, config.pad_id), start)
@@ -127,17 +136,26 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
         commit_step = jax.lax.dynamic_update_slice(commit_step, jnp.where(live, when, -1), start)
         if stop_at_eos:
             done = done | jnp.any(canvas == config.eos_id, axis=-1)
-        commits = 1 if config.cache else 0  # recomputation writes no cache
-        return k + 1, state, tokens, probs, commit_step, done, passes + s + commits
+
+        # Commit block k and take block k + 1's first logits in one pass; after the last block
+        # (or once every example stopped) nothing reads the commit, so none is run.
+        def advance():
+            new_state, logits = denoiser.advance(state, k, canvas, first_canvas(k + 1))
+            return new_state, logits.astype(jnp.float32)
+
+        state, first_logits = jax.lax.cond((k + 1 < num_blocks) & ~jnp.all(done), advance,
+                                           lambda: (state, first_logits))
+        return k + 1, state, first_logits, tokens, probs, commit_step, done, passes + s
 
     def more(carry):
         k, *_, done, _ = carry
         return (k < num_blocks) & ~jnp.all(done)
 
-    init = (jnp.int32(0), denoiser.state, jnp.full((size, target_len), config.pad_id, jnp.int32),
+    first_logits = denoiser.logits(denoiser.state, jnp.int32(0), first_canvas(jnp.int32(0))).astype(jnp.float32)
+    init = (jnp.int32(0), denoiser.state, first_logits, jnp.full((size, target_len), config.pad_id, jnp.int32),
             jnp.zeros((size, target_len), jnp.float32), jnp.full((size, target_len), -1, jnp.int32),
             jnp.zeros((size,), bool), jnp.int32(denoiser.prompt_passes))
-    k, _, tokens, probs, commit_step, _, passes = jax.lax.while_loop(more, outer, init)
+    k, _, _, tokens, probs, commit_step, _, passes = jax.lax.while_loop(more, outer, init)
 
     position = jnp.arange(target_len)[None, :]
     if stop_at_eos:
