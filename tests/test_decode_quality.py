@@ -22,7 +22,9 @@ def test_task_pairs_are_the_task_with_eos_and_test_prompts_are_unseen(task):
     for prompt, reference in zip(test_inputs, references):
         assert list(reference) == (list(prompt)[::-1] if task == "reverse" else sorted(prompt))
     assert not set(test_inputs) & set(inputs) and len(set(test_inputs)) == 20
-    assert decode_quality.pairs_hash(config) == decode_quality.pairs_hash(config)  # a pure function of the config
+    again, other_seed = task_pairs(config), task_pairs(DecodeQualityConfig(**{**config.__dict__, "seed": 1}))
+    assert decode_quality.pairs_hash(again) == decode_quality.pairs_hash((inputs, targets, test_inputs, references))
+    assert decode_quality.pairs_hash(other_seed) != decode_quality.pairs_hash(again)
 
 
 def test_budgets_match_forward_passes_per_canvas_token():

@@ -134,10 +134,10 @@ def _final_loss(run_dir: Path) -> Optional[float]:
     return losses[-1] if losses else None
 
 
-def train_models(config: DecodeQualityConfig, runs: Path) -> tuple[dict, dict]:
+def train_models(config: DecodeQualityConfig, runs: Path, pairs: tuple) -> tuple[dict, dict]:
     """The AR model and its two conversions ({method: model}, run folders under `runs`) and their
     final training losses. Finished runs of the same config are reused (the trainer resumes them)."""
-    inputs, targets, _, _ = task_pairs(config)
+    inputs, targets, _, _ = pairs
     canvas = config.canvas_len
     model_config = ModelConfig(vocab_size=FIRST_SYMBOL + config.symbols, d_model=config.d_model,
                                num_layers=config.num_layers, num_heads=config.num_heads, d_ff=config.d_ff,
@@ -147,7 +147,7 @@ def train_models(config: DecodeQualityConfig, runs: Path) -> tuple[dict, dict]:
         return Seq2SeqSource(inputs, targets, input_len=config.max_len, target_len=canvas,
                              batch_size=config.batch_size, pad_targets=pad_targets, seed=config.seed, pad_id=PAD)
 
-    data_info = {"task": config.task, "pairs_sha256": pairs_hash(config)}
+    data_info = {"task": config.task, "pairs_sha256": pairs_hash(pairs)}
     train(build_model(model_config, config.seed), _train_config(config, config.ar_steps, "ar"), source(False),
           runs / "ar", data_info=data_info)
     losses = {"ar": _final_loss(runs / "ar")}
@@ -159,8 +159,9 @@ def train_models(config: DecodeQualityConfig, runs: Path) -> tuple[dict, dict]:
     return {method: load_model(runs / method)[0] for method in ("ar", *CONVERSIONS)}, losses
 
 
-def pairs_hash(config: DecodeQualityConfig) -> str:
-    return hashlib.sha256(json.dumps(task_pairs(config)).encode()).hexdigest()
+def pairs_hash(pairs: tuple) -> str:
+    """sha256 of `task_pairs`' output (recorded with every training run and the results)."""
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
 
 
 def run_decode_quality(config: DecodeQualityConfig = DecodeQualityConfig(), out_dir: Path | str = "runs/bench",
@@ -168,8 +169,9 @@ def run_decode_quality(config: DecodeQualityConfig = DecodeQualityConfig(), out_
     """Train, convert, decode at every budget; the rows of `decode_speed` with a `budget` column
     (forward passes per canvas token). Writes decode_quality.json to `out_dir`."""
     out_dir = Path(out_dir)
-    models, losses = train_models(config, out_dir / "decode_quality_runs")
-    _, _, test_inputs, references = task_pairs(config)
+    pairs = task_pairs(config)
+    models, losses = train_models(config, out_dir / "decode_quality_runs", pairs)
+    _, _, test_inputs, references = pairs
     eval_set = EvalSet(prompts=tuple(test_inputs), references=tuple(references), eos_id=EOS)
     tables = []
     for fraction in config.steps_per_token:
@@ -185,7 +187,7 @@ def run_decode_quality(config: DecodeQualityConfig = DecodeQualityConfig(), out_
         tables.append(table if not tables else table[table["method"] != "ar"])
     table = pd.concat(tables, ignore_index=True)
     save_json(out_dir / "decode_quality.json", {
-        "config": dataclasses.asdict(config), "canvas_len": config.canvas_len, "data": {"pairs_sha256": pairs_hash(config)},
+        "config": dataclasses.asdict(config), "canvas_len": config.canvas_len, "data": {"pairs_sha256": pairs_hash(pairs)},
         "final_train_loss": losses, "rows": json.loads(table.to_json(orient="records"))})
     return table
 

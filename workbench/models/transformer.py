@@ -118,6 +118,14 @@ class _Embedder(nnx.Module):
         return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
 
 
+def check_shift_prompt(prefix_len) -> None:
+    """shift_targets reads each target from the position before it: refuse an empty prompt
+    (checked on concrete values only; callers under jit check before tracing)."""
+    if not isinstance(prefix_len, jax.core.Tracer) and bool(np.any(np.asarray(prefix_len) < 1)):
+        raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
+                         "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
+
+
 def _shift_right(logits_BxNxV: jax.Array) -> jax.Array:
     """Position i gets the logits of position i - 1 (position 0 keeps its own; `target_view` gives it weight 0)."""
     return jnp.concatenate([logits_BxNxV[:, :1], logits_BxNxV[:, :-1]], axis=1)
@@ -224,9 +232,8 @@ class DecoderOnly(nnx.Module):
         computed here once and each call runs the Tt target positions only."""
         positions = batch.prefix_len[:, None] + jnp.arange(target_len, dtype=jnp.int32)[None, :]
         shift = self.config.shift_targets
-        if shift and not isinstance(batch.prefix_len, jax.core.Tracer) and bool(jnp.any(batch.prefix_len < 1)):
-            raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
-                             "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
+        if shift:
+            check_shift_prompt(batch.prefix_len)
         if not (prompt_cache and self.config.attention == "prefix_diffusion"):
             def full(canvas_BxT):
                 tokens = jax.vmap(lambda row, pos, vals: row.at[pos].set(vals))(batch.tokens, positions, canvas_BxT)
@@ -273,9 +280,8 @@ class DecoderOnly(nnx.Module):
         size, width = batch.tokens.shape
         check_lengths("prefix_len", batch.prefix_len, width - target_len, f"row width {width} - target_len {target_len}")
         shift = cfg.shift_targets
-        if shift and not isinstance(batch.prefix_len, jax.core.Tracer) and bool(jnp.any(batch.prefix_len < 1)):
-            raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
-                             "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
+        if shift:
+            check_shift_prompt(batch.prefix_len)
         offsets = jnp.arange(cfg.block_size, dtype=jnp.int32)[None, :]
 
         def place(k):  # absolute positions [B, b] and the block's first position [B]

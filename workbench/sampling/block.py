@@ -30,11 +30,10 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from workbench.models import DecoderOnly
-from workbench.models.transformer import check_lengths
+from workbench.models.transformer import check_lengths, check_shift_prompt
 from workbench.objectives.batch import Batch
 from workbench.processes import get_policy, get_process, policy_names, process_names
 from workbench.sampling.diffusion import mean_nll
@@ -195,8 +194,7 @@ def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, 
     width = int(batch.tokens.shape[1])
     check_lengths("prefix_len", batch.prefix_len, width - target_len,
                   f"row width {width} - target_len {target_len}: every block must fit in the row")
-    if model.config.shift_targets and bool(np.any(np.asarray(batch.prefix_len) < 1)):
-        raise ValueError("shift_targets=True reads each target from the position before it; every example needs "
-                         "a prompt of at least one token (prefix_len >= 1), e.g. a bos")
+    if model.config.shift_targets:
+        check_shift_prompt(batch.prefix_len)
     rng = jax.random.key(0) if rng is None else rng
     return _block_sample(model, jax.tree.map(jnp.asarray, batch), rng, config, target_len)
