@@ -34,6 +34,40 @@ class RopeScaling:
             )
 
 
+# The projections an adapter can target, by their Hugging Face (and PEFT) names.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (LoRA) on a frozen base: each targeted projection W becomes
+    W + (alpha / rank) * A @ B with A [in, rank] (small random) and B [rank, out] (zeros), so a
+    fresh adapter gives the base model's outputs bitwise. Only the adapter, the embedding rows
+    of `trainable_rows` (e.g. a new mask token's) and, with `train_norms`, the RMSNorm scales
+    train; every other weight is frozen (`workbench.models.lora.Frozen`, not an `nnx.Param`)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    trainable_rows: tuple[int, ...] = ()  # token ids whose embedding rows train (a delta on the frozen row)
+    train_norms: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LoRAConfig.rank={self.rank!r}: expected a positive int (e.g. 8)")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRAConfig.alpha={self.alpha!r}: expected a positive number (the scale is alpha/rank)")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"LoRAConfig.targets={self.targets!r}: expected a non-empty subset of {LORA_TARGETS}")
+        if len(set(self.trainable_rows)) != len(self.trainable_rows) or any(i < 0 for i in self.trainable_rows):
+            raise ValueError(f"LoRAConfig.trainable_rows={self.trainable_rows!r}: expected distinct token ids >= 0")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A Transformer of the AR2Diff family.
@@ -69,6 +103,8 @@ class ModelConfig:
     # Diffusion denoiser: the logit at position i predicts token i+1 (DiffuLLaMA, Dream), so a
     # pretrained AR head keeps its meaning; False is the paper's form (position i predicts token i).
     shift_targets: bool = False
+    # Adapters on a frozen base (`workbench.models.lora.with_lora`); None: every weight trains.
+    lora: Optional[LoRAConfig] = None
 
     def __post_init__(self):
         if self.vocab_size <= 0:
@@ -112,6 +148,13 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.lora is not None:
+            if self.arch != "decoder":
+                raise ValueError("lora is implemented for decoder-only models (arch='decoder'); got arch="
+                                 f"{self.arch!r}")
+            bad = [i for i in self.lora.trainable_rows if i >= self.vocab_size]
+            if bad:
+                raise ValueError(f"lora.trainable_rows {bad} are outside the vocabulary (vocab_size={self.vocab_size})")
         if self.dtype not in ("bfloat16", "float32", "float16"):
             raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16', 'float32' or 'float16'")
 

@@ -15,6 +15,7 @@ from flax import nnx
 
 from workbench.attention import AttentionMask, attention  # also registers the Pallas kernels
 from workbench.models.config import ModelConfig, RopeScaling
+from workbench.models.lora import HF_NAMES, LoRALinear
 
 KVCache = dict[str, jax.Array]  # {"k": [B,S,Hkv,D], "v": [B,S,Hkv,D]}
 
@@ -64,7 +65,12 @@ def rotary(
     return out.astype(x_BxTxHxD.dtype)
 
 
-def _dense(d_in: int, d_out: int, config: ModelConfig, rngs: nnx.Rngs, std: float, bias: bool = False) -> nnx.Linear:
+def _dense(d_in: int, d_out: int, config: ModelConfig, rngs: nnx.Rngs, std: float, bias: bool = False,
+           name: str = "") -> nnx.Module:
+    """A projection; a `LoRALinear` when the config's adapters target `name` (`lora.HF_NAMES`)."""
+    if config.lora is not None and HF_NAMES.get(name) in config.lora.targets:
+        return LoRALinear(d_in, d_out, rank=config.lora.rank, scale=config.lora.scale, dtype=compute_dtype(config),
+                          bias=bias, std=std, rngs=rngs)
     return nnx.Linear(
         d_in,
         d_out,
@@ -79,9 +85,9 @@ def _dense(d_in: int, d_out: int, config: ModelConfig, rngs: nnx.Rngs, std: floa
 class GatedMLP(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         d, f = config.d_model, config.d_ff
-        self.gate = _dense(d, f, config, rngs, d**-0.5)
-        self.up = _dense(d, f, config, rngs, d**-0.5)
-        self.down = _dense(f, d, config, rngs, (f * 2 * config.num_layers) ** -0.5)
+        self.gate = _dense(d, f, config, rngs, d**-0.5, name="gate")
+        self.up = _dense(d, f, config, rngs, d**-0.5, name="up")
+        self.down = _dense(f, d, config, rngs, (f * 2 * config.num_layers) ** -0.5, name="down")
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         return self.down(jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD))
@@ -95,10 +101,10 @@ class Attention(nnx.Module):
         self.config = config
         self.cross = cross
         bias = config.qkv_bias
-        self.q = _dense(d, config.num_heads * hd, config, rngs, d**-0.5, bias)
-        self.k = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias)
-        self.v = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias)
-        self.o = _dense(config.num_heads * hd, d, config, rngs, (config.num_heads * hd * 2 * config.num_layers) ** -0.5)
+        self.q = _dense(d, config.num_heads * hd, config, rngs, d**-0.5, bias, name="q")
+        self.k = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias, name="k")
+        self.v = _dense(d, config.kv_heads * hd, config, rngs, d**-0.5, bias, name="v")
+        self.o = _dense(config.num_heads * hd, d, config, rngs, (config.num_heads * hd * 2 * config.num_layers) ** -0.5, name="o")
         # Qwen3: per-head RMSNorm of queries and keys (before rotary), one scale shared by all heads
         self.q_norm = RMSNorm(hd, config.norm_eps, compute_dtype(config)) if config.qk_norm else None
         self.k_norm = RMSNorm(hd, config.norm_eps, compute_dtype(config)) if config.qk_norm else None

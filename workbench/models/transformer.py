@@ -25,6 +25,7 @@ from flax import nnx
 from workbench.attention import AttentionMask, mask_for_kind
 from workbench.models.config import ModelConfig
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
+from workbench.models.lora import LoRAParam, current_gate, freeze_base
 
 CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> target logits [B, Tt, V]
 
@@ -105,9 +106,22 @@ class _Embedder(nnx.Module):
             if config.tie_embeddings
             else nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.d_model), jnp.float32))
         )
+        # Adapters: trainable deltas on the (frozen) rows of `lora.trainable_rows`, e.g. a new mask token's.
+        rows = () if config.lora is None else config.lora.trainable_rows
+        self.row_delta = LoRAParam(jnp.zeros((len(rows), config.d_model), jnp.float32)) if rows else None
+
+    def _row_weights(self, tokens_BxT):
+        """[B, T, rows]: 1 where a token is a trained row, times the adapter gate (`adapter_gate`)."""
+        ids = jnp.asarray(self.config.lora.trainable_rows, jnp.int32)
+        match = (tokens_BxT[..., None] == ids).astype(jnp.float32)
+        gate = current_gate()
+        return match if gate is None or gate is True else match * jnp.asarray(gate, jnp.float32)[..., None]
 
     def embed(self, tokens_BxT):
-        return jnp.take(self.embedding[...], tokens_BxT, axis=0).astype(compute_dtype(self.config))
+        x = jnp.take(self.embedding[...], tokens_BxT, axis=0)
+        if self.row_delta is not None and current_gate() is not False:
+            x = x + jnp.einsum("btr,rd->btd", self._row_weights(tokens_BxT), self.row_delta[...])
+        return x.astype(compute_dtype(self.config))
 
     def logits(self, x_BxTxD):
         table = self.embedding if self.lm_head is None else self.lm_head
@@ -115,6 +129,14 @@ class _Embedder(nnx.Module):
         # models, trained without it); float32 for the softmax.
         w = table[...].astype(x_BxTxD.dtype)
         logits = jnp.einsum("btd,vd->btv", x_BxTxD, w, preferred_element_type=jnp.float32)
+        gate = current_gate()
+        if self.row_delta is not None and self.lm_head is None and gate is not False:  # tied: the rows' logits too
+            ids = jnp.asarray(self.config.lora.trainable_rows, jnp.int32)
+            extra = jnp.einsum("btd,rd->btr", x_BxTxD, self.row_delta[...].astype(x_BxTxD.dtype),
+                               preferred_element_type=jnp.float32)
+            if gate is not None and gate is not True:
+                extra = extra * jnp.asarray(gate, jnp.float32)[..., None]
+            logits = logits.at[..., ids].add(extra)
         return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
 
 
@@ -149,6 +171,8 @@ class DecoderOnly(nnx.Module):
         self.embedder = _Embedder(config, rngs)
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, compute_dtype(config))
+        if config.lora is not None:
+            freeze_base(self, config.lora)
 
     def make_mask(
         self,
