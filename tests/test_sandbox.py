@@ -13,7 +13,7 @@ import pytest
 from workbench.evaluation import sandbox
 
 ISOLATION = sandbox.detect_isolation()
-BARE = sandbox.Isolation(unshare_argv=(), landlock_abi=0)  # Python guard + rlimits + session kill only
+BARE = sandbox.Isolation(namespaces=(), landlock_abi=0)  # Python guard + rlimits + session kill only
 ISOLATIONS = pytest.mark.parametrize("isolation", [ISOLATION, BARE], ids=["auto", "bare"])
 
 # Re-importing `posix` yields unpatched functions: the way past the Python-level guard, used here
@@ -149,7 +149,7 @@ def test_fork_bomb_past_the_python_guard_is_contained():
     assert processes_in(workdir) == []
 
 
-@pytest.mark.skipif(not ISOLATION.unshare_argv and not ISOLATION.pids_cgroup, reason="no PID namespace or cgroup")
+@pytest.mark.skipif(not ISOLATION.namespaces and not ISOLATION.pids_cgroup, reason="no PID namespace or cgroup")
 def test_escaped_orphan_does_not_outlive_the_run():
     # The child leaves the session (so killpg alone would miss it) and keeps stdout open.
     code = BYPASS_GUARD + (
@@ -207,9 +207,11 @@ def test_files_outside_the_sandbox_are_untouched(tmp_path, isolation):
     sentinel.write_text("keep me")
     programs = _outside_programs(tmp_path)
     results = sandbox.check_candidates(list(programs.values()), timeout_s=10, isolation=isolation)
+    # Refused (guard, Landlock), or with a private root the host path does not exist inside the run at all.
+    refusals = ("PermissionError", "FileNotFoundError") if isolation.launched else ("PermissionError",)
     for name, result in zip(programs, results):
         assert result.status == "failed", (name, result)
-        assert "PermissionError" in result.stderr_tail, (name, result.stderr_tail)
+        assert any(refusal in result.stderr_tail for refusal in refusals), (name, result.stderr_tail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sentinel.txt"]
     assert sentinel.read_text() == "keep me"
 
@@ -223,8 +225,9 @@ def test_landlock_blocks_writes_past_the_python_guard(tmp_path):
         BYPASS_GUARD + f"posix.unlink({str(sentinel)!r})",
         BYPASS_GUARD + f"fd = posix.open({str(sentinel)!r}, posix.O_WRONLY | posix.O_TRUNC)",
     ]
+    refusals = ("PermissionError", "FileNotFoundError") if ISOLATION.launched else ("PermissionError",)
     for result in sandbox.check_candidates(programs, timeout_s=10):
-        assert result.status == "failed" and "PermissionError" in result.stderr_tail, result
+        assert result.status == "failed" and any(refusal in result.stderr_tail for refusal in refusals), result
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sentinel.txt"]
     assert sentinel.read_text() == "keep me"
 
@@ -238,7 +241,7 @@ def test_no_network(isolation):
 
 
 def test_sandbox_that_cannot_start_reports_error():
-    broken = sandbox.Isolation(unshare_argv=("/nonexistent/unshare",), landlock_abi=0)
+    broken = sandbox.Isolation(namespaces=ISOLATION.namespaces, landlock_abi=0, python="/nonexistent/python")
     result = sandbox.run_program("pass", isolation=broken)
     assert result.status == "error" and "could not start" in result.stderr_tail
 
@@ -312,7 +315,7 @@ def test_isolation_is_recorded_and_the_fallback_needs_an_opt_in():
     assert summary["pass@1"] == 100.0 and summary["isolation"]["level"] == "fallback"
     with pytest.raises(ValueError, match="isolation_required='strict'.*expected one of"):
         sandbox.require_isolation("strict")
-    no_cap = sandbox.Isolation(unshare_argv=ISOLATION.unshare_argv or ("unshare",), landlock_abi=5)
+    no_cap = sandbox.Isolation(namespaces=sandbox.NAMESPACES, landlock_abi=5)
     assert "Landlock ABI >= 6" in " ".join(no_cap.missing("full")) and not no_cap.missing("kernel")
 
 
@@ -321,3 +324,31 @@ def test_default_evaluation_runs_here_and_records_its_isolation():
     problem = {"task_id": "t/1", "prompt": "def f(x):\n", "test": "def check(c):\n    assert c(2) == 4\n", "entry_point": "f"}
     summary = sandbox.evaluate_code("humaneval", [problem], [["    return 2 * x\n", "    return x\n"]], ks=(1,))
     assert summary["pass@1"] == 50.0 and summary["isolation"] == ISOLATION.record()
+
+
+def test_isolation_record_names_every_layer():
+    layers = ("namespaces", "missing_namespaces", "private_root", "privilege", "capabilities", "device_nodes",
+              "unix_sockets", "ipc", "hostname", "cleanup", "landlock_abi", "process_cap", "pids_cgroup", "rlimits",
+              "python_guard", "verdict", "guard_faults", "launcher_error", "missing_for_full", "description")
+    record = ISOLATION.record()
+    assert all(layer in record for layer in layers), sorted(set(layers) - set(record))
+    assert record["missing_for_full"] == ISOLATION.missing("full")
+    # Where the kernel refuses the launcher, the record says which layers are missing and the default refuses.
+    refused = sandbox.Isolation(namespaces=(), landlock_abi=7, launcher_error="unshare: Operation not permitted")
+    assert refused.level == "fallback" and refused.record()["missing_namespaces"] == list(sandbox.NAMESPACES)
+    assert refused.record()["private_root"] is None and "Operation not permitted" in " ".join(refused.missing("kernel"))
+    with pytest.raises(sandbox.IsolationError, match="mount, ipc, uts, network, pid namespaces"):
+        sandbox.require_isolation("kernel", refused)
+
+
+@pytest.mark.skipif(not ISOLATION.launched, reason="the launcher cannot run here")
+def test_a_launched_run_is_unprivileged_and_private():
+    code = (
+        "import os\nprint(os.getcwd(), os.getuid(), os.getgid(), os.getgroups(), flush=True)\n"
+    )
+    result = sandbox.run_program(code, timeout_s=10)
+    assert result.status == "passed", result
+    first = result.stdout_tail.splitlines()[0]
+    workdir, uid, gid, groups = first.split(" ", 3)
+    assert int(uid) != 0 and int(gid) != 0 and groups == "[]" or "user" in ISOLATION.namespaces
+    assert os.path.basename(workdir).startswith("workbench-sandbox-") and not os.path.exists(workdir)

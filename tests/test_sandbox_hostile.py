@@ -353,3 +353,208 @@ def test_mbpp_globals_named_like_builtins():
     gcd_sum = "def sum(a, b):\n    return __builtins__.sum(i for i in range(1, min(a, b)) if a % i == 0 == b % i)\n"
     summary = sandbox.evaluate_code("mbpp", [MBPP, honest_sum], [[shadow], [gcd_sum]], ks=(1,), postprocess=False)
     assert [p["statuses"] for p in summary["per_problem"]] == [["failed"], ["passed"]], summary["per_problem"]
+
+
+# --- Issue 23: names the tests read, functions the judge runs, the candidate as the host's root, a forged fault ---
+# Each case below scored `passed`, ran code in the judge or changed the host before the fix.
+
+ISOLATED = pytest.mark.skipif(sandbox.detect_isolation().level == "fallback",
+                              reason="the host-side cases need the kernel layers (namespaces, Landlock)")
+# Past the Python seat belt: unpatched posix and a working ctypes, as an attacker would start.
+BYPASS = (
+    "import sys as _sys\ndel _sys.modules['posix']\nimport posix as _posix\n"
+    "for _name in ('ctypes', '_ctypes'):\n    _sys.modules.pop(_name, None)\n"
+    "import ctypes as _ctypes\n_libc = _ctypes.CDLL(None, use_errno=True)\n"
+)
+MBPP_596 = {  # the real record: the tests call sys.getsizeof without importing sys (the reference code does)
+    "task_id": 596,
+    "code": "import sys \r\ndef tuple_size(tuple_list):\r\n  return (sys.getsizeof(tuple_list)) ",
+    "test_setup_code": "",
+    "test_list": [
+        'assert tuple_size(("A", 1, "B", 2, "C", 3) ) == sys.getsizeof(("A", 1, "B", 2, "C", 3))',
+        'assert tuple_size((1, "Raju", 2, "Nikhil", 3, "Deepanshu") ) == sys.getsizeof((1, "Raju", 2, "Nikhil", 3, '
+        '"Deepanshu"))',
+    ],
+}
+
+
+def run_hostile(code, **limits):
+    """A wrong `add` plus `code`, judged as HumanEval; the ExecResult (its output shows what the attack reached)."""
+    program = sandbox.humaneval_program(HUMANEVAL, WRONG_BODY + "\n\n" + code)
+    return sandbox.run_program(program, **{"timeout_s": 20, **limits})
+
+
+def test_tests_names_resolve_to_the_judges_modules():
+    """MBPP/596: the candidate's patched (or fake) `sys` must not be the `sys` the tests call."""
+    forged = "import sys\nsys.getsizeof = lambda *args, **kwargs: 0\ndef tuple_size(t):\n    return 0\n"
+    fake_module = ("import types\nsys = types.ModuleType('sys')\nsys.getsizeof = lambda *args: 0\n"
+                   "def tuple_size(t):\n    return 0\n")
+    honest = "import sys\ndef tuple_size(t):\n    return sys.getsizeof(t)\n"
+    summary = sandbox.evaluate_code("mbpp", [MBPP_596], [[forged, fake_module, honest]], ks=(1,), postprocess=False,
+                                    timeout_s=30)
+    assert summary["per_problem"][0]["statuses"] == ["failed", "failed", "passed"], summary["per_problem"]
+
+
+def test_entry_point_claiming_a_stdlib_name_is_still_the_candidates():
+    """A wrong `add` that says it is operator.add (by __module__/__qualname__) is called as itself."""
+    claims = {
+        "qualname": "    return a - b\n\nadd.__module__ = 'operator'\nadd.__qualname__ = 'add'\n",
+        "class-claim": ("    return a - b\n\nclass _Add:\n    __module__ = 'operator'\n    __qualname__ = 'add'\n"
+                        "    def __call__(self, a, b):\n        return a - b\nadd = _Add()\n"),
+    }
+    statuses, _ = humaneval_statuses(list(claims.values()))
+    assert statuses == ["failed"] * len(claims), dict(zip(claims, statuses))
+
+
+def test_judge_never_runs_a_function_the_candidate_names():
+    """`__module__='random'`, `__qualname__='_os.system'`: the judge must not follow the chain to its own os.system."""
+    program = sandbox.Program(
+        code="def f(cmd):\n    return 1\nf.__module__ = 'random'\nf.__qualname__ = '_os.system'\n",
+        tests="assert f('echo JUDGE_RAN_A_SHELL_$((6*7))') == 0\n",
+        entry_points=("f",),
+    )
+    result = sandbox.run_program(program, timeout_s=20)
+    assert result.status == "failed", result
+    assert "JUDGE_RAN_A_SHELL_42" not in result.stdout_tail + result.stderr_tail
+
+
+def test_candidate_cannot_pass_for_a_sandbox_fault():
+    """Exiting with the guard's status (and its message) is the candidate's failure, never status `error`."""
+    exits = {
+        "at-import": ("import os, sys\nprint('workbench sandbox guard failed: fake', file=sys.stderr, flush=True)\n"
+                      f"os._exit({sandbox.GUARD_FAILED_EXIT})\n"),
+        "in-the-call": ("    import os, sys\n    print('workbench sandbox guard failed: x', file=sys.stderr, flush=True)\n"
+                        f"    os._exit({sandbox.GUARD_FAILED_EXIT})\n"),
+    }
+    statuses, _ = humaneval_statuses([WRONG_BODY + "\n" + exits["at-import"], exits["in-the-call"]])
+    assert statuses == ["failed", "failed"], statuses
+
+
+@ISOLATED
+def test_candidate_holds_no_capability():
+    """It ran as the host's root: every capability in its bounding set, chown of any file allowed."""
+    code = BYPASS + (
+        "print('BOUNDING', sum(_libc.prctl(23, _cap, 0, 0, 0) == 1 for _cap in range(64)), flush=True)\n"
+        "_posix.close(_posix.open('probe', _posix.O_WRONLY | _posix.O_CREAT))\n"
+        "try:\n    _posix.chown('probe', 12345, 12345)\n    print('CHOWN_OK', flush=True)\n"
+        "except OSError as _error:\n    print('REFUSED', _error, flush=True)\n"
+    )
+    result = run_hostile(code)
+    assert "BOUNDING 0" in result.stdout_tail and "CHOWN_OK" not in result.stdout_tail, result
+    assert result.status == "failed"
+
+
+@ISOLATED
+def test_host_unix_socket_is_out_of_reach():
+    """A world-writable socket on the host's filesystem (like journald's): the network namespace does not cover it."""
+    import os
+    import socket
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="workbench-hostile-socket-")
+    path = os.path.join(directory, "host.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.chmod(directory, 0o755)
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen(4)
+        server.settimeout(0.5)
+        code = (f"import socket as _socket\n_client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
+                f"_client.connect({path!r})\n_client.sendall(b'hello from the sandbox')\nprint('CONNECTED')\n")
+        result = run_hostile(code)
+        assert result.status == "failed" and "CONNECTED" not in result.stdout_tail, result
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+        os.unlink(path)
+        os.rmdir(directory)
+
+
+@ISOLATED
+def test_sysv_ipc_does_not_outlive_the_run():
+    import os
+    import subprocess
+
+    key = 0x5A000000 + os.getpid() % 0xFFFF
+    code = BYPASS + (f"_shm = _libc.shmget({key}, 4096, 0o1666)\n_msg = _libc.msgget({key}, 0o1666)\n"
+                     "print('IPC', _shm, _msg, flush=True)\n")
+
+    def present():
+        found = []
+        for kind in ("shm", "msg"):
+            with open(f"/proc/sysvipc/{kind}") as table:
+                found += [kind for line in table.readlines()[1:] if int(line.split()[0]) == key]
+        return found
+
+    try:
+        result = run_hostile(code)
+        assert result.status == "failed", result
+        assert present() == [], result.stdout_tail
+    finally:
+        for flag in ("-M", "-Q"):
+            subprocess.run(["ipcrm", flag, str(key)], capture_output=True)
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["detected", "fallback"])
+def test_immutable_file_cannot_block_cleanup(bare):
+    import os
+    import subprocess
+
+    if not bare and sandbox.detect_isolation().level == "fallback":
+        pytest.skip("the detected isolation is the fallback")
+    limits = {"isolation": sandbox.Isolation(namespaces=(), landlock_abi=0)} if bare else {}
+
+    code = ("import fcntl as _fcntl, os as _os, struct as _struct\nprint('WORKDIR', _os.getcwd(), flush=True)\n"
+            "_fd = _os.open('stuck', _os.O_WRONLY | _os.O_CREAT)\n"
+            "try:\n    _fcntl.ioctl(_fd, 0x40086602, _struct.pack('l', 0x10))\n    print('IMMUTABLE', flush=True)\n"
+            "except OSError as _error:\n    print('REFUSED', _error, flush=True)\n")
+    result = run_hostile(code, **limits)
+    workdir = next(line.split(" ", 1)[1] for line in result.stdout_tail.splitlines() if line.startswith("WORKDIR"))
+    try:
+        assert result.status == "failed", result
+        assert not os.path.exists(workdir), (workdir, result.stdout_tail)
+    finally:
+        if os.path.exists(workdir):
+            subprocess.run(["chattr", "-R", "-i", workdir], capture_output=True)
+            subprocess.run(["rm", "-rf", workdir], capture_output=True)
+
+
+@ISOLATED
+def test_no_device_nodes():
+    """A `/dev/kmsg` node of its own let the candidate read the host's kernel log."""
+    code = BYPASS + (
+        "try:\n    _posix.mknod('kmsg', 0o20600, _posix.makedev(1, 11))\n"
+        "    _fd = _posix.open('kmsg', _posix.O_RDONLY | _posix.O_NONBLOCK)\n"
+        "    print('KMSG_READ', len(_posix.read(_fd, 8192)), flush=True)\n"
+        "except OSError as _error:\n    print('REFUSED', _error, flush=True)\n"
+    )
+    result = run_hostile(code)
+    assert result.status == "failed" and "KMSG_READ" not in result.stdout_tail, result
+
+
+@ISOLATED
+def test_hostname_of_the_host_is_untouched():
+    import socket
+
+    before = socket.gethostname()
+    code = BYPASS + "print('SETHOSTNAME', _libc.sethostname(b'sandbox-was-here', 16), flush=True)\n"
+    try:
+        result = run_hostile(code)
+        assert result.status == "failed", result
+        assert socket.gethostname() == before
+    finally:
+        if socket.gethostname() != before:
+            socket.sethostname(before)
+
+
+@ISOLATED
+def test_the_whole_directory_has_a_size_cap():
+    """Files each under the per-file limit must not add up past the directory's cap (they stayed on the host's disk)."""
+    code = ("_written = 0\nfor _i in range(12):\n    try:\n"
+            "        with open(f'fill{_i}', 'wb') as _handle:\n            _handle.write(b'x' * (4 << 20))\n"
+            "        _written += 4 << 20\n    except OSError:\n        break\nprint('WRITTEN', _written, flush=True)\n")
+    result = run_hostile(code, file_mb=8, disk_mb=16)
+    written = int(next(line.split()[1] for line in result.stdout_tail.splitlines() if line.startswith("WRITTEN")))
+    assert result.status == "failed" and written <= 16 << 20, result

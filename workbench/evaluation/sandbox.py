@@ -23,10 +23,13 @@ domain and so cannot reopen it through /proc, ptrace the judge or signal it. Exi
 (`sys.exit`, `os._exit`, a signal, a crash) at any point, hooks (atexit, trace, profile,
 signal handlers, excepthook) and writes to any file descriptor change nothing the judge reads,
 so they can only fail the run. HumanEval's prompt is also run by the judge, so helpers such as
-`poly` in HumanEval/32 are the dataset's, and candidate globals named like builtins or stdlib
-modules (`abs`, `math`) never replace the judge's. What stays the candidate's by design: the
-values its functions return, and any other name the tests use without defining it (a bare
-helper the tests expect the candidate to provide). For honest programs the published semantics hold:
+`poly` in HumanEval/32 are the dataset's. The tests' namespace is built by the judge from its
+own objects only: builtins, the prelude, the reference's import statements (MBPP/596's tests call
+`sys.getsizeof` that only the reference imports) and stdlib modules imported by the name the tests
+use; the candidate decides only whether such a name is bound (as in one shared interpreter). Its
+entry points are the only objects it contributes, as data or proxies, never looked up through an
+attribute it can set (`__module__`, `__qualname__`, `__class__`), so the judge never calls anything
+the candidate names. For honest programs the published semantics hold:
 MBPP = candidate code, then `test_setup_code` and the asserts; HumanEval = prompt + completion,
 then `check(entry_point)` (the 164 + 974 reference solutions pass: tests/test_sandbox_canonical.py).
 Where this differs from one shared interpreter (no reference solution meets it): a returned object
@@ -38,10 +41,13 @@ Limits and isolation, from the kernel outwards (see `detect_isolation`; every ev
 `Isolation.record()` and `evaluate_code` refuses to run below `isolation_required`, "kernel" by default):
 - wall clock: the harness kills the run's whole session (`start_new_session=True`,
   `os.killpg(SIGKILL)`) once `timeout_s` has passed;
-- namespaces: when `unshare` is allowed (root, or unprivileged user namespaces), the run gets
-  its own network namespace (no interfaces: no network) and its own PID namespace, whose
-  processes the kernel kills together when its first process dies, so nothing forked can
-  outlive the run; as root, a per-run pids cgroup caps the number of processes;
+- the launcher (`sandbox_launcher.py`), when the kernel allows it: its own mount, IPC, UTS, network
+  (no interfaces) and PID namespaces (whose processes die together with its first), plus a user
+  namespace when the harness is not root; a private root on a tmpfs of `disk_mb` MiB holding the
+  run's directory and read-only binds of the interpreter and system libraries (no host path, Unix
+  socket or device; SysV IPC, files and mounts vanish with the run, so nothing can block the
+  clean-up); then every capability dropped (as root: a per-run uid >= SANDBOX_UID_BASE). As root,
+  a per-run pids cgroup caps the number of processes;
 - resource limits set by the guard (`sandbox_guard.py`): RLIMIT_CPU, RLIMIT_AS (memory cap),
   RLIMIT_FSIZE, no core files, and RLIMIT_NPROC for non-root users;
 - Landlock, when the kernel has it: no writes, deletes or renames outside the sandbox directory
@@ -53,9 +59,12 @@ Limits and isolation, from the kernel outwards (see `detect_isolation`; every ev
 - output: stdout and stderr are read in chunks; only the last `tail_bytes` are kept, and a run
   that writes more than `max_output_bytes` in total is killed.
 
-Without namespaces and Landlock ("fallback") only rlimits, the process-group kill and the seat
+Without the launcher and Landlock ("fallback") only rlimits, the process-group kill and the seat
 belt remain: a program written to escape gets past them (loopback sockets, writes to /tmp,
-daemons), and could reach the judge through /proc. Run untrusted adversarial code in a VM too.
+daemons, and as root anything root can do), and could reach the judge through /proc. A sandbox
+fault reaches the harness only on the verdict pipe (from the launcher, or the judge, which hears of
+the candidate's guard on its own channel before any candidate code runs). Run untrusted
+adversarial code in a VM too.
 """
 
 from __future__ import annotations
@@ -88,6 +97,7 @@ STATUSES = ("passed", "failed", "timeout", "killed", "output_limit", "error")
 GUARD_FAILED_EXIT = 121
 _GUARD_SOURCE = Path(__file__).with_name("sandbox_guard.py").read_text()
 _JUDGE_SOURCE = Path(__file__).with_name("sandbox_judge.py").read_text()
+_LAUNCHER_SOURCE = Path(__file__).with_name("sandbox_launcher.py").read_text()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +120,8 @@ class ExecResult:
 
 
 ISOLATION_LEVELS = ("fallback", "kernel", "full")  # weakest first
+NAMESPACES = ("mount", "ipc", "uts", "network", "pid")  # each run's own; plus "user" when the harness is not root
+SANDBOX_UID_BASE = 2_000_000_000  # as root, a run's processes get uid/gid SANDBOX_UID_BASE + the launcher's PID
 
 
 class IsolationError(RuntimeError):
@@ -120,41 +132,58 @@ class IsolationError(RuntimeError):
 class Isolation:
     """Which kernel features sandboxed runs use on this machine.
 
-    unshare_argv: command prefix giving each run new network and PID namespaces, or ()
-    when `unshare` is missing or not permitted. landlock_abi: the Landlock ABI version
-    used for write/read/network restrictions (and keeping the candidate away from the judge),
-    0 when unavailable. pids_cgroup: where per-run `pids.max` cgroups are made, or "".
+    namespaces: the namespaces each run gets from the launcher (`sandbox_launcher.py`): NAMESPACES,
+    plus "user" when the harness is not root; () when the launcher could not set them up (then
+    `launcher_error` says why) and runs start directly, with none of the layers below.
+    With namespaces a run also has a private root (a tmpfs of `disk_mb` MiB holding its directory
+    and read-only binds of the interpreter and libraries: no host path, socket or device is
+    reachable, and everything it wrote vanishes with it) and no privilege (a per-run unprivileged
+    uid as root, or root of its own user namespace mapped to the caller, every capability dropped).
+    landlock_abi: the Landlock ABI version used for write/read/network restrictions (and keeping
+    the candidate away from the judge), 0 when unavailable. pids_cgroup: where per-run
+    `pids.max` cgroups are made, or "".
 
-    level: "full" (namespaces, Landlock ABI >= 6 with TCP and signal scoping, and a kernel
-    process cap), "kernel" (namespaces and Landlock), else "fallback" (rlimits, process-group
-    kill and the Python seat belt only: a program written to escape gets past it).
+    level: "full" (everything above, Landlock ABI >= 6 with TCP and signal scoping, and a kernel
+    process cap), "kernel" (namespaces, private root, no privilege, and Landlock), else "fallback"
+    (rlimits, process-group kill and the Python seat belt only: a program written to escape gets past it).
     """
 
-    unshare_argv: tuple[str, ...]
-    landlock_abi: int
+    namespaces: tuple[str, ...] = ()
+    landlock_abi: int = 0
     pids_cgroup: str = ""
+    launcher_error: str = ""
+    python: str = ""  # the interpreter runs start with; "" = this one's real path
 
     @property
     def network_isolated(self) -> bool:
-        return bool(self.unshare_argv)
+        return "network" in self.namespaces
+
+    @property
+    def launched(self) -> bool:
+        """Runs go through the launcher (namespaces, private root, no privilege)."""
+        return bool(self.namespaces)
 
     @property
     def process_cap(self) -> str:
         if self.pids_cgroup:
             return "pids cgroup"
-        return "RLIMIT_NPROC" if os.geteuid() != 0 else "none"
+        unprivileged = os.geteuid() != 0 or self.launched  # RLIMIT_NPROC binds every uid but the host's root
+        return "RLIMIT_NPROC" if unprivileged else "none"
 
     def missing(self, level: str) -> list[str]:
         """What this machine lacks for `level` (one of ISOLATION_LEVELS), each with how to get it."""
         _check_level(level, "level")
         wanted = ISOLATION_LEVELS.index(level)
         gaps = []
-        if wanted >= 1 and not self.unshare_argv:
-            gaps.append(
-                "network and PID namespaces (`unshare --net --pid` is missing or not permitted: run as root, or allow "
-                "unprivileged user namespaces, e.g. sysctl kernel.unprivileged_userns_clone=1 or "
-                "kernel.apparmor_restrict_unprivileged_userns=0)"
-            )
+        if wanted >= 1:
+            absent = [name for name in NAMESPACES if name not in self.namespaces]
+            if absent:
+                why = f" ({self.launcher_error})" if self.launcher_error else ""
+                gaps.append(
+                    f"{', '.join(absent)} namespaces, the private size-capped root and the unprivileged, capability-free "
+                    f"run{why}: run as root, or allow unprivileged user namespaces (e.g. sysctl "
+                    f"kernel.unprivileged_userns_clone=1 or kernel.apparmor_restrict_unprivileged_userns=0)"
+                )
         if wanted >= 1 and not self.landlock_abi:
             gaps.append("Landlock (needs Linux >= 5.13 with landlock in the kernel's lsm= list)")
         if wanted >= 2 and 0 < self.landlock_abi < 6:
@@ -167,27 +196,53 @@ class Isolation:
     def level(self) -> str:
         return next(level for level in reversed(ISOLATION_LEVELS) if not self.missing(level))
 
+    @property
+    def privilege(self) -> str:
+        if not self.launched:
+            return "the harness's own user" + (" (root: the host's root)" if os.geteuid() == 0 else "")
+        if "user" in self.namespaces:
+            return "root of its own user namespace, mapped to the harness's unprivileged uid; no capabilities"
+        return f"a per-run uid (>= {SANDBOX_UID_BASE}), no groups, no capabilities"
+
     def describe(self) -> str:
-        network = "network namespace" if self.network_isolated else "Python-level socket block"
-        processes = "PID namespace" if self.unshare_argv else "process-group kill only"
+        namespaces = f"{'/'.join(self.namespaces)} namespaces" if self.namespaces else "no namespaces"
+        root = "private tmpfs root (size cap)" if self.launched else "host filesystem"
+        network = "" if self.network_isolated else "Python-level socket block; "
         landlock = f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "no Landlock"
         nproc = {"pids cgroup": f"pids cgroup under {self.pids_cgroup}", "RLIMIT_NPROC": "RLIMIT_NPROC",
                  "none": "no kernel process cap (root, no pids cgroup)"}[self.process_cap]
         judge = "judge out of the candidate's reach" if self.landlock_abi else "judge reachable (no Landlock)"
-        return f"{self.level}: {network}; {processes}; {landlock}; {nproc}; rlimits; Python guard; {judge}"
+        return (f"{self.level}: {namespaces}; {root}; runs as {self.privilege}; {network}{landlock}; {nproc}; "
+                f"rlimits; Python guard; {judge}")
 
     def record(self) -> dict:
-        """What metrics.json states about the isolation a code evaluation ran with."""
+        """What metrics.json states about the isolation a code evaluation ran with: every layer, and what is missing."""
+        launched = self.launched
         return {
             "level": self.level,
-            "namespaces": ["network", "pid"] if self.unshare_argv else [],
+            "namespaces": list(self.namespaces),
+            "missing_namespaces": [name for name in NAMESPACES if name not in self.namespaces],
+            "private_root": "tmpfs root of disk_mb MiB, read-only binds of the interpreter and libraries; "
+                            "vanishes with the run" if launched else None,
+            "privilege": self.privilege,
+            "capabilities": "none (bounding set emptied)" if launched else "the harness's",
+            "device_nodes": "/dev/null, zero, random, urandom only; mknod refused" if launched else "host /dev",
+            "unix_sockets": "only inside the run's directory (no host path exists)" if launched
+            else "host paths reachable",
+            "ipc": "own IPC namespace, gone with the run" if launched else "host's",
+            "hostname": "own UTS namespace" if launched else "host's",
+            "cleanup": "the mount namespace's tmpfs vanishes with the run" if launched
+            else "rmtree (immutable flags cleared first)",
             "landlock_abi": self.landlock_abi,
             "process_cap": self.process_cap,
             "pids_cgroup": self.pids_cgroup or None,
-            "rlimits": ["cpu", "address_space", "file_size", "core"] + (["nproc"] if os.geteuid() != 0 else []),
+            "rlimits": ["cpu", "address_space", "file_size", "core"] + (["nproc"] if self.process_cap != "none" else []),
             "python_guard": True,
             "verdict": "judge process; candidate in a nested Landlock domain" if self.landlock_abi
             else "judge process; candidate can reach it through /proc or ptrace (no Landlock)",
+            "guard_faults": "reported by the judge or launcher on the verdict pipe, never inferred from an exit status",
+            "launcher_error": self.launcher_error or None,
+            "missing_for_full": self.missing("full"),
             "description": self.describe(),
         }
 
@@ -223,19 +278,19 @@ def _landlock_abi() -> int:
     return max(int(version), 0)
 
 
-def _unshare_argv() -> tuple[str, ...]:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
-    user = () if os.geteuid() == 0 else ("--user", "--map-current-user")
-    argv = (unshare, *user, "--net", "--pid", "--fork", "--kill-child")
+def _launcher_namespaces() -> tuple[tuple[str, ...], str]:
+    """The namespaces the launcher gives a run here, found by launching one; ((), why) when it cannot."""
+    if not sys.platform.startswith("linux"):
+        return (), "not Linux"
+    namespaces = NAMESPACES + (() if os.geteuid() == 0 else ("user",))
+    probe = Isolation(namespaces=namespaces)
     try:
-        probe = subprocess.run(
-            [*argv, sys.executable, "-I", "-c", "pass"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return argv if probe.returncode == 0 else ()
+        result = run_program(Program("pass"), timeout_s=30, isolation=probe)
+    except OSError as error:
+        return (), f"the launcher could not start: {error}"
+    if result.status != "passed":
+        return (), f"the launcher failed: {(result.stderr_tail or result.status).strip()[-300:]}"
+    return namespaces, ""
 
 
 def _pids_cgroup() -> str:
@@ -283,7 +338,9 @@ def _pids_cgroup() -> str:
 @functools.cache
 def detect_isolation() -> Isolation:
     """Probe (once per process) which isolation this machine permits."""
-    return Isolation(unshare_argv=_unshare_argv(), landlock_abi=_landlock_abi(), pids_cgroup=_pids_cgroup())
+    namespaces, launcher_error = _launcher_namespaces()
+    return Isolation(namespaces=namespaces, landlock_abi=_landlock_abi(), pids_cgroup=_pids_cgroup(),
+                     launcher_error=launcher_error)
 
 
 def default_workers() -> int:
@@ -316,13 +373,17 @@ class Program:
     `code` runs to its end). prelude: trusted code the judge runs first in the tests'
     namespace (HumanEval's prompt, so its helpers are the dataset's). entry_points: the names
     under test, which the judge takes from the candidate even when the prelude defines them or
-    they are named like a builtin (MBPP's task 126 is a function called `sum`).
+    they are named like a builtin (MBPP's task 126 is a function called `sum`); empty: the
+    functions and classes `code` defines at its top level (read from its source by the harness).
+    imports: trusted import statements (MBPP's reference code's) the judge runs itself; a name they
+    bind reaches the tests as the judge's object when the candidate binds that name too.
     """
 
     code: str
     tests: str = ""
     prelude: str = ""
     entry_points: tuple[str, ...] = ()
+    imports: str = ""
 
 
 def _read_roots() -> tuple[str, ...]:
@@ -361,6 +422,7 @@ def run_program(
     max_output_bytes: int = 1 << 20,
     max_processes: int = 16,
     file_mb: int = 64,
+    disk_mb: int = 64,
     tail_bytes: int = 4096,
     isolation: Optional[Isolation] = None,
 ) -> ExecResult:
@@ -368,10 +430,11 @@ def run_program(
 
     A plain string is a program without tests: it passes if it runs to its end.
     """
-    if min(timeout_s, memory_mb, max_output_bytes, max_processes, file_mb, tail_bytes) <= 0:
+    if min(timeout_s, memory_mb, max_output_bytes, max_processes, file_mb, disk_mb, tail_bytes) <= 0:
         raise ValueError(
             f"timeout_s={timeout_s}, memory_mb={memory_mb}, max_output_bytes={max_output_bytes}, "
-            f"max_processes={max_processes}, file_mb={file_mb}, tail_bytes={tail_bytes} must all be positive"
+            f"max_processes={max_processes}, file_mb={file_mb}, disk_mb={disk_mb}, tail_bytes={tail_bytes} "
+            f"must all be positive"
         )
     program = Program(program) if isinstance(program, str) else program
     isolation = detect_isolation() if isolation is None else isolation
@@ -381,7 +444,6 @@ def run_program(
     job_fd = verdict_read = verdict_write = None
     try:
         tmpdir = os.path.join(workdir, "tmp")
-        os.mkdir(tmpdir)
         with open(os.path.join(workdir, "candidate.py"), "w", encoding="utf-8") as handle:
             handle.write(program.code)
         verdict_read, verdict_write = os.pipe()
@@ -392,16 +454,35 @@ def run_program(
             f"file_bytes={file_mb << 20}, max_processes={max_processes})\n"
             f"    _workbench_landlock({workdir!r}, {isolation.landlock_abi})\n"
             f"except BaseException as _error:\n"
-            f"    import os as _os, sys as _sys\n"
-            f"    print(f'workbench sandbox guard failed: {{_error!r}}', file=_sys.stderr, flush=True)\n"
+            f"    import json as _json, os as _os\n"
+            f"    _os.write({verdict_write}, (_json.dumps({{'status': 'error', 'detail': "
+            f"f'the sandbox guard failed in the judge: {{_error!r}}'}}) + '\\n').encode())\n"
             f"    _os._exit({GUARD_FAILED_EXIT})\n"
             f"_workbench_judge({workdir!r}, {isolation.landlock_abi}, {_read_roots()!r}, "
             f"{isolation.network_isolated}, {verdict_write})\n"
         )
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as handle:
             handle.write(main)
-        job = json.dumps({"tests": program.tests, "prelude": program.prelude, "entry_points": list(program.entry_points)})
+        entry_points = program.entry_points or _defined_names(program.code)
+        job = json.dumps({"tests": program.tests, "prelude": program.prelude, "entry_points": list(entry_points),
+                          "imports": program.imports})
         job_fd = _job_pipe(job.encode())
+        python = isolation.python or os.path.realpath(sys.executable)
+        if isolation.launched:
+            # The launcher builds the run's namespaces and private root, drops every privilege and execs
+            # the judge (`python -I -S -B main.py`) in the run's directory (see sandbox_launcher.py).
+            config = {"base": workdir, "workdir": workdir, "disk_mb": disk_mb, "max_inodes": 4096,
+                      "uid_base": SANDBOX_UID_BASE, "python": python, "binds": _binds(python),
+                      "verdict_fd": verdict_write}
+            argv = [python, "-I", "-S", "-B", "-c", _LAUNCHER_SOURCE + "\n_workbench_launch(__import__('json')"
+                    ".loads(__import__('sys').argv[1]))\n", json.dumps(config)]
+            cwd = "/"
+        else:
+            os.mkdir(tmpdir)
+            # -S: no site-packages (the benchmarks need only the standard library, which is all the
+            # candidate may read anyway); it also saves most of the interpreter's start-up.
+            argv = [python, "-I", "-S", "-B", "main.py"]
+            cwd = workdir
         env = {
             "PATH": os.defpath,
             "HOME": workdir,
@@ -409,19 +490,16 @@ def run_program(
             "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1",
         }
-        # -S: no site-packages (the benchmarks need only the standard library, which is all the
-        # candidate may read anyway); it also saves most of the interpreter's start-up.
-        argv = [*isolation.unshare_argv, sys.executable, "-I", "-S", "-B", "main.py"]
         if isolation.pids_cgroup:
             cgroup = Path(isolation.pids_cgroup) / os.path.basename(workdir)
             cgroup.mkdir()
-            (cgroup / "pids.max").write_text(str(max_processes + 3))  # + unshare, the judge and the candidate
+            (cgroup / "pids.max").write_text(str(max_processes + 3))  # + the launcher, the judge and the candidate
             # The shell joins the cgroup before exec, so every descendant is counted from the start.
             argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]
         try:
             process = subprocess.Popen(
                 argv,
-                cwd=workdir,
+                cwd=cwd,
                 env=env,
                 stdin=job_fd,
                 stdout=subprocess.PIPE,
@@ -445,7 +523,45 @@ def run_program(
                     pass
         if cgroup is not None:
             _remove_cgroup(cgroup)
-        shutil.rmtree(workdir, ignore_errors=True)
+        _remove_tree(workdir)
+
+
+def _binds(python: str) -> list[str]:
+    """What a launched run sees of the host, read-only: the interpreter's installation and system libraries."""
+    prefix = os.path.realpath(sys.base_prefix)
+    paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/localtime",
+             "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+    for path in (prefix, os.path.dirname(os.path.dirname(python))):
+        if not any(path == p or path.startswith(p + os.sep) for p in paths):
+            paths.append(path)
+    return paths
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a run's directory even if the run marked files immutable or append-only (possible without a launcher)."""
+
+    def unlock_and_retry(function, target, error):
+        for item in (target, os.path.dirname(target)):
+            try:
+                fd = os.open(item, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                flags = int.from_bytes(fcntl.ioctl(fd, 0x80086601, bytes(8))[:4], "little")  # FS_IOC_GETFLAGS
+                fcntl.ioctl(fd, 0x40086602, (flags & ~0x30).to_bytes(8, "little"))  # FS_IOC_SETFLAGS: no i, no a
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        try:
+            function(target)
+        except FileNotFoundError:
+            pass
+
+    try:
+        shutil.rmtree(path, onexc=unlock_and_retry)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_cgroup(cgroup: Path) -> None:
@@ -523,8 +639,6 @@ def _supervise(
     judged = _judged_status(bytes(verdict_bytes))
     if verdict is not None:
         status = verdict
-    elif returncode == GUARD_FAILED_EXIT and "workbench sandbox guard failed" in stderr_tail:
-        status = "error"
     elif judged is not None:
         status = judged
     elif returncode < 0:
@@ -580,7 +694,18 @@ def mbpp_program(record: Mapping[str, Any], completion: str) -> Program:
     setup = record.get("test_setup_code") or ""
     reference = record.get("code") or record.get("targets") or ""
     return Program(code=completion + "\n", tests=f"{setup}\n\n" + "\n".join(tests) + "\n",
-                   entry_points=_defined_names(reference))
+                   entry_points=_defined_names(reference), imports=_imports(reference))
+
+
+def _imports(code: str) -> str:
+    """The import statements a (reference) program makes at its top level, one a line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(code)
+    except SyntaxError:
+        return ""
+    return "".join(ast.unparse(node) + "\n" for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
 
 
 def _defined_names(code: str) -> tuple[str, ...]:

@@ -9,12 +9,16 @@ Two processes, one verdict:
   files or /proc; the candidate process adds its own Landlock layer (reads limited to the
   sandbox and the interpreter's files), the Python seat belt, then runs the candidate's code
   as `__main__` and serves requests on a pair of pipes;
-- the judge builds the test namespace itself: the task's trusted prelude (HumanEval's prompt,
-  so its helper functions are the dataset's, not the candidate's), stdlib modules and functions
-  the candidate imported (the judge imports its own copies), the candidate's data values
-  (copied), and proxies for the candidate's functions, classes and other objects. Then it
-  executes the tests, in order, in its own interpreter: the `assert`s, `==`, `abs`, `set`,
-  `math.isclose` and exceptions are the judge's, never the candidate's;
+- the judge builds the test namespace itself, from its own objects: builtins, the task's trusted
+  prelude (HumanEval's prompt, so its helper functions are the dataset's), the trusted `imports`
+  (MBPP's reference imports) it runs itself, and stdlib modules it imports by the name the tests
+  use; the candidate contributes only its entry points (as data or proxies; never resolved through
+  `__module__`/`__qualname__` or any attribute it sets) and whether such a module name is bound.
+  Then it executes the tests, in order, in its own interpreter: the `assert`s, `==`, `abs`, `set`,
+  `math.isclose`, `sys.getsizeof` and exceptions are the judge's, never the candidate's;
+- the candidate process confirms its guard ("guard-ok") before any candidate code runs; no
+  confirmation means a sandbox fault (status "error"), and after it every exit, whatever its
+  status, is the candidate's failure;
 - values cross the pipes as data only (None, bool, int, float, complex, str, bytes, bytearray,
   tuple, list, dict, set, frozenset, range; subclasses travel as their base type), decoded
   into fresh judge-side objects: a candidate object cannot claim to equal anything. Anything
@@ -50,7 +54,7 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             _workbench_seat_belt(sandbox_dir, network_isolated)  # noqa: F821
         except BaseException as error:
             print(f"workbench sandbox guard failed: {error!r}", file=sys.stderr, flush=True)
-            os._exit(121)
+            os._exit(1)  # the judge never got "guard-ok", so it reports the fault on its own channel
     else:
         read_fd, write_fd = to_judge[0], to_candidate[1]
         os.close(to_candidate[0])
@@ -225,8 +229,10 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
     class CandidateError(Exception):
         """An exception raised in the candidate process that is not a builtin Exception."""
 
-    def raise_remote(name, message):
+    def raise_remote(name, message, op):
         kind = getattr(builtins, name, None)
+        if isinstance(kind, type) and issubclass(kind, (StopIteration, StopAsyncIteration)) and op != "next":
+            kind = None  # a call that raises StopIteration must not end the test's map() or loop early as if done
         if isinstance(kind, type) and issubclass(kind, Exception):
             try:
                 error = kind(message)
@@ -260,7 +266,7 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             except (ValueError, TypeError, KeyError, IndexError, RecursionError) as error:
                 raise broken(f"the candidate sent a malformed value ({type(error).__name__}: {error})") from None
         if message[0] == "e" and len(message) == 3:
-            raise_remote(str(message[1]), str(message[2]))
+            raise_remote(str(message[1]), str(message[2]), op)
         raise broken(f"the candidate sent an unexpected message {str(message)[:80]!r}")
 
     operations = {
@@ -301,6 +307,7 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
     # --- the candidate process ---
     if pid == 0:
         exporting = True
+        send(["guard-ok"])  # before any candidate code runs: from here on, an exit is the candidate's own
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         try:
             with open("candidate.py", encoding="utf-8") as handle:
@@ -321,21 +328,15 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             except Exception:
                 pass
         names = {}
-        stdlib = sys.stdlib_module_names
         for key, value in list(namespace.items()):
             if not isinstance(key, str) or key.startswith("__"):
                 continue
-            module = getattr(value, "__module__", None) if not isinstance(value, type(sys)) else None
-            if isinstance(value, type(sys)) and value.__name__.split(".")[0] in stdlib:
-                names[key] = ["m", value.__name__, encode(value, True)]
-            elif isinstance(module, str) and module.split(".")[0] in stdlib and hasattr(value, "__qualname__"):
-                names[key] = ["g", module, value.__qualname__, encode(value, True)]
-            else:
-                try:
-                    names[key] = ["v", encode(value, True)]
-                except RecursionError:
-                    owned[id(value)] = value
-                    names[key] = ["v", ["o", id(value)]]
+            kind = "m" if isinstance(value, type(sys)) else "v"  # a hint only: the judge imports its own module
+            try:
+                names[key] = [kind, encode(value, True)]
+            except RecursionError:
+                owned[id(value)] = value
+                names[key] = [kind, ["o", id(value)]]
         try:
             send(["ready", names])
             while True:
@@ -372,15 +373,21 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
             return "failed", reason
         if os.WIFSIGNALED(status):
             return "killed", f"the candidate process was killed by signal {os.WTERMSIG(status)}"
-        code = os.WEXITSTATUS(status)
-        if code == 121:
-            return "error", "the sandbox guard failed in the candidate process"
-        return "failed", f"the candidate process exited with status {code} before its tests ran"
+        return "failed", f"the candidate process exited with status {os.WEXITSTATUS(status)} before its tests ran"
 
     try:
         job = json.loads(sys.stdin.buffer.read())
     except BaseException as error:
         report("error", f"the judge could not read its job: {error!r}")
+    try:
+        # Sent by the candidate process after its guard and before the candidate's code: without it the
+        # fault is the sandbox's; with it, any later exit (whatever its status) is the candidate's.
+        if receive() != ["guard-ok"]:
+            raise ValueError("expected the guard's confirmation first")
+    except EOFError:
+        report("error", "the sandbox guard failed in the candidate process")
+    except BaseException as error:
+        report("failed", f"the candidate's first message was unusable: {error!r}")
     try:
         ready = receive()
         if ready[0] != "ready" or not isinstance(ready[1], dict):
@@ -390,57 +397,40 @@ def _workbench_judge(sandbox_dir, landlock_abi, read_roots, network_isolated, ve
     except BaseException as error:
         report("failed", f"the candidate's first message was unusable: {error!r}")
 
-    # Stdlib objects the candidate imported are re-imported here (the judge's own, unpatched copies),
-    # but only from modules without I/O or code execution: a lie can then only hand the tests a
-    # harmless stdlib function the candidate could have used honestly.
-    pure = {
-        "math", "cmath", "operator", "functools", "itertools", "collections", "heapq", "bisect", "re", "string",
-        "statistics", "fractions", "decimal", "random", "datetime", "copy", "typing", "numbers", "array",
-        "textwrap", "unicodedata", "builtins", "_collections", "_functools", "_heapq", "_bisect", "_operator",
-        "_random", "_datetime", "_decimal", "_pydecimal", "_statistics", "collections.abc", "_collections_abc",
-    }
-    unsafe_builtins = {
-        "eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals", "locals",
-        "vars", "breakpoint", "input", "exit", "quit", "help", "memoryview", "print",
-    }
-
-    def resolve(module, qualname):
-        if module not in pure or (module == "builtins" and qualname in unsafe_builtins):
-            raise ImportError(f"{module}.{qualname} is not re-imported by the judge")
-        value = importlib.import_module(module)
-        for part in qualname.split("."):
-            value = getattr(value, part)
-        return value
-
+    # The tests' namespace is the judge's own: builtins, the trusted prelude (HumanEval's prompt), the
+    # reference's import statements (MBPP/596 uses `sys` that only the reference imports), run here,
+    # and stdlib modules imported here by the name the tests use. From the candidate come only the
+    # entry points, as data or proxies: nothing it sets (`__module__`, `__qualname__`, `__class__`,
+    # a patched or fake module) makes the judge look up, import or call anything of its own.
+    # Whether a module name is bound at all follows the candidate (as one shared interpreter would).
     tests_namespace = {"__name__": "__main__", "__builtins__": builtins}
     try:
+        import ast
+        import warnings
+
         try:
             prelude = compile(job["prelude"], "<prompt>", "exec")
         except SyntaxError:  # a prompt that ends at a bare signature: give it a body
             prelude = compile(job["prelude"] + "\n    pass\n", "<prompt>", "exec")
         exec(prelude, tests_namespace)
         trusted = set(tests_namespace) - {"__name__", "__builtins__"}
+        imported = {"__builtins__": builtins}
+        exec(compile(job["imports"], "<reference imports>", "exec"), imported)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            named = {node.id for node in ast.walk(ast.parse(job["tests"])) if isinstance(node, ast.Name)}
         under_test = set(job["entry_points"])
         for key, entry in ready[1].items():
-            if (key in trusted and key not in under_test) or key.startswith("__"):
+            if key.startswith("__") or not isinstance(entry, list) or len(entry) != 2:
                 continue
-            if key in pure and "." not in key:  # `math` means the math module, whatever the candidate bound to it
+            if key in under_test:
+                tests_namespace[key] = decode(entry[1])  # the candidate's object itself, never found by its name
+            elif key in trusted or key not in named or hasattr(builtins, key):
+                continue  # a candidate's `abs`, `set` or prompt helper never replaces the judge's
+            elif key in imported and key != "__builtins__":
+                tests_namespace[key] = imported[key]
+            elif entry[0] == "m" and key in sys.stdlib_module_names:
                 tests_namespace[key] = importlib.import_module(key)
-                continue
-            if hasattr(builtins, key) and key not in under_test:
-                continue  # a candidate's global `abs` or `set` must not replace the tests' builtins
-            if entry[0] == "m":
-                if entry[1] in pure:
-                    tests_namespace[key] = importlib.import_module(entry[1])
-                    continue
-                entry = ["v", entry[2]]
-            if entry[0] == "g":
-                try:
-                    tests_namespace[key] = resolve(entry[1], entry[2])
-                    continue
-                except (ImportError, AttributeError):
-                    entry = ["v", entry[3]]
-            tests_namespace[key] = decode(entry[1])
         exec(compile(job["tests"], "<tests>", "exec"), tests_namespace)
     except BaseException:
         import traceback
