@@ -38,3 +38,23 @@ class HubUnavailableError(PretrainedError):
 
 class DefaultModelMissingError(PretrainedError):
     """The embedded default model's wheel is not installed."""
+
+
+class AdapterError(PretrainedError):
+    """Base class of adapter save/load refusals (`workbench.pretrained.peft`)."""
+
+
+class NotAnAdapterError(AdapterError):
+    """A folder without adapter_config.json + adapter_model.safetensors, or one that is not a LoRA adapter."""
+
+
+class AdapterExistsError(AdapterError):
+    """`save_adapter` would replace a different adapter (or a folder that is no adapter)."""
+
+
+class AdapterBaseMismatchError(AdapterError):
+    """The base model's fingerprint is not the one the adapter was trained on."""
+
+
+class AdapterMismatchError(AdapterError):
+    """The adapter's LoRAConfig, tensor names or shapes do not fit the base model."""
