@@ -558,3 +558,12 @@ def test_the_whole_directory_has_a_size_cap():
     result = run_hostile(code, file_mb=8, disk_mb=16)
     written = int(next(line.split()[1] for line in result.stdout_tail.splitlines() if line.startswith("WRITTEN")))
     assert result.status == "failed" and written <= 16 << 20, result
+
+
+def test_stop_iteration_from_a_call_does_not_end_the_tests_loop():
+    """`all(map(...))` over the candidate's calls: a StopIteration raised by a call must not read as 'no more items'."""
+    test = "def check(candidate):\n    assert all(map(lambda pair: candidate(*pair) == sum(pair), [(2, 3), (7, 7)]))\n"
+    summary = sandbox.evaluate_code("humaneval", [dict(HUMANEVAL, test=test)],
+                                    [["    raise StopIteration\n", "    return a + b\n"]], ks=(1,), postprocess=False,
+                                    timeout_s=30)
+    assert summary["per_problem"][0]["statuses"] == ["failed", "passed"], summary["per_problem"]
