@@ -25,7 +25,7 @@ from flax import nnx
 from workbench.attention import AttentionMask, mask_for_kind
 from workbench.models.config import ModelConfig
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
-from workbench.models.lora import LoRAParam, current_gate, freeze_base
+from workbench.models.lora import Frozen, LoRAParam, current_gate, freeze_base
 
 CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> target logits [B, Tt, V]
 
@@ -615,8 +615,9 @@ def build_model(config: ModelConfig, rngs: nnx.Rngs | int = 0) -> DecoderOnly | 
 
 
 def count_params(model: nnx.Module) -> int:
-    """Parameters actually held by a model (compare with `param_count(config)`)."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    """Parameters actually held by a model (compare with `param_count(config)`), frozen base
+    weights of an adapted model included (`lora.adapter_summary` splits trainable / frozen)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, (nnx.Param, Frozen))))
 
 
 def with_config(model: DecoderOnly | EncoderDecoder, **changes) -> DecoderOnly | EncoderDecoder:

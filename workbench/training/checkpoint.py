@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from workbench.config import from_dict, load_json, save_json
-from workbench.distributed import place_zeros
+from workbench.distributed import place_zeros, shard_module
 from workbench.models import ModelConfig, build_model
 
 MODEL_CONFIG = "model_config.json"
@@ -141,8 +141,13 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
-def load_model(run_dir: Path | str, step: Optional[int] = None, mesh: Optional[Mesh] = None, **config_changes):
+def load_model(run_dir: Path | str, step: Optional[int] = None, mesh: Optional[Mesh] = None, *,
+               base: Optional[nnx.Module] = None, **config_changes):
     """Rebuild a run's model from its saved config and load its weights (latest step by default).
+
+    A run of an adapted model (`ModelConfig.lora`) checkpoints the adapter only: pass the
+    frozen `base` model it was trained on (the adapter is applied with `with_lora`; check the
+    base with `workbench.models.lora.base_fingerprint` if in doubt).
 
     `config_changes` (e.g. attention="bidirectional") apply to the config before the weights
     are loaded; they cannot change any parameter shape. The saved `attention_impl` is not
@@ -155,16 +160,39 @@ def load_model(run_dir: Path | str, step: Optional[int] = None, mesh: Optional[M
         raise FileNotFoundError(f"{config_path} not found: {run_dir} holds no workbench checkpoint")
     saved = {k: v for k, v in load_json(config_path).items() if k not in BACKEND_FIELDS}
     config = from_dict(ModelConfig, saved).replace(**config_changes)
-    model = nnx.eval_shape(lambda: build_model(config, 0))
-    # eval_shape gives abstract arrays; materialise zeros of the right shapes, then restore.
-    state = nnx.state(model)
-    if mesh is None:
-        nnx.update(model, jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), state))
-    else:  # zeros made already sharded: no single device ever holds the whole model
-        place_zeros(model, mesh)
+    if config.lora is not None:
+        model = _adapted_base(run_dir, config, base)
+        if mesh is not None:
+            shard_module(model, mesh)
+    elif base is not None:
+        raise ValueError(f"{run_dir} trained every weight (model.lora is None): load_model takes no base")
+    else:
+        model = nnx.eval_shape(lambda: build_model(config, 0))
+        # eval_shape gives abstract arrays; materialise zeros of the right shapes, then restore.
+        if mesh is None:
+            nnx.update(model, jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), nnx.state(model)))
+        else:  # zeros made already sharded: no single device ever holds the whole model
+            place_zeros(model, mesh)
     store = CheckpointStore(run_dir)
     try:
         loaded = store.restore(model, step=step)
     finally:
         store.close()
     return model, loaded
+
+
+def _adapted_base(run_dir: Path, config: ModelConfig, base: Optional[nnx.Module]) -> nnx.Module:
+    """`base` under fresh adapters of `config.lora`, with the run's config (attention kind, ...)."""
+    from workbench.models.lora import with_lora
+    from workbench.models.transformer import with_config
+
+    if base is None:
+        raise ValueError(f"{run_dir} trained adapters on a frozen base (model.lora={config.lora}); its checkpoints "
+                         f"hold the adapter only: pass the base model it was trained on, load_model(run_dir, base=...)")
+    shapes = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(nnx.state(m)))
+    adapted = with_lora(base, config.lora)
+    expected = nnx.eval_shape(lambda: build_model(config, 0))
+    if shapes(adapted) != shapes(expected):
+        raise ValueError(f"the base model ({base.config}) does not have the shapes of the run in {run_dir} "
+                         f"({config}): pass the base it was trained on")
+    return with_config(adapted, **{name: getattr(config, name) for name in config.__dataclass_fields__})

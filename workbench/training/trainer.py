@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from workbench.distributed import constrain_module, is_primary, mesh_context, shard_batch, shard_module, to_host
-from workbench.config import from_dict, load_json
+from workbench.config import from_dict, load_json, to_dict
 from workbench.models import ModelConfig, build_model, flops_per_token
 from workbench.objectives.batch import Batch
 from workbench.objectives.losses import LossConfig, LossMetrics, loss_fn
@@ -187,6 +187,11 @@ def _check_config(record: Path, recorded: dict, current: dict, model: nnx.Module
     """The differences between a run's recorded config and this call's, when this call may go on
     with them; otherwise RunConfigMismatchError naming each field and the ways out."""
     differences = config_differences(recorded, current, ignore=NOT_COMPARED)
+    # Adapters on one side only: the nested fields exist on one side, so config_differences
+    # (which compares the fields both sides have) would miss it.
+    old_lora, new_lora = (recorded.get("model") or {}).get("lora"), to_dict(current["model"]).get("lora")
+    if (old_lora is None) != (new_lora is None) and "model" in recorded:
+        differences["model.lora"] = (old_lora, new_lora)
     if not differences:
         return differences
     model_fields = {k: v for k, v in differences.items() if k.startswith("model.")}
