@@ -34,7 +34,7 @@ def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode(p) for p in prompts]
 
 
-def _right_padded(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def right_padded(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     width = max(len(row) for row in ids)
     out = np.full((len(ids), width), pad_id, np.int32)
     for i, row in enumerate(ids):
@@ -47,7 +47,7 @@ def ar_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
     """The AR model's answers (KV-cached, greedy at temperature 0), one row per prompt, with the
     wall time of the whole batch (compilation included on the first call)."""
     ids = prompt_ids(tokenizer, prompts)
-    prompts_BxP, lengths = _right_padded(ids, tokenizer.specials.pad)
+    prompts_BxP, lengths = right_padded(ids, tokenizer.specials.pad)
     config = ARSamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, **ar_ids(tokenizer))
     started = time.perf_counter()
     out = generate(model, prompts_BxP, lengths, config, jax.random.key(seed))

@@ -32,6 +32,14 @@ tile schedule); ``causal=True`` together with a ``block_size`` is refused. Key p
 segment ids combine with every kind. Because the mask is data, the same parameters serve
 an AR model and, after AR2Diff, a diffusion model.
 
+A *draft-stream* mask (``draft_block=b``, `AttentionMask.draft_stream`) trains a block drafter on
+top of a causal model in one pass: the queries are a noisy copy of the target region, the keys
+are ``[context (Tk - Tq keys at positions 0..) | the queries' own stream]``. A noisy query in
+block k (blocks of b counted from ``prefix_len``) sees the context (the clean row's causal keys)
+strictly before its block and its own block's noisy keys, which is exactly what a drafter
+decoding block k after blocks 0..k-1 were committed by the causal model sees (queries inside
+the prefix see the context causally). Only the dense reference computes it.
+
 `AttentionMask.features` names the parts of this description a mask uses; every
 attention implementation declares the features it computes, and dispatch never hands a
 mask to one that does not declare all of its features (see `workbench.attention.dispatch`).
@@ -55,7 +63,8 @@ KEY_PADDING = "key_padding"
 SEGMENTS = "segments"
 Q_OFFSET = "q_offset"
 BLOCK_CAUSAL = "block_causal"
-MASK_FEATURES = frozenset({CAUSAL, PREFIX, KEY_PADDING, SEGMENTS, Q_OFFSET, BLOCK_CAUSAL})
+DRAFT_STREAM = "draft_stream"
+MASK_FEATURES = frozenset({CAUSAL, PREFIX, KEY_PADDING, SEGMENTS, Q_OFFSET, BLOCK_CAUSAL, DRAFT_STREAM})
 
 _PREFIX_KINDS = ("prefix_lm", "prefix_diffusion")
 
@@ -75,8 +84,17 @@ class AttentionMask:
     kv_segment_ids: Optional[jax.Array] = None  # [B, Tk] int32
     q_offset: Optional[jax.Array] = None  # [B] int32 absolute position of query 0
     block_size: Optional[int] = struct.field(pytree_node=False, default=None)  # block-causal blocks
+    draft_block: Optional[int] = struct.field(pytree_node=False, default=None)  # draft-stream blocks
 
     def __post_init__(self):
+        draft = self.draft_block
+        if draft is not None:
+            if isinstance(draft, bool) or not isinstance(draft, int) or draft < 1:
+                raise ValueError(f"AttentionMask.draft_block={draft!r}: expected a positive int (tokens per "
+                                 f"drafted block), or None")
+            if self.causal or self.block_size is not None or self.q_segment_ids is not None:
+                raise ValueError("a draft-stream mask (draft_block) is its own rule: build it with "
+                                 "AttentionMask.draft_stream(...) (causal=False, no block_size, no segment ids)")
         size = self.block_size
         if size is None:
             return
@@ -109,9 +127,17 @@ class AttentionMask:
     def block_causal(cls, block_size: int, prefix_len=None, **kw) -> "AttentionMask":
         return cls(causal=False, block_size=block_size, prefix_len=_as_int32(prefix_len), **kw)
 
+    @classmethod
+    def draft_stream(cls, draft_block: int, prefix_len, q_offset, kv_lengths=None) -> "AttentionMask":
+        """Noisy target queries at `q_offset + arange(Tq)` over [clean context | own stream] keys."""
+        return cls(causal=False, draft_block=draft_block, prefix_len=_as_int32(prefix_len),
+                   q_offset=_as_int32(q_offset), kv_lengths=_as_int32(kv_lengths))
+
     # -- description ------------------------------------------------------
     @property
     def kind(self) -> str:
+        if self.draft_block is not None:
+            return "draft_stream"
         if self.block_size is not None:
             return "block_causal"
         if self.prefix_len is None:
@@ -128,6 +154,7 @@ class AttentionMask:
             KEY_PADDING: self.kv_lengths is not None,
             SEGMENTS: self.has_segments,
             Q_OFFSET: self.q_offset is not None,
+            DRAFT_STREAM: self.draft_block is not None,
         }
         return frozenset(name for name, on in used.items() if on)
 
@@ -161,6 +188,8 @@ class AttentionMask:
     def dense(self, batch: int, q_len: int, kv_len: int) -> jax.Array:
         """Boolean [B, Tq, Tk] mask; True where attention is allowed."""
         self.validate(batch, q_len, kv_len)
+        if self.draft_block is not None:
+            return self._draft_dense(batch, q_len, kv_len)
         offset = jnp.zeros((batch,), jnp.int32) if self.q_offset is None else self.q_offset
         q_pos = offset[:, None] + jnp.arange(q_len, dtype=jnp.int32)[None, :]  # [B, Tq]
         k_pos = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]  # [1, 1, Tk]
@@ -179,6 +208,25 @@ class AttentionMask:
         if self.q_segment_ids is not None:
             allowed = allowed & (self.q_segment_ids[:, :, None] == self.kv_segment_ids[:, None, :])
         return allowed
+
+    def _draft_dense(self, batch: int, q_len: int, kv_len: int) -> jax.Array:
+        context = kv_len - q_len
+        if context < 0:
+            raise ValueError(f"a draft-stream mask needs the context's keys before the queries' own: {kv_len} keys "
+                             f"for {q_len} queries")
+        offset = jnp.zeros((batch,), jnp.int32) if self.q_offset is None else self.q_offset
+        prefix = (jnp.zeros((batch,), jnp.int32) if self.prefix_len is None else self.prefix_len)[:, None, None]
+        q_pos = (offset[:, None] + jnp.arange(q_len, dtype=jnp.int32)[None, :])[:, :, None]  # [B, Tq, 1]
+        block = lambda p: (p - prefix) // self.draft_block
+        c_pos = jnp.arange(context, dtype=jnp.int32)[None, None, :]
+        sees_context = (c_pos <= q_pos) & ((q_pos < prefix) | (block(c_pos) < block(q_pos)))
+        o_pos = q_pos[:, :, 0][:, None, :]  # [B, 1, Tq]: the own stream's keys sit at the queries' positions
+        sees_own = (q_pos >= prefix) & (o_pos >= prefix) & (block(o_pos) == block(q_pos))
+        if self.kv_lengths is not None:
+            length = self.kv_lengths[:, None, None]
+            sees_context, sees_own = sees_context & (c_pos < length), sees_own & (o_pos < length)
+        return jnp.concatenate([jnp.broadcast_to(sees_context, (batch, q_len, context)),
+                                jnp.broadcast_to(sees_own, (batch, q_len, q_len))], axis=-1)
 
     def density(self, batch: int, q_len: int, kv_len: int) -> jax.Array:
         """Fraction of the Tq x Tk score matrix that is unmasked (for FLOP counts)."""

@@ -128,9 +128,12 @@ class Attention(nnx.Module):
         *,
         cache: Optional[KVCache] = None,
         cross_kv: Optional[KVCache] = None,
+        context: Optional[KVCache] = None,
     ) -> tuple[jax.Array, KVCache]:
         """Self-attention over x (or, with `cache`, over a KV cache into which x's keys and
-        values are first written at `positions_BxT[:, 0]`), or cross-attention to `cross_kv`.
+        values are first written at `positions_BxT[:, 0]`; or, with `context`, over
+        [context | x's own keys and values], as a draft-stream mask lays them out), or
+        cross-attention to `cross_kv`.
 
         Returns (output, the keys/values attended to)."""
         batch, length, _ = x_BxTxD.shape
@@ -147,6 +150,9 @@ class Attention(nnx.Module):
             kv = self.project_kv(x_BxTxD, positions_BxT)
             if cache is not None:
                 kv = {name: write_at(cache[name], kv[name], positions_BxT[:, 0]) for name in ("k", "v")}
+            elif context is not None:
+                kv = {name: jnp.concatenate([context[name].astype(kv[name].dtype), kv[name]], axis=1)
+                      for name in ("k", "v")}
         out = attention(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype), mask, impl=cfg.attention_impl)
         return self.o(out.reshape(batch, length, cfg.num_heads * cfg.head_dim)), kv
 

@@ -56,8 +56,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, dtype)
         self.mlp = GatedMLP(config, rngs)
 
-    def __call__(self, x, mask, positions, cache=None, cross_kv=None, cross_mask=None):
-        y, kv = self.attn(self.attn_norm(x), mask, positions, cache=cache)
+    def __call__(self, x, mask, positions, cache=None, cross_kv=None, cross_mask=None, context=None):
+        y, kv = self.attn(self.attn_norm(x), mask, positions, cache=cache, context=context)
         x = x + y
         if self.cross_attn is not None:
             y, _ = self.cross_attn(self.cross_norm(x), cross_mask, positions, cross_kv=cross_kv)
@@ -65,15 +65,16 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), kv
 
 
-def _run_blocks(blocks, x, mask, positions, caches, remat, cross_kvs=None, cross_mask=None):
+def _run_blocks(blocks, x, mask, positions, caches, remat, cross_kvs=None, cross_mask=None, contexts=None):
     new_caches = []
     for i, block in enumerate(blocks):
         cache = None if caches is None else caches[i]
         cross_kv = None if cross_kvs is None else cross_kvs[i]
+        context = None if contexts is None else contexts[i]
         if remat:
-            x, kv = nnx.remat(lambda b, *a: b(*a))(block, x, mask, positions, cache, cross_kv, cross_mask)
+            x, kv = nnx.remat(lambda b, *a: b(*a))(block, x, mask, positions, cache, cross_kv, cross_mask, context)
         else:
-            x, kv = block(x, mask, positions, cache, cross_kv, cross_mask)
+            x, kv = block(x, mask, positions, cache, cross_kv, cross_mask, context)
         new_caches.append(kv)
     return x, new_caches
 
@@ -466,9 +467,23 @@ class DecoderOnly(nnx.Module):
         """Run `tokens` at absolute `positions` (contiguous per example), writing their keys
         and values into `cache` at those positions and attending to the whole cache under `mask`
         (whose q_offset must be positions[:, 0]). Returns (logits, updated cache)."""
+        hidden, cache = self.hidden_cached(tokens_BxT, positions_BxT, mask, cache)
+        return self.embedder.logits(hidden), cache
+
+    def hidden_cached(self, tokens_BxT, positions_BxT, mask: AttentionMask, cache: list[KVCache]):
+        """`forward_cached` before the head: (final-normed hidden states [B, T, D], cache); take
+        `embedder.logits` of the rows you need only (the head is a fifth of SmolLM2's FLOPs)."""
         x = self.embedder.embed(tokens_BxT)
         x, cache = _run_blocks(self.blocks, x, mask, positions_BxT, cache, False)
-        return self.embedder.logits(self.final_norm(x)), cache
+        return self.final_norm(x), cache
+
+    def draft_hidden(self, noisy_BxN, positions_BxN, mask: AttentionMask, contexts: list[KVCache]) -> jax.Array:
+        """Final-normed hidden states [B, N, D] of a noisy stream whose queries attend to
+        [context | their own stream] under a draft-stream mask (`AttentionMask.draft_stream`):
+        `contexts` are the clean row's keys and values per layer (`hidden_cached` of the clean row)."""
+        x = self.embedder.embed(noisy_BxN)
+        x, _ = _run_blocks(self.blocks, x, mask, positions_BxN, None, self.config.remat, contexts=contexts)
+        return self.final_norm(x)
 
 
 class EncoderDecoder(nnx.Module):

@@ -15,11 +15,13 @@ tokens, so they do not depend on the batch size.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from workbench.objectives.batch import Batch
+from workbench.objectives.drafting import DraftConfig, draft_loss
 from workbench.processes.loss_metrics import LossMetrics
 from workbench.processes import cross_entropy, get_process, process_names, weighted_mean
 
@@ -33,6 +35,7 @@ class LossConfig:
     special_ids: tuple[int, ...] = (0, 1, 2)  # never sampled as corruption (pad, eos, unk, ...)
     mask_id: int = 3  # the absorbing token
     pad_id: int = 0  # target padding (the tokenizer's fixed pad id); only splits the accuracy metric
+    draft: Optional[DraftConfig] = None  # kind="draft": a block drafter on a frozen AR model (objectives.drafting)
 
     @classmethod
     def for_tokenizer(cls, tokenizer, kind: str = "ar", *, model_vocab_size=None, **options) -> "LossConfig":
@@ -43,9 +46,12 @@ class LossConfig:
         return cls(kind=kind, **loss_ids(tokenizer, kind, model_vocab_size), **options)
 
     def __post_init__(self):
-        if self.kind != "ar" and self.kind not in process_names():
-            raise ValueError(f"loss kind {self.kind!r}; expected 'ar' or a diffusion process "
+        if self.kind not in ("ar", "draft") and self.kind not in process_names():
+            raise ValueError(f"loss kind {self.kind!r}; expected 'ar', 'draft' or a diffusion process "
                              f"{list(process_names())}")
+        if (self.kind == "draft") != (self.draft is not None):
+            raise ValueError(f"loss kind {self.kind!r} with draft={self.draft!r}: kind='draft' takes a DraftConfig "
+                             f"(draft=DraftConfig(block_size=4, ...)) and the other kinds none")
         if self.unroll_temperature < 0:
             raise ValueError(f"unroll_temperature={self.unroll_temperature} must be >= 0")
 
@@ -70,4 +76,6 @@ def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
 
 
 def loss_fn(model, batch: Batch, rng: jax.Array, config: LossConfig):
+    if config.kind == "draft":
+        return draft_loss(model, batch, rng, config)
     return (ar_loss if config.kind == "ar" else diffusion_loss)(model, batch, rng, config)

@@ -1,0 +1,223 @@
+"""AR2Diff on a real model within a CPU budget: a block drafter adapter on SmolLM2, and its curve.
+
+`DrafterRecipe` is the whole run as data (base model, adapter, block size, objective,
+optimiser, data sizes, evaluation cadence); `run_recipe(recipe, run_dir)` builds the adapted
+model, the AR model's own answers to training prompts (`workbench.data.drafting`), trains with
+the resumable trainer (`kind="draft"` loss, `workbench.objectives.drafting`) and evaluates the
+adapter at each evaluation step on held-out prompts (`drafter_metrics`): agreement of its
+lossy block decoding with the AR model's greedy text at 32 and 64 tokens, forward passes per
+token, tokens per iteration and acceptance by draft position when it drafts for the AR model
+(exact output), masked-token agreement by position in the block, and SQuAD F1 of the AR and the
+drafted answers. Everything lands in the run directory (metrics.jsonl, run_info.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.data.drafting import ChatPrompt, answer_pairs, chat_prompts
+from workbench.evaluation.metrics import squad_f1, token_sequence_scores
+from workbench.models.config import LoRAConfig
+from workbench.models.lora import adapter_summary, with_lora
+from workbench.models.transformer import with_config
+from workbench.objectives.batch import seq2seq_batch
+from workbench.objectives.drafting import DraftConfig
+from workbench.objectives.losses import LossConfig
+from workbench.pretrained_study import prompt_ids, right_padded
+from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
+from workbench.training.optim import OptimizerConfig
+from workbench.training.sources import Seq2SeqSource
+from workbench.training.trainer import TrainConfig, eval_step, train
+
+
+@dataclasses.dataclass(frozen=True)
+class DrafterRecipe:
+    base: str = "smollm2-135m"
+    block_size: int = 4
+    objective: str = "distill"  # workbench.objectives.drafting.DRAFT_OBJECTIVES
+    rank: int = 16
+    alpha: float = 32.0
+    train_norms: bool = False
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    steps: int = 200
+    batch_size: int = 8
+    all_masked: float = 0.5
+    train_prompts: int = 2000
+    held_out_prompts: int = 120
+    answer_len: int = 64  # the AR model's answers: at most this many new tokens
+    max_prompt_tokens: int = 160
+    compute_dtype: str = "float32"  # training compute; decoding always runs float32
+    eval_every: int = 50
+    eval_prompts: int = 40  # held-out prompts scored at intermediate evaluations (all of them at the end)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class DrafterSetup:
+    recipe: DrafterRecipe
+    ar_model: object  # the imported AR model, untouched
+    model: object  # AR model + mask row + adapter (the drafter)
+    tokenizer: object  # with the mask token
+    mask_id: int
+    train_pairs: tuple[list, list]
+    held_out: list[ChatPrompt]
+    held_out_pairs: tuple[list, list]
+    data_report: dict
+
+
+def _model_id(pretrained) -> str:
+    from workbench.data.files import file_sha256
+
+    path = Path(pretrained.source.path)
+    return f"{pretrained.source.location}:{file_sha256(path)[:16] if path.is_file() else path}"
+
+
+def setup(recipe: DrafterRecipe, cache_dir, *, progress: bool = True) -> DrafterSetup:
+    """Load the base, add the mask token's row and the adapter, and the AR model's answers to
+    the training and held-out prompts (generated once, cached under `cache_dir`)."""
+    from workbench.pretrained import load_pretrained, with_mask_token
+
+    pretrained = load_pretrained(recipe.base, dtype="float32")
+    masked = with_mask_token(pretrained)
+    mask_id = masked.tokenizer.specials.mask
+    lora = LoRAConfig(rank=recipe.rank, alpha=recipe.alpha, trainable_rows=(mask_id,), train_norms=recipe.train_norms)
+    model = with_lora(masked.model, lora, seed=recipe.seed)
+    if recipe.compute_dtype != model.config.dtype:
+        model = with_config(model, dtype=recipe.compute_dtype)
+    model_id = _model_id(pretrained)
+    train_prompts = chat_prompts("train", recipe.train_prompts, seed=recipe.seed)
+    held_out = chat_prompts("held_out", recipe.held_out_prompts, seed=recipe.seed)
+    common = dict(max_new_tokens=recipe.answer_len, cache_dir=cache_dir, model_id=model_id,
+                  max_prompt_tokens=recipe.max_prompt_tokens, progress=progress)
+    train_in, train_out, train_report = answer_pairs(pretrained.model, pretrained.tokenizer, train_prompts, **common)
+    held_in, held_out_answers, held_report = answer_pairs(pretrained.model, pretrained.tokenizer, held_out, **common)
+    kept = set(map(tuple, held_in))
+    held_kept = [p for p, ids in zip(held_out, prompt_ids(pretrained.tokenizer, [p.text for p in held_out]))
+                 if tuple(ids) in kept]
+    return DrafterSetup(recipe, pretrained.model, masked.tokenizer, mask_id, (train_in, train_out), held_kept,
+                        (held_in, held_out_answers), {"train": train_report, "held_out": held_report,
+                                                      "model_id": model_id})
+
+
+def _decode(model, tokenizer, inputs, config: SpeculativeConfig, batch_size: int):
+    outs, lengths, iterations, passes, accepted, offered = [], [], [], [], 0, 0
+    for start in range(0, len(inputs), batch_size):
+        rows, lens = right_padded(inputs[start : start + batch_size], tokenizer.specials.pad)
+        out = speculative_generate(model, rows, lens, config)
+        outs.append(np.asarray(out.tokens))
+        lengths.append(np.asarray(out.lengths))
+        iterations.append(np.asarray(out.iterations))
+        passes.append(1 + np.asarray(out.iterations) * (config.draft_steps + 1))
+        accepted = accepted + np.asarray(out.accepted_at)
+        offered = offered + np.asarray(out.drafted_at)
+    return (np.concatenate(outs), np.concatenate(lengths), np.concatenate(iterations), np.concatenate(passes),
+            accepted, offered)
+
+
+def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None, batch_size: int = 20,
+                    draft_steps: int = 1) -> dict:
+    """The curve's measurements on the first `count` held-out prompts (all by default)."""
+    recipe, tok = setup_.recipe, setup_.tokenizer
+    inputs, references = setup_.held_out_pairs
+    prompts = setup_.held_out
+    count = len(inputs) if count is None else min(count, len(inputs))
+    inputs, references, prompts = inputs[:count], references[:count], prompts[:count]
+    model = with_config(model, dtype="float32") if model.config.dtype != "float32" else model
+    base = dict(block_size=recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len,
+                eos_id=tok.specials.eos, pad_id=tok.specials.pad, mask_id=setup_.mask_id)
+    stops = {tok.specials.eos, tok.specials.pad}
+    result = {"prompts": count}
+    started = time.perf_counter()
+    lossy, lengths, iterations, passes, _, _ = _decode(model, tok, inputs, SpeculativeConfig(verify=False, **base),
+                                                       batch_size)
+    for n in (32, 64):
+        scores = token_sequence_scores(lossy[:, :n], [r[:n] for r in references], stops)
+        result[f"agreement@{n}"] = scores["token_accuracy"]
+        result[f"exact@{n}"] = scores["exact_match"]
+    result["passes_per_token"] = float(np.mean(passes / np.maximum(lengths, 1)))
+    exact, lengths_v, iterations_v, _, accepted, offered = _decode(model, tok, inputs,
+                                                                  SpeculativeConfig(verify=True, **base), batch_size)
+    result["verified_equals_ar"] = token_sequence_scores(exact, references, stops)["exact_match"]
+    result["tokens_per_iteration"] = float(np.sum(lengths_v) / max(np.sum(iterations_v), 1))
+    for i, (a, o) in enumerate(zip(accepted, offered), start=1):
+        result[f"accept_at_{i}"] = float(a / max(o, 1))
+    squad_rows = [i for i, p in enumerate(prompts) if p.task == "squad"]
+    if squad_rows:
+        text = lambda rows: tok.decode_batch(rows)
+        drafted_text = text(lossy[squad_rows])
+        ar_text = text(np.asarray([list(references[i]) + [tok.specials.pad] * (recipe.answer_len - len(references[i]))
+                                   for i in squad_rows]))
+        golds = [prompts[i].references for i in squad_rows]
+        result["squad_f1_ar"] = float(np.mean([squad_f1(t, g) for t, g in zip(ar_text, golds)]))
+        result["squad_f1_drafted"] = float(np.mean([squad_f1(t, g) for t, g in zip(drafted_text, golds)]))
+        result["squad_questions"] = len(squad_rows)
+    result["masked_agreement"] = masked_agreement(setup_, model, count)
+    result["eval_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def masked_agreement(setup_: DrafterSetup, model, count: int) -> dict:
+    """Held-out agreement of the drafter's argmax with the AR model's at each draft position
+    (1 .. b-1) when the whole block is masked (one-step drafting), on the AR answers."""
+    recipe = setup_.recipe
+    inputs, answers = setup_.held_out_pairs
+    loss = LossConfig(kind="draft", draft=DraftConfig(block_size=recipe.block_size, objective=recipe.objective,
+                                                      all_masked=1.0), mask_id=setup_.mask_id,
+                      pad_id=setup_.tokenizer.specials.pad)
+    sums, weights = {}, {}
+    for start in range(0, count, 8):
+        batch = seq2seq_batch(inputs[start : start + 8], answers[start : start + 8],
+                              input_len=recipe.max_prompt_tokens, target_len=recipe.answer_len,
+                              pad_id=setup_.tokenizer.specials.pad, pad_targets=False,
+                              example_ids=list(range(start, start + len(inputs[start : start + 8]))))
+        metrics = jax.device_get(eval_step(model, jax.tree.map(jnp.asarray, batch), jax.random.key(0), loss))
+        for name in metrics.sums:
+            sums[name] = sums.get(name, 0.0) + float(metrics.sums[name])
+            weights[name] = weights.get(name, 0.0) + float(metrics.weights[name])
+    return {name: sums[name] / max(weights[name], 1.0) for name in sums if name.startswith("agree")}
+
+
+def train_config(recipe: DrafterRecipe, setup_: DrafterSetup) -> TrainConfig:
+    loss = LossConfig(kind="draft", draft=DraftConfig(block_size=recipe.block_size, objective=recipe.objective,
+                                                      all_masked=recipe.all_masked),
+                      mask_id=setup_.mask_id, pad_id=setup_.tokenizer.specials.pad, special_ids=())
+    optimizer = OptimizerConfig(learning_rate=recipe.learning_rate, schedule="constant",
+                                warmup_steps=recipe.warmup_steps, weight_decay=0.0)
+    return TrainConfig(steps=recipe.steps, loss=loss, optimizer=optimizer, seed=recipe.seed, log_every=5,
+                       eval_every=recipe.eval_every, checkpoint_every=recipe.eval_every, keep_checkpoints=2,
+                       progress=False, tensorboard=False)
+
+
+def run_recipe(recipe: DrafterRecipe, run_dir, *, cache_dir=None, allow_config_change: bool = False,
+               progress: bool = True):
+    """Train the drafter of `recipe` into `run_dir` (resuming what is there) with held-out
+    evaluations; returns (TrainResult, setup)."""
+    run_dir = Path(run_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else run_dir.parent / "drafter_data"
+    setup_ = setup(recipe, cache_dir, progress=progress)
+    inputs, answers = setup_.train_pairs
+    source = Seq2SeqSource(inputs, answers, input_len=recipe.max_prompt_tokens, target_len=recipe.answer_len,
+                           batch_size=recipe.batch_size, pad_targets=False, seed=recipe.seed,
+                           pad_id=setup_.tokenizer.specials.pad)
+
+    def evaluate(model, step: int) -> dict:
+        final = step == recipe.steps
+        metrics = drafter_metrics(setup_, model, count=None if final else recipe.eval_prompts)
+        if progress:
+            print(f"step {step}: {json.dumps(metrics)}", flush=True)
+        return metrics
+
+    result = train(setup_.model, train_config(recipe, setup_), source, run_dir, eval_fn=evaluate,
+                   data_info={"drafter": setup_.data_report},
+                   extra_info={"recipe": dataclasses.asdict(recipe), "adapter": adapter_summary(setup_.model)},
+                   allow_config_change=allow_config_change)
+    return result, setup_
