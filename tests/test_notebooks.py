@@ -185,7 +185,7 @@ def test_pretrain_grid(executed):
     run = result(executed, "01_pretrain")
     entries = run.metrics
     cells = {(e["architecture"], e["objective"]) for e in entries}
-    assert cells == {("decoder_only", "prefix_lm"), ("encoder_decoder", "prefix_lm")}
+    assert cells == {("decoder", "prefix_lm"), ("encoder_decoder", "prefix_lm")}
     assert all(finite(e["pretraining"]["held_out_loss"]) for e in entries)
     assert len(valid_table_entries(run.out_dir)) == 2
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from workbench import study
+from workbench.study import stages
 from workbench.data.special import SpecialIds
 
 TOKENIZER = SimpleNamespace(vocab_size=100, special_ids=(0, 1, 2, 3), mask_id=3, pad_id=0,
@@ -17,7 +18,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a dataset was read")
 
-    monkeypatch.setattr(study, "load_dataset", refuse)
+    monkeypatch.setattr(stages, "load_dataset", refuse)
 
 
 def test_grid_cells_take_the_attention_their_loss_trains():

@@ -38,7 +38,7 @@ def test_paper_numbers_match_the_paper_text():
 
     line_1 = next(line for line in text.splitlines() if line.startswith("Table 1 "))
     found_1 = re.findall(r"(enc-dec|dec-only) (prefix LM|span corruption) (\d+\.\d+) / (\d+\.\d+) / (\d+\.\d+)", line_1)
-    names = {"enc-dec": "encoder_decoder", "dec-only": "decoder_only", "prefix LM": "prefix_lm",
+    names = {"enc-dec": "encoder_decoder", "dec-only": "decoder", "prefix LM": "prefix_lm",
              "span corruption": "span_corruption"}  # fmt: skip
     assert {(names[a], names[o]): (float(x), float(y), float(z)) for a, o, x, y, z in found_1} == tables.PAPER_TABLE_1
 
@@ -135,7 +135,7 @@ def test_compare_lays_project_beside_paper(tmp_path):
 
     table_1 = tables.compare(1, project)
     assert table_1.loc["encoder_decoder + prefix_lm", project_column] == 20.0
-    assert table_1.loc["decoder_only + span_corruption", ("SQuAD f1", "paper Base (~280M params)")] == 80.6
+    assert table_1.loc["decoder + span_corruption", ("SQuAD f1", "paper Base (~280M params)")] == 80.6
 
     with pytest.raises(ValueError, match="table=4"):
         tables.compare(4, project)
@@ -143,7 +143,7 @@ def test_compare_lays_project_beside_paper(tmp_path):
 
 def test_html_marks_project_cells(tmp_path):
     run = _run(tmp_path, "r", _entry(method="AR", num_steps=None, num_samples=None, score=50.0))
-    page = tables.comparison_html([run], tables=(2,))
+    page = "\n".join(tables.render_tables((2,), tables.load_runs([run]))[0])
     assert page.count('class="project"') == 5  # one SQuAD column, five method rows
     assert "<td class=\"project\" style=\"background:#fff3cd\">50.00</td>" in page
     assert "project tiny (12.3M params), 2,000 steps" in page and "33.27" in page

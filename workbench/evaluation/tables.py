@@ -18,7 +18,7 @@ Each run directory holds `metrics.json`: one JSON object, or a list of them, wit
 | train_steps | int | fine-tuning steps on the task |
 | num_steps | int or null | diffusion denoising steps at decoding (null for AR) |
 | num_samples | int or null | diffusion samples per example, reranked (null for AR) |
-| architecture | str, optional | "decoder_only" (default) or "encoder_decoder" |
+| architecture | str, optional | "decoder" (default) or "encoder_decoder" (ModelConfig.arch) |
 | objective | str, optional | "prefix_lm" (default) or "span_corruption" |
 
 Instead of `metric` and `score`, an entry may carry one key per score, as the evaluation
@@ -42,7 +42,7 @@ import pandas as pd
 TASKS = ("wmt14_enfr", "squad_v1", "mbpp", "humaneval", "python_functions")
 TASK_LABELS = {"wmt14_enfr": "WMT14 En-Fr", "squad_v1": "SQuAD", "mbpp": "MBPP", "humaneval": "HumanEval",
                "python_functions": "Python functions"}  # fmt: skip
-ARCHITECTURES = ("decoder_only", "encoder_decoder")
+TABLE_ARCHITECTURES = ("decoder", "encoder_decoder")
 OBJECTIVES = ("prefix_lm", "span_corruption")
 _METHOD = re.compile(r"^(AR|Diffusion|AR2Diff_(\d+)([KM]?))$")
 _METHOD_CASE = {"ar": "AR", "diffusion": "Diffusion", "ar2diff": "AR2Diff"}
@@ -66,9 +66,9 @@ PAPER_TABLE_2 = {
 # Table 1 (Base diffusion): (architecture, objective) -> (WMT BLEU, SQuAD F1, MBPP pass@80).
 PAPER_TABLE_1 = {
     ("encoder_decoder", "prefix_lm"): (27.6, 75.8, 0.0),
-    ("decoder_only", "prefix_lm"): (29.8, 77.4, 12.2),
+    ("decoder", "prefix_lm"): (29.8, 77.4, 12.2),
     ("encoder_decoder", "span_corruption"): (28.7, 78.2, 0.0),
-    ("decoder_only", "span_corruption"): (29.1, 80.6, 11.1),
+    ("decoder", "span_corruption"): (29.1, 80.6, 11.1),
 }
 # Table 3 (Base diffusion): (num_steps, num_samples) -> (SQuAD F1, MBPP pass@80).
 PAPER_TABLE_3 = {
@@ -113,7 +113,7 @@ def _paper_row(table: int, task: str, method: str, size: str, score: float, **fi
         "task": task,
         "metric": _PAPER_METRIC[task],
         "method": method,
-        "architecture": "decoder_only",
+        "architecture": "decoder",
         "objective": "prefix_lm",
         "num_steps": PAPER_DECODING["num_steps"] if diffusion else None,
         "num_samples": PAPER_DECODING["num_samples"] if diffusion else None,
@@ -194,12 +194,12 @@ def validate_entry(entry: Any, where: str) -> dict:
         if value is not None and value < 1:
             raise MetricsSchemaError(f"{where}: {key}={value} must be >= 1 or null")
         decoding[key] = value
-    architecture = entry.get("architecture", "decoder_only")
+    architecture = entry.get("architecture", "decoder")
     objective = entry.get("objective", "prefix_lm")
-    if architecture not in ARCHITECTURES or objective not in OBJECTIVES:
+    if architecture not in TABLE_ARCHITECTURES or objective not in OBJECTIVES:
         raise MetricsSchemaError(
             f"{where}: architecture={architecture!r}, objective={objective!r}; expected one of "
-            f"{ARCHITECTURES} and {OBJECTIVES}"
+            f"{TABLE_ARCHITECTURES} and {OBJECTIVES}"
         )
     return {
         "task": task, "method": method, "metric": metric, "score": score, "model_preset": preset,
@@ -278,7 +278,7 @@ def discover_runs(root: str | Path, exclude: Iterable[str | Path] = ()) -> tuple
 
 
 def _row_key(table: int, row: pd.Series, decoding: tuple[int, int]) -> Optional[str]:
-    plain = row["architecture"] == "decoder_only" and row["objective"] == "prefix_lm"
+    plain = row["architecture"] == "decoder" and row["objective"] == "prefix_lm"
     has_decoding = pd.notna(row["num_steps"]) and pd.notna(row["num_samples"])
     default_decoding = not has_decoding or (int(row["num_steps"]), int(row["num_samples"])) == decoding
     if table == 1:
@@ -376,12 +376,6 @@ def to_html(wide: pd.DataFrame, title: str = "", precision: int = 2) -> str:
         f'<tr><th rowspan="2">{name}</th>{head_top}</tr><tr>{head_bottom}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
     )
-
-
-def comparison_html(run_dirs: Iterable[str | Path], tables: Iterable[int] = (1, 2, 3)) -> str:
-    """All requested tables, paper beside project, as one HTML fragment."""
-    runs = load_runs(run_dirs)
-    return "\n".join(to_html(compare(t, runs), caption(t)) for t in tables)
 
 
 def render_tables(tables: Iterable[int], project: pd.DataFrame, decoding: tuple[int, int] = (10, 8)

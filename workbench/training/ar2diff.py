@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+from workbench.models import with_attention
 from workbench.training.checkpoint import load_model
 from workbench.training.trainer import TrainConfig, TrainResult, train
 
@@ -22,7 +23,7 @@ DIFFUSION_ATTENTION = ("bidirectional", "prefix_diffusion", "block_causal")
 
 
 def ar2diff(
-    ar_run_dir: Path | str,
+    ar,
     out_dir: Path | str,
     source,
     config: TrainConfig,
@@ -35,16 +36,27 @@ def ar2diff(
     mesh=None,
     allow_config_change: bool = False,
 ) -> TrainResult:
-    """Stage 2: load `ar_run_dir` (latest or `ar_step`), switch attention, train `config.steps`
-    diffusion steps into `out_dir` (checkpoint step 0 is the unchanged AR model)."""
+    """Stage 2: the AR model under `attention`, trained `config.steps` diffusion steps into
+    `out_dir` (checkpoint step 0 is the unchanged AR model).
+
+    `ar` is an AR run directory (its latest checkpoint, or `ar_step`) or a model in memory,
+    such as an imported one; a model in memory keeps its own `block_size` when `attention`
+    is already its attention and `block_size` is None."""
     if attention not in DIFFUSION_ATTENTION:
         raise ValueError(f"attention={attention!r}; AR2Diff switches to one of {DIFFUSION_ATTENTION}")
     if config.loss.kind == "ar":
         raise ValueError("AR2Diff's adaptation stage trains a diffusion loss; set config.loss.kind to "
                          "a diffusion process: 'uniform' (the paper) or 'absorbing'")
-    model, loaded_step = load_model(ar_run_dir, step=ar_step, mesh=mesh, attention=attention, block_size=block_size)
-    extra = {"ar2diff": {"ar_run_dir": str(Path(ar_run_dir).resolve()), "ar_step": loaded_step, "attention": attention,
-                         "block_size": block_size, "adaptation_steps": config.steps}}
+    if isinstance(ar, (str, Path)):
+        model, loaded_step = load_model(ar, step=ar_step, mesh=mesh, attention=attention, block_size=block_size)
+        origin = {"ar_run_dir": str(Path(ar).resolve()), "ar_step": loaded_step}
+    else:
+        if ar_step is not None:
+            raise ValueError(f"ar_step={ar_step} picks a checkpoint of a run directory; `ar` is a model in memory")
+        if block_size is None and attention == ar.config.attention:
+            block_size = ar.config.block_size
+        model, origin = with_attention(ar, attention, block_size), {"ar": "model in memory"}
+    extra = {"ar2diff": {**origin, "attention": attention, "block_size": block_size, "adaptation_steps": config.steps}}
     return train(model, config, source, out_dir, eval_fn=eval_fn, data_info=data_info, extra_info=extra, mesh=mesh,
                  allow_config_change=allow_config_change)
 
