@@ -21,7 +21,7 @@ def test_device_scripts_import_from_an_uninstalled_checkout(tmp_path):
         f"sys.path[:0] = [{str(CHECKOUT)!r}]\n"
         f"sys.path.extend({list(dict.fromkeys(site_dirs))!r})\n"
         "assert not any('editable' in str(finder) for finder in sys.meta_path)\n"
-        "import workbench.benchmarks.hopper_check, workbench.benchmarks.kernel_tuning, workbench.attention\n"
+        "import workbench.benchmarks.hopper_check, workbench.benchmarks.tuning, workbench.attention\n"
         "import workbench.kernels.experimental.hopper\n"
         "import workbench.kernels as kernels\n"
         f"assert kernels.__file__ == {str(CHECKOUT / 'kernels' / '__init__.py')!r}, kernels.__file__\n"

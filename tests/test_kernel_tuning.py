@@ -14,20 +14,44 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
 from workbench.attention.reference import xla_attention
-from workbench.benchmarks import kernel_tuning, tuning_measure
-from workbench.benchmarks import tuning_space as space
+from workbench.benchmarks import tuning
 from workbench.benchmarks.kernels import MASKS, make_mask
-from workbench.benchmarks.tuning_sweep import best_row, recommend_values, tune_head_dim
+from workbench.benchmarks.tuning import measure as tuning_measure
+from workbench.benchmarks.tuning import space
+from workbench.benchmarks.tuning.sweep import best_row, recommend_values, tune_head_dim
 from workbench.kernels.flash_gpu import GpuBlockSizes, flash_attention_gpu
 from workbench.kernels.flash_tpu import TpuBlockSizes, flash_attention_tpu
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
 
 
+def candidate_block_sizes(config: space.TuneConfig, head_dim: int) -> list:
+    """Block sizes that between them hold every kernel configuration the sweep can time or
+    recommend at `head_dim`. At the sweep's lengths (multiples of every tile) each pallas_call
+    depends only on its own pass's fields, and a launch step may run on any of its pass's tile
+    candidates: so per pass every (tiles, launch) pair, zipped across passes (the i-th of
+    each, the first where a pass has fewer). Lowering these checks them all."""
+    per_pass: dict[str, list[dict]] = {}
+    for step_name in config.steps:
+        step = space.STEPS[step_name]
+        settings = [dict(zip(step.fields, v)) for v in space.step_candidates(config, head_dim, step_name)]
+        per_pass[step.pass_name] = [dict(done, **new) for done in per_pass.get(step.pass_name, [{}])
+                                    for new in settings]
+    out = []
+    for i in range(max((len(v) for v in per_pass.values()), default=1)):
+        fields = {}
+        for settings in per_pass.values():
+            fields.update(settings[i] if i < len(settings) else settings[0])
+        blocks = dataclasses.replace(space.base_block_sizes(config.kernel, head_dim), **fields)
+        if blocks not in out:
+            out.append(blocks)
+    return out
+
+
 def test_cpu_sweep_writes_a_row_per_candidate_and_step(tmp_path, capsys):
     # One mask halves the compiles (they dominate); the choice over several masks is tested below.
     config = space.default_config("cpu").with_bench(warmup=0, repeats=1, masks=("prefix_lm",))
-    kernel_tuning.run(tmp_path, config)
+    tuning.run(tmp_path, config)
     saved = json.loads((tmp_path / "kernel_tuning.json").read_text())
     assert saved["interpret_mode"] and saved["jax_version"] == jax.__version__ and saved["device"]
     assert saved["config"]["kernel"] == "gpu"
@@ -150,12 +174,12 @@ def test_default_sweeps_fit_their_budget():
     assert gpu.steps == tuple(space.STEPS)  # every pass's tiles and launch settings
     count = space.count_timed_configs(gpu)
     assert count <= space.MAX_DEFAULT_CONFIGS
-    assert f"{count} for the default 2 masks x 2 head dims" in " ".join(kernel_tuning.__doc__.split())
+    assert f"{count} for the default 2 masks x 2 head dims" in " ".join(tuning.__doc__.split())
     assert space.count_timed_configs(space.default_config("tpu")) <= space.MAX_DEFAULT_CONFIGS
     for tiles in ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"):
-        for blocks in space.candidate_block_sizes(gpu, 128):
+        for blocks in candidate_block_sizes(gpu, 128):
             assert getattr(blocks, tiles) in (32, 64, 128)
-        for blocks in space.candidate_block_sizes(space.default_config("tpu"), 128):
+        for blocks in candidate_block_sizes(space.default_config("tpu"), 128):
             assert getattr(blocks, tiles) % 128 == 0
     for kernel in space.KERNELS:
         cpu = space.default_config("cpu", kernel)
@@ -212,21 +236,21 @@ def test_tpu_tiles_must_be_lane_multiples_on_hardware():
 
 
 def test_cli_builds_the_config_from_its_flags(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernel_tuning, "run", lambda out_dir, config: (out_dir, config))
-    out_dir, config = kernel_tuning.main(["--out", str(tmp_path), "--masks", "all", "--warmup", "0",
+    monkeypatch.setattr(tuning, "run", lambda out_dir, config: (out_dir, config))
+    out_dir, config = tuning.main(["--out", str(tmp_path), "--masks", "all", "--warmup", "0",
                                           "--repeats", "2", "--rel-tol", "1e-3", "--seed", "7"])
     assert out_dir == str(tmp_path) and config.kernel == "gpu" and config.interpret
     assert (config.bench.masks, config.bench.warmup, config.bench.repeats, config.bench.seed) == (MASKS, 0, 2, 7)
     assert config.tolerance == 1e-3 and config.bench.head_dims == space.default_config("cpu").bench.head_dims
-    _, config = kernel_tuning.main(["--kernel", "tpu", "--head-dims", "128"])
+    _, config = tuning.main(["--kernel", "tpu", "--head-dims", "128"])
     assert config.kernel == "tpu" and config.bench.head_dims == (128,) and config.bench.masks == space.DEFAULT_MASKS
 
 
 def test_compiled_kernel_on_the_wrong_platform_is_refused(tmp_path):
     with pytest.raises(ValueError, match="only on a GPU, but the platform is cpu; use interpret=True"):
-        kernel_tuning.run(tmp_path, space.default_config("gpu"))
+        tuning.run(tmp_path, space.default_config("gpu"))
     with pytest.raises(SystemExit):
-        kernel_tuning.main(["--out", str(tmp_path), "--masks", "diagonal"])
+        tuning.main(["--out", str(tmp_path), "--masks", "diagonal"])
 
 
 TPU_V5E = AbstractDevice(device_kind="TPU v5 lite", platform="tpu", num_cores=1)
@@ -272,7 +296,7 @@ def test_default_gpu_candidates_lower_for_h100(head_dim):
     or recommend, at the target shape, through Pallas -> Triton IR (not PTX, which needs a GPU);
     each pallas_call gets its own pass's launch settings."""
     config = space.default_config("gpu")
-    candidates = space.candidate_block_sizes(config, head_dim)
+    candidates = candidate_block_sizes(config, head_dim)
     assert len(candidates) == 4 * 3  # per pass tiles x launch (fwd 4 x 3, dq 3 x 3, dkv 3 x 3), zipped
     for pass_name in ("fwd", "dq", "dkv"):  # every pair a step can time is lowered
         tiles, launch = (space.step_candidates(config, head_dim, f"{pass_name}_{kind}") for kind in ("tiles", "launch"))
@@ -286,7 +310,7 @@ def test_default_gpu_candidates_lower_for_h100(head_dim):
 def test_default_tpu_candidates_lower_to_mosaic(head_dim):
     """The same for the TPU sweep's tiles through Pallas -> Mosaic (the (8, 128) block rule)."""
     config = space.default_config("tpu")
-    candidates = space.candidate_block_sizes(config, head_dim)
+    candidates = candidate_block_sizes(config, head_dim)
     assert len(candidates) == 4  # zipped: 4 fwd, 3 dq, 3 dkv
     for blocks in candidates:
         assert _lower_fwd_bwd(config, head_dim, blocks, TPU_V5E, "tpu").count("tpu_custom_call") == 3, blocks

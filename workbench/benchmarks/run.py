@@ -8,7 +8,7 @@ import importlib
 from typing import Optional, Sequence
 
 BENCHMARKS = ("models", "kernels", "decode_speed", "pretrained")  # `make bench`
-OPTIONAL = ("pretrain_budget", "kernel_tuning", "decode_quality")  # ~10 min each on CPU; tuning: ~4-7 min on an H100 (estimated)
+OPTIONAL = ("pretrain_budget", "tuning", "decode_quality")  # ~10 min each on CPU; tuning: ~4-7 min on an H100 (estimated)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

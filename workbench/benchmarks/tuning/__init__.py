@@ -1,12 +1,12 @@
 """Block-size tuning for the portable Pallas flash-attention kernels.
 
-    python -m workbench.benchmarks.kernel_tuning --out runs/bench
+    python -m workbench.benchmarks.tuning --out runs/bench
 
 Sweeps the tiles and launch settings of `flash_attention_gpu` (`GpuBlockSizes`) on a GPU,
 the tiles of `flash_attention_tpu` (`TpuBlockSizes`) on a TPU, at the kernel benchmark's
 shape (`workbench.benchmarks.kernels.default_config`: B=4, T=4096, H=16, bf16, head_dim 128
 and 64) on its causal and prefix_lm masks (`--masks all` for all four). The kernels are three
-pallas_calls, each tuned on its own pass's timing, in steps (`tuning_space.STEPS`):
+pallas_calls, each tuned on its own pass's timing, in steps (`space.STEPS`):
 
 - forward: fwd_tiles (block_q, block_k), then fwd_launch (num_warps, num_stages), each
   timing the forward alone;
@@ -22,12 +22,12 @@ against the float32 reference (`xla_attention`): a candidate whose relative erro
 `rel_tol` is recorded as wrong and cannot win, and one that fails to lower, compile (e.g. out
 of shared memory) or run is recorded with its error while the sweep goes on. Each step
 recommends the candidate with the least total time over the swept masks among those correct
-on every mask (`tuning_sweep`).
+on every mask (`sweep`).
 
 Bounded by counting: each step's candidate list is curated (the baseline first, then powers
 of two 32..128 for GPU tiles, multiples of 128 for TPU tiles, and two launch settings besides
 the default), giving 4 + 3 + 3 + 3 + 3 + 3 = 19 timed configurations per (mask, head_dim) on
-a GPU, 76 for the default 2 masks x 2 head dims (`tuning_space.count_timed_configs`; at most
+a GPU, 76 for the default 2 masks x 2 head dims (`space.count_timed_configs`; at most
 `MAX_DEFAULT_CONFIGS` = 80, a test checks); 40 on a TPU. Each costs one compile and warmup +
 repeats runs of a few ms, plus one float32 reference per (mask, head_dim): roughly 4-7 minutes
 on an H100 if a compile takes a few seconds. That is an estimate, not a measurement (the sweep
@@ -37,8 +37,8 @@ candidates per step: that checks the sweep works (CI runs it) and its timings sa
 about speed (the table says so). A TPU kernel in interpret mode uses the generic Pallas
 interpreter (`simulate_tpu_memory=False`), which runs the same kernel bodies faster.
 
-Modules: `tuning_space` (steps, candidates, `TuneConfig`), `tuning_measure` (one candidate:
-time and check), `tuning_sweep` (the sweep and the recommendation), `tuning_report` (table).
+Modules: `space` (steps, candidates, `TuneConfig`), `measure` (one candidate: time and
+check), `sweep` (the sweep and the recommendation), `report` (table); this one runs them.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from typing import Optional, Sequence
 import jax
 
 from workbench.benchmarks.kernels import MASKS
-from workbench.benchmarks.tuning_report import format_table, progress_line
-from workbench.benchmarks.tuning_space import (DEFAULT_MASKS, KERNELS, STEPS, TOLERANCE, TuneConfig,
+from workbench.benchmarks.tuning.report import format_table, progress_line
+from workbench.benchmarks.tuning.space import (DEFAULT_MASKS, KERNELS, STEPS, TOLERANCE, TuneConfig,
                                                default_config)
-from workbench.benchmarks.tuning_sweep import tune_head_dim
+from workbench.benchmarks.tuning.sweep import tune_head_dim
 from workbench.config import save_json
 from workbench.runs import git_commit
 
@@ -107,7 +107,3 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.rel_tol is not None:
         config = dataclasses.replace(config, rel_tol=args.rel_tol)
     return run(args.out, config)
-
-
-if __name__ == "__main__":
-    main()

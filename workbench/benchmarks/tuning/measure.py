@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from workbench.benchmarks.kernels import forward_backward, make_mask, random_inputs, reference_outputs
 from workbench.benchmarks.timing import median_seconds
-from workbench.benchmarks.tuning_space import STEPS, TuneConfig, step_values
+from workbench.benchmarks.tuning.space import STEPS, TuneConfig, step_values
 from workbench.kernels.flash_gpu import flash_attention_gpu
 from workbench.kernels.flash_tpu import flash_attention_tpu
 

@@ -3,8 +3,8 @@ table of each step's default against its best correct candidate, with the recomm
 
 from __future__ import annotations
 
-from workbench.benchmarks.tuning_space import STEPS, row_values
-from workbench.benchmarks.tuning_sweep import best_row
+from workbench.benchmarks.tuning.space import STEPS, row_values
+from workbench.benchmarks.tuning.sweep import best_row
 from workbench.config import to_dict
 
 
@@ -18,7 +18,7 @@ def progress_line(row: dict) -> str:
 
 
 def format_table(result: dict) -> str:
-    """`result` as `kernel_tuning.run` returns it (config a TuneConfig) or saves it (a dict)."""
+    """`result` as `workbench.benchmarks.tuning.run` returns it (config a TuneConfig) or saves it (a dict)."""
     config = to_dict(result["config"])
     bench = config["bench"]
     kernel = f"flash_attention_{config['kernel']}"

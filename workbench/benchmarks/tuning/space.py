@@ -169,26 +169,3 @@ def step_candidates(config: TuneConfig, head_dim: int, step_name: str, base=None
 def count_timed_configs(config: TuneConfig) -> int:
     per_mask = sum(len(step_candidates(config, d, s)) for d in config.bench.head_dims for s in config.steps)
     return per_mask * len(config.bench.masks)
-
-
-def candidate_block_sizes(config: TuneConfig, head_dim: int) -> list:
-    """Block sizes that between them hold every kernel configuration the sweep can time or
-    recommend at `head_dim`. At the sweep's lengths (multiples of every tile) each pallas_call
-    depends only on its own pass's fields, and a launch step may run on any of its pass's tile
-    candidates: so per pass every (tiles, launch) pair, zipped across passes (the i-th of
-    each, the first where a pass has fewer). Lowering these checks them all."""
-    per_pass: dict[str, list[dict]] = {}
-    for step_name in config.steps:
-        step = STEPS[step_name]
-        settings = [dict(zip(step.fields, v)) for v in step_candidates(config, head_dim, step_name)]
-        per_pass[step.pass_name] = [dict(done, **new) for done in per_pass.get(step.pass_name, [{}])
-                                    for new in settings]
-    out = []
-    for i in range(max((len(v) for v in per_pass.values()), default=1)):
-        fields = {}
-        for settings in per_pass.values():
-            fields.update(settings[i] if i < len(settings) else settings[0])
-        blocks = dataclasses.replace(base_block_sizes(config.kernel, head_dim), **fields)
-        if blocks not in out:
-            out.append(blocks)
-    return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from workbench.benchmarks import tuning_measure
-from workbench.benchmarks.tuning_space import (TuneConfig, base_block_sizes, block_sizes, row_values,
+from workbench.benchmarks.tuning import measure
+from workbench.benchmarks.tuning.space import (TuneConfig, base_block_sizes, block_sizes, row_values,
                                                step_candidates, step_values)
 
 
@@ -48,13 +48,13 @@ def tune_head_dim(config: TuneConfig, head_dim: int, notes: list[str],
                   on_row: Optional[Callable[[dict], None]] = None) -> tuple[list[dict], Any]:
     """Rows for every candidate of every step at one head_dim, and the recommended block sizes.
     `on_row` sees each row as it is measured (progress)."""
-    cases = [tuning_measure.make_case(config, mask_name, head_dim) for mask_name in config.bench.masks]
+    cases = [measure.make_case(config, mask_name, head_dim) for mask_name in config.bench.masks]
     rows, recommended = [], base_block_sizes(config.kernel, head_dim)
     for step_name in config.steps:
         for case in cases:
             for i, value in enumerate(step_candidates(config, head_dim, step_name, recommended)):
                 blocks = block_sizes(config, head_dim, step_name, value, recommended)
-                row = dict(tuning_measure.measure(config, case, step_name, blocks), baseline=i == 0)
+                row = dict(measure.measure(config, case, step_name, blocks), baseline=i == 0)
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
