@@ -80,6 +80,8 @@ class SpeculativeOutput(NamedTuple):
     accepted_at: jax.Array  # [block_size - 1] per draft position: how many drafts kept it (stopped rows excluded)
     drafted_at: jax.Array  # [block_size - 1] per draft position: how many drafts offered it
     kept: jax.Array  # [B, max_new_tokens] bool: the token was a kept draft (False: the AR model's own token)
+    drafts: jax.Array  # [B, max_new_tokens, block_size]: each iteration's drafted block (its trajectory)
+    committed: jax.Array  # [B, max_new_tokens]: tokens each iteration committed (0 once the example stopped)
 
 
 def _sample(logits_BxV, keys_B, temperature: float):
@@ -178,7 +180,11 @@ def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: Specula
                                       1)[:, 0]
             residual = jnp.maximum(p_r - q_r, 0.0)
             residual = residual / jnp.maximum(jnp.sum(residual, -1, keepdims=True), 1e-30)
-            from_residual = jax.vmap(jax.random.categorical)(next_keys, jnp.log(jnp.maximum(residual, 1e-38)))
+            # log(0) = -inf for the tokens without residual mass (not log(max(r, 1e-38)): 1e-38 is a float32
+            # subnormal, which XLA on CPU flushes to zero and whose log it computes as NaN under jit, so the
+            # draw ignored the residual)
+            from_residual = jax.vmap(jax.random.categorical)(
+                next_keys, jnp.where(residual > 0, jnp.log(jnp.where(residual > 0, residual, 1.0)), -jnp.inf))
             from_p = _sample(at_next, next_keys, config.temperature)
             nxt = jnp.where(rejected, from_residual.astype(jnp.int32), from_p)
 
@@ -205,6 +211,9 @@ def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: Specula
             "iterations": state["iterations"] + live.astype(jnp.int32),
             "accepted_at": state["accepted_at"] + jnp.sum(kept * live[:, None], axis=0),
             "drafted_at": state["drafted_at"] + offered,
+            "drafts": state["drafts"].at[:, it - 1].set(jnp.where(live[:, None], drafted, config.pad_id)),
+            "committed": state["committed"].at[:, it - 1].set(
+                jnp.where(live, jnp.minimum(1 + n_kept, limit - count), 0)),
         }
 
     init = {
@@ -212,6 +221,7 @@ def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: Specula
         "done": jnp.zeros((size,), bool), "out": jnp.full((size, limit), config.pad_id, jnp.int32),
         "kept_mask": jnp.zeros((size, limit), bool), "iterations": zeros,
         "accepted_at": jnp.zeros((b - 1,), jnp.int32), "drafted_at": jnp.zeros((b - 1,), jnp.int32),
+        "drafts": jnp.full((size, limit, b), config.pad_id, jnp.int32), "committed": jnp.zeros((size, limit), jnp.int32),
     }
     final = jax.lax.while_loop(cond, body, init)
     out = final["out"]
@@ -222,7 +232,7 @@ def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: Specula
     lengths = jnp.where(has_eos, jnp.argmax(is_eos, axis=1) + 1, jnp.minimum(final["count"], limit)).astype(jnp.int32)
     passes = 1 + final["iteration"] * (config.draft_steps + 1)
     return SpeculativeOutput(out, lengths, final["iterations"], passes, final["accepted_at"], final["drafted_at"],
-                             final["kept_mask"] & ~after)
+                             final["kept_mask"] & ~after, final["drafts"], final["committed"])
 
 
 def speculative_generate(model, prompts_BxP, prompt_lengths_B, config: SpeculativeConfig,
