@@ -43,8 +43,8 @@ class DrafterRecipe:
     base: str = "smollm2-135m"
     block_size: int = 4
     objective: str = "distill"  # workbench.objectives.drafting.DRAFT_OBJECTIVES
-    rank: int = 16
-    alpha: float = 32.0
+    rank: int = 8  # rank 8 on all seven projections of SmolLM2: a 9.8 MB adapter (float32)
+    alpha: float = 16.0
     train_norms: bool = False
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -111,7 +111,7 @@ def setup(recipe: DrafterRecipe, cache_dir, *, progress: bool = True) -> Drafter
 def _decode(model, tokenizer, inputs, config: SpeculativeConfig, batch_size: int):
     outs, lengths, iterations, passes, accepted, offered = [], [], [], [], 0, 0
     for start in range(0, len(inputs), batch_size):
-        rows, lens = right_padded(inputs[start : start + batch_size], tokenizer.specials.pad)
+        rows, lens = right_padded(inputs[start : start + batch_size], tokenizer.specials.pad, multiple=64)
         out = speculative_generate(model, rows, lens, config)
         outs.append(np.asarray(out.tokens))
         lengths.append(np.asarray(out.lengths))
@@ -221,3 +221,92 @@ def run_recipe(recipe: DrafterRecipe, run_dir, *, cache_dir=None, allow_config_c
                    extra_info={"recipe": dataclasses.asdict(recipe), "adapter": adapter_summary(setup_.model)},
                    allow_config_change=allow_config_change)
     return result, setup_
+
+
+def curve(run_dir) -> list[dict]:
+    """The run's evaluations as curve points: step, trained target tokens, training CPU-minutes
+    (the log windows' step time, evaluations excluded) and the metrics."""
+    from workbench.training.logging import read_metrics
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    recipe = info["extra"]["recipe"]
+    records = read_metrics(run_dir)
+    eval_steps = {r["step"] for r in records if any(k.startswith("eval_") for k in r)}
+    seconds, last, points = 0.0, 0, []
+    row_tokens = recipe["batch_size"] * (recipe["max_prompt_tokens"] + recipe["answer_len"])
+    report = info["data"]["drafter"]["train"]
+    mean_answer = report["answer_tokens"] / max(report["kept"], 1)
+    for record in records:
+        if "tokens_per_s" in record:
+            steps = record["step"] - last
+            if last not in eval_steps or last == 0:
+                seconds += steps * row_tokens / max(record["tokens_per_s"], 1e-9)
+            else:  # the window after an evaluation includes it: use the previous window's rate
+                seconds += steps * row_tokens / max(previous_rate, 1e-9)
+            previous_rate, last = record["tokens_per_s"], record["step"]
+        evals = {k[len("eval_"):]: v for k, v in record.items() if k.startswith("eval_")}
+        if evals:
+            points.append({"step": record["step"], "cpu_minutes": round(seconds / 60, 2),
+                           "target_tokens": int(record["step"] * recipe["batch_size"] * mean_answer), **evals})
+    return points
+
+
+PILOT_OBJECTIVES = ("distill", "ce", "distill+ce")
+PILOT_BLOCKS = (4, 8)
+
+
+def pilot_recipes(steps: int, **changes) -> dict[str, DrafterRecipe]:
+    """The comparison grid: every objective at every block size, the same budget each."""
+    return {f"pilot_{objective.replace('+', '_')}_b{b}": DrafterRecipe(objective=objective, block_size=b,
+                                                                         steps=steps, eval_every=steps, **changes)
+            for b in PILOT_BLOCKS for objective in PILOT_OBJECTIVES}
+
+
+def summary(root) -> list[dict]:
+    """One row per run under `root`: its recipe's objective and block size and its last evaluation."""
+    rows = []
+    for run_dir in sorted(Path(root).iterdir()):
+        if not (run_dir / "run_info.json").exists():
+            continue
+        points = curve(run_dir)
+        if not points:
+            continue
+        recipe = json.loads((run_dir / "run_info.json").read_text())["extra"]["recipe"]
+        last = points[-1]
+        rows.append({"run": run_dir.name, "objective": recipe["objective"], "block_size": recipe["block_size"],
+                     **{k: v for k, v in last.items() if not isinstance(v, dict)},
+                     **{f"masked_{k}": v for k, v in last.get("masked_agreement", {}).items()}})
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train and evaluate block drafters on SmolLM2-135M (CPU budget).")
+    parser.add_argument("command", choices=("pilots", "run", "summary"))
+    parser.add_argument("--root", default="runs/drafter")
+    parser.add_argument("--name", default="best")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--objective", default="distill")
+    parser.add_argument("--block-size", type=int, default=4)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--allow-config-change", action="store_true")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if args.command == "pilots":
+        for name, recipe in pilot_recipes(args.steps).items():
+            print(f"== {name}", flush=True)
+            run_recipe(recipe, root / name, cache_dir=root.parent / "drafter_data")
+    elif args.command == "run":
+        recipe = DrafterRecipe(objective=args.objective, block_size=args.block_size, steps=args.steps,
+                               eval_every=args.eval_every)
+        run_recipe(recipe, root / args.name, cache_dir=root.parent / "drafter_data",
+                   allow_config_change=args.allow_config_change)
+    rows = summary(root)
+    print(json.dumps(rows, indent=1))
+    (root / "summary.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,8 @@
 load (`workbench.pretrained.load_pretrained`) -> AR answers to chat prompts (`ar_answers`) ->
 a mask token, the diffusion attention and the target shift (`prepare_for_diffusion`) -> the
 adaptation stage through `study.adapt`, the same call as for a workbench-trained model ->
-diffusion answers with their denoising trajectory (`diffusion_answers`) -> AR vs diffusion
-decode time on the same weights (`speed_comparison`).
+diffusion answers with their denoising trajectory (`diffusion_answers`). AR vs diffusion
+decode time on the same weights: `workbench.benchmarks.pretrained.speed_comparison`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode(p) for p in prompts]
 
 
-def right_padded(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def right_padded(ids: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-padded to the longest, rounded up to `multiple` (fewer distinct shapes to compile)."""
     width = max(len(row) for row in ids)
+    width = -(-width // multiple) * multiple
     out = np.full((len(ids), width), pad_id, np.int32)
     for i, row in enumerate(ids):
         out[i, : len(row)] = row
@@ -104,13 +106,11 @@ def trajectory_table(trajectory: Trajectory, sample: Optional[int] = None) -> pd
                          "text": texts})
 
 
-def speed_comparison(model, tokenizer, *, length: int, num_steps: int, num_samples: Sequence[int] = (1,),
-                     prompt_len: int = 16, repeats: int = 1, out_dir=None) -> pd.DataFrame:
-    """AR (KV cache) vs diffusion (`num_steps` steps, with and without the prompt cache) decode
-    time at the same output `length`, on the same weights (`workbench.benchmarks.decode_speed`)."""
-    from workbench.benchmarks.decode_speed import DecodeSpeedConfig, run_decode_speed
+def __getattr__(name: str):
+    # Notebook 07's spelling of `workbench.benchmarks.pretrained.speed_comparison` (the one
+    # import of workbench.benchmarks left here): goes when the notebook calls it there.
+    if name == "speed_comparison":
+        from workbench.benchmarks.pretrained import speed_comparison
 
-    config = DecodeSpeedConfig(lengths=(length,), num_steps=(num_steps,), num_samples=tuple(num_samples),
-                               prompt_len=prompt_len, repeats=repeats, warmup=1,
-                               diffusion_attention="prefix_diffusion", dtype=model.config.dtype)
-    return run_decode_speed(config, model, out_dir=out_dir, progress=False, tokenizer=tokenizer)
+        return speed_comparison
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

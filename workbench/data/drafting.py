@@ -148,7 +148,7 @@ def answer_pairs(model, tokenizer, prompts: Sequence[ChatPrompt], *, max_new_tok
     todo.sort(key=lambda i: -len(ids[i]))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        rows, lengths = right_padded([ids[i] for i in chunk], tokenizer.specials.pad)
+        rows, lengths = right_padded([ids[i] for i in chunk], tokenizer.specials.pad, multiple=64)
         out = generate(model, rows, lengths, config)
         tokens, counts = np.asarray(out.tokens), np.asarray(out.lengths)
         for j, i in enumerate(chunk):
