@@ -23,8 +23,10 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from flax import nnx
 
+from workbench.benchmarks.decode_speed import DecodeSpeedConfig, run_decode_speed
 from workbench.benchmarks.timing import median_seconds
 from workbench.config import save_json
 
@@ -91,6 +93,16 @@ def _prompts(tokenizer, batch: int, length: int, seed: int) -> np.ndarray:
     return allowed[np.random.default_rng(seed).integers(0, len(allowed), (batch, length))]
 
 
+def speed_comparison(model, tokenizer, *, length: int, num_steps: int, num_samples: Sequence[int] = (1,),
+                     prompt_len: int = 16, repeats: int = 1, out_dir=None) -> pd.DataFrame:
+    """AR (KV cache) vs diffusion (`num_steps` steps, with and without the prompt cache) decode
+    time at the same output `length`, on the same weights (`workbench.benchmarks.decode_speed`)."""
+    config = DecodeSpeedConfig(lengths=(length,), num_steps=(num_steps,), num_samples=tuple(num_samples),
+                               prompt_len=prompt_len, repeats=repeats, warmup=1,
+                               diffusion_attention="prefix_diffusion", dtype=model.config.dtype)
+    return run_decode_speed(config, model, out_dir=out_dir, progress=False, tokenizer=tokenizer)
+
+
 def run(config: PretrainedBenchConfig = PretrainedBenchConfig(), out_dir: Optional[Path | str] = None) -> dict:
     from workbench import pretrained_study
     from workbench.objectives.pretraining import lm_batch
@@ -125,10 +137,9 @@ def run(config: PretrainedBenchConfig = PretrainedBenchConfig(), out_dir: Option
 
     # Diffusion decoding on the same weights, adapted form (mask row, prefix_diffusion, shifted targets).
     diffusion = pretrained_study.prepare_for_diffusion(pretrained)
-    speed = pretrained_study.speed_comparison(diffusion.model, diffusion.tokenizer, length=config.new_tokens,
-                                              num_steps=config.diffusion_steps,
-                                              num_samples=config.diffusion_samples, prompt_len=config.prompt_len,
-                                              repeats=config.repeats)
+    speed = speed_comparison(diffusion.model, diffusion.tokenizer, length=config.new_tokens,
+                             num_steps=config.diffusion_steps, num_samples=config.diffusion_samples,
+                             prompt_len=config.prompt_len, repeats=config.repeats)
     for r in speed[speed.method == "diffusion"].to_dict("records"):
         rows.append({"case": r["label"], "batch": 1, "new_tokens": config.new_tokens, "seconds": r.get("seconds"),
                      "tokens_per_s": config.new_tokens / r["seconds"] if r.get("seconds") else None,
