@@ -11,6 +11,7 @@ longer than `target_len` are counted and still scored against the full reference
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from workbench.data.special import ar_ids, diffusion_ids
 from workbench.distributed import batch_divisor, mesh_context, shard_batch, to_host
 from workbench.evaluation.sandbox import ISOLATION_LEVELS, require_isolation
 from workbench.evaluation.scoring import score
-from workbench.evaluation.tasks import TASK_NAMES, get_task
+from workbench.evaluation.tasks import TASK_NAMES, TaskSpec, get_task
 from workbench.models import param_count
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
@@ -58,11 +59,11 @@ class EvalConfig:
             raise ValueError(f"EvalConfig task={self.task!r} is not a task; expected one of {TASK_NAMES}")
         if self.method not in ("ar", "diffusion"):
             raise ValueError(f"method={self.method!r}; expected 'ar' or 'diffusion'")
-        splits = dataset_splits(get_task(self.task).dataset)
+        splits = dataset_splits(self.spec.dataset)
         if self.split is not None and self.split not in splits:
             raise ValueError(
                 f"EvalConfig split={self.split!r} is not a split of task {self.task!r}; expected one of {splits}, "
-                f"or None for its evaluation split {get_task(self.task).eval_split!r}"
+                f"or None for its evaluation split {self.spec.eval_split!r}"
             )
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(
@@ -81,6 +82,11 @@ class EvalConfig:
                 f"EvalConfig code_isolation={self.code_isolation!r}; expected one of {ISOLATION_LEVELS} "
                 f"('fallback' allows the Python-level guard alone)"
             )
+
+    @functools.cached_property
+    def spec(self) -> TaskSpec:
+        """The task's TaskSpec, resolved once (not a field: it is not saved with the config)."""
+        return get_task(self.task)
 
 
 def encode_input(tokenizer, text: str, chat_template: bool) -> list[int]:
@@ -120,8 +126,7 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     With a `mesh` (model already placed on it), each decode batch is split over the mesh's
     batch axes; a short last batch is filled with repeats of its last example, whose
     outputs are dropped (examples decode the same in any batch)."""
-    spec = get_task(config.task)
-    pairs = [spec.format_example(r) for r in records]
+    pairs = [config.spec.format_example(r) for r in records]
     encoded = [encode_input(tokenizer, src, config.chat_template) for src, _ in pairs]
     too_long_inputs = [i for i, e in enumerate(encoded) if len(e) > config.input_len or not e]
     too_long_targets = sum(len(tokenizer.encode(tgt)) + 1 > config.target_len for _, tgt in pairs)
@@ -145,12 +150,13 @@ def predict(model, tokenizer, records: list[dict], config: EvalConfig, progress:
     return outputs, report
 
 
-def score_outputs(task: str, records: list[dict], outputs: list[list[str]], **code_options) -> dict:
+def score_outputs(task: TaskSpec | str, records: list[dict], outputs: list[list[str]], **code_options) -> dict:
     """The task metric over the records that were decoded (those with outputs); `code_options` go to evaluate_code."""
-    spec = get_task(task)
+    spec = get_task(task) if isinstance(task, str) else task
     kept = [(r, o) for r, o in zip(records, outputs) if o]
     if not kept:
-        raise ValueError(f"no example of {task} was decoded: every input is longer than input_len; raise input_len")
+        raise ValueError(f"no example of {spec.name} was decoded: every input is longer than input_len; "
+                         "raise input_len")
     records = [r for r, _ in kept]
     predictions = [o if spec.metric == "pass_at_k" else o[0] for _, o in kept]
     result = score(spec, records, predictions, **code_options)
@@ -165,7 +171,7 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
 
     `extra` adds fields to metrics.json, e.g. {"method": "AR2Diff_10K", "model_preset": "small",
     "train_steps": 5000} for the paper-table builder (workbench.evaluation.tables)."""
-    spec = get_task(config.task)
+    spec = config.spec
     split = config.split or spec.eval_split
     dataset = load_dataset(spec.dataset, split, data_dir=data_dir)
     n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
@@ -178,7 +184,7 @@ def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_
     started = time.perf_counter()
     outputs, report = predict(model, tokenizer, records, config, progress=progress, mesh=mesh)
     decode_s = time.perf_counter() - started
-    result = score_outputs(config.task, records, outputs, **code_options)
+    result = score_outputs(spec, records, outputs, **code_options)
     isolation_record = result.pop("isolation", None)
     out_dir = Path(out_dir)
     diffusion = config.method == "diffusion"
