@@ -43,9 +43,11 @@ def unsupported_features(mask: AttentionMask, supported: frozenset) -> Optional[
     return None
 
 
-def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
-    """None when the kernels handle this case, else the reason (shared by every adapter)."""
-    reason = unsupported_features(mask, SUPPORTED_FEATURES)
+def why_not_supported(q, k, v, mask: AttentionMask, *, features: frozenset = SUPPORTED_FEATURES,
+                      head_dims: tuple = SUPPORTED_HEAD_DIMS, dtypes: tuple = SUPPORTED_DTYPES) -> Optional[str]:
+    """None when a kernel computing these mask `features`, `head_dims` and `dtypes` handles
+    this case, else the reason (defaults: the portable kernels, shared by every adapter)."""
+    reason = unsupported_features(mask, features)
     if reason is not None:
         return reason
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -53,12 +55,13 @@ def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
     if k.shape != v.shape or q.shape[0] != k.shape[0]:
         return f"k and v must have one shape and share q's batch; got {q.shape}, {k.shape}, {v.shape}"
     head_dim = q.shape[-1]
-    if head_dim not in SUPPORTED_HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
-        return (f"head_dim must be one of {SUPPORTED_HEAD_DIMS} for q, k and v; got "
+    if head_dim not in head_dims or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+        return (f"head_dim must be one of {head_dims} for q, k and v; got "
                 f"{q.shape[-1]}, {k.shape[-1]}, {v.shape[-1]}")
-    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
-    if len(dtypes) != 1 or dtypes.pop() not in SUPPORTED_DTYPES:
-        return f"q, k, v must share one dtype out of bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}"
+    used = {jnp.dtype(x.dtype) for x in (q, k, v)}
+    if len(used) != 1 or used.pop() not in dtypes:
+        return (f"q, k, v must share one dtype out of {'/'.join(d.name for d in dtypes)}; "
+                f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[2] % k.shape[2]:
         return f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})"
     return None

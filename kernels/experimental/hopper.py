@@ -47,7 +47,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from workbench.kernels import block_mask
 from workbench.kernels.common import (KernelMask, PlanBase, check_supported, empty_attention, kernel_mask,
                                       kv_segment_spans, pad_axis, q_segment_spans, round_up,
-                                      run_flash, unsupported_features)
+                                      run_flash)
+from workbench.kernels.common import why_not_supported as common_why_not_supported
 from workbench.kernels.experimental import hopper_tile
 
 if TYPE_CHECKING:  # kernels read the mask by its fields; they never import the attention layer
@@ -140,22 +141,7 @@ def make_plan(q, k, mask: AttentionMask, scale: Optional[float], config: HopperC
 
 def why_not_supported(q, k, v, mask: AttentionMask) -> Optional[str]:
     """None when these kernels compute this case exactly, else the reason."""
-    reason = unsupported_features(mask, SUPPORTED_FEATURES)
-    if reason is not None:
-        return reason
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        return f"q, k, v must be rank 4 [B, T, H, D]; got shapes {q.shape}, {k.shape}, {v.shape}"
-    if k.shape != v.shape or q.shape[0] != k.shape[0]:
-        return f"k and v must have one shape and share q's batch; got {q.shape}, {k.shape}, {v.shape}"
-    head_dim = q.shape[-1]
-    if head_dim not in HEAD_DIMS or k.shape[-1] != head_dim:
-        return f"head_dim must be one of {HEAD_DIMS} for q, k and v; got {q.shape[-1]}, {k.shape[-1]}"
-    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES:
-        return f"q, k, v must share one dtype out of bfloat16/float16; got {q.dtype}, {k.dtype}, {v.dtype}"
-    if q.shape[2] % k.shape[2]:
-        return f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})"
-    return None
+    return common_why_not_supported(q, k, v, mask, features=SUPPORTED_FEATURES, head_dims=HEAD_DIMS, dtypes=DTYPES)
 
 
 def is_hopper(device) -> bool:

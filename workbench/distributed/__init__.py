@@ -1,6 +1,6 @@
 """Past one device: a (data, fsdp, tensor) mesh, logical-axis sharding, multi-host processes."""
 
-from workbench.distributed.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_divisor, describe_mesh, make_mesh, mesh_context
+from workbench.distributed.mesh import BATCH_AXES, MESH_AXES, MeshConfig, batch_divisor, make_mesh, mesh_context
 from workbench.distributed.multihost import (
     DistributedConfig,
     HostShardedSource,
@@ -45,7 +45,6 @@ __all__ = [
     "check_batch_size",
     "constrain_batch",
     "constrain_module",
-    "describe_mesh",
     "describe_shardings",
     "initialize",
     "is_primary",

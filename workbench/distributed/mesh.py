@@ -71,10 +71,6 @@ def batch_divisor(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def describe_mesh(mesh: Mesh) -> str:
-    return ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
-
-
 def mesh_context(mesh: Optional[Mesh]):
     """`with mesh_context(mesh):` puts `mesh` in JAX's context (jax.set_mesh) for the calls
     traced inside, so the Pallas attention kernels run per shard on it

@@ -144,11 +144,6 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(num_samples - num_correct + 1, num_samples + 1)))
 
 
-def pass_at_all_k(num_samples: int, num_correct: int) -> np.ndarray:
-    """pass@k for every k = 1..n of one problem; entry k-1 holds pass@k."""
-    return np.array([pass_at_k(num_samples, num_correct, k) for k in range(1, num_samples + 1)])
-
-
 def pass_at_k_summary(
     num_samples: Sequence[int] | int,
     num_correct: Sequence[int],

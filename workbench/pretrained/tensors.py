@@ -16,16 +16,3 @@ class TensorSource(Protocol):
     def load(self, name: str) -> np.ndarray:
         """The tensor as float32, in Hugging Face layout."""
         ...
-
-
-class DictSource:
-    """Tensors already in memory (tests, conversions)."""
-
-    def __init__(self, tensors: dict[str, np.ndarray]):
-        self.tensors = tensors
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(t.shape) for name, t in self.tensors.items()}
-
-    def load(self, name: str) -> np.ndarray:
-        return np.asarray(self.tensors[name], np.float32)

@@ -119,12 +119,6 @@ def fit_pairs(
     return keep_in, keep_out, report
 
 
-def held_out_stream(stream: np.ndarray, fraction: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """Split a token stream into (train, held-out tail)."""
-    cut = int(len(stream) * (1 - fraction))
-    return stream[:cut], stream[cut:]
-
-
 def validation_batches(source, num_batches: int, start_step: Optional[int] = None) -> list[Batch]:
     """A fixed list of batches for evaluation (same every call)."""
     start = 10**6 if start_step is None else start_step
