@@ -34,8 +34,10 @@ def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode(p) for p in prompts]
 
 
-def right_padded(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def right_padded(ids: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-padded to the longest, rounded up to `multiple` (fewer distinct shapes to compile)."""
     width = max(len(row) for row in ids)
+    width = -(-width // multiple) * multiple
     out = np.full((len(ids), width), pad_id, np.int32)
     for i, row in enumerate(ids):
         out[i, : len(row)] = row
