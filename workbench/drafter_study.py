@@ -54,7 +54,8 @@ class DrafterRecipe:
     train_prompts: int = 2000
     held_out_prompts: int = 120
     answer_len: int = 64  # the AR model's answers: at most this many new tokens
-    max_prompt_tokens: int = 160
+    max_prompt_tokens: int = 160  # prompts kept (held-out evaluation)
+    train_prompt_tokens: int = 96  # training rows: prompts up to this long (the clean pass runs the whole width)
     compute_dtype: str = "float32"  # training compute; decoding always runs float32
     eval_every: int = 50
     eval_prompts: int = 40  # held-out prompts scored at intermediate evaluations (all of them at the end)
@@ -103,7 +104,7 @@ def setup(recipe: DrafterRecipe, cache_dir, *, progress: bool = True) -> Drafter
     kept = set(map(tuple, held_in))
     held_kept = [p for p, ids in zip(held_out, prompt_ids(pretrained.tokenizer, [p.text for p in held_out]))
                  if tuple(ids) in kept]
-    return DrafterSetup(recipe, pretrained.model, masked.tokenizer, mask_id, (train_in, train_out), held_kept,
+    return DrafterSetup(recipe, pretrained.model, model, masked.tokenizer, mask_id, (train_in, train_out), held_kept,
                         (held_in, held_out_answers), {"train": train_report, "held_out": held_report,
                                                       "model_id": model_id})
 
@@ -135,6 +136,8 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
     base = dict(block_size=recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len,
                 eos_id=tok.specials.eos, pad_id=tok.specials.pad, mask_id=setup_.mask_id)
     stops = {tok.specials.eos, tok.specials.pad}
+    # the AR answers end with their EOS; decoded rows are scored cut at it, so compare without it
+    references = [list(r[: r.index(tok.specials.eos)]) if tok.specials.eos in r else list(r) for r in references]
     result = {"prompts": count}
     started = time.perf_counter()
     lossy, lengths, iterations, passes, _, _ = _decode(model, tok, inputs, SpeculativeConfig(verify=False, **base),
@@ -154,7 +157,7 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
     if squad_rows:
         text = lambda rows: tok.decode_batch(rows)
         drafted_text = text(lossy[squad_rows])
-        ar_text = text(np.asarray([list(references[i]) + [tok.specials.pad] * (recipe.answer_len - len(references[i]))
+        ar_text = text(np.asarray([references[i] + [tok.specials.pad] * (recipe.answer_len - len(references[i]))
                                    for i in squad_rows]))
         golds = [prompts[i].references for i in squad_rows]
         result["squad_f1_ar"] = float(np.mean([squad_f1(t, g) for t, g in zip(ar_text, golds)]))
@@ -204,8 +207,11 @@ def run_recipe(recipe: DrafterRecipe, run_dir, *, cache_dir=None, allow_config_c
     run_dir = Path(run_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else run_dir.parent / "drafter_data"
     setup_ = setup(recipe, cache_dir, progress=progress)
-    inputs, answers = setup_.train_pairs
-    source = Seq2SeqSource(inputs, answers, input_len=recipe.max_prompt_tokens, target_len=recipe.answer_len,
+    pairs = [(i, a) for i, a in zip(*setup_.train_pairs) if len(i) <= recipe.train_prompt_tokens]
+    inputs, answers = [i for i, _ in pairs], [a for _, a in pairs]
+    setup_.data_report["train"]["training_rows"] = len(pairs)
+    setup_.data_report["train"]["training_answer_tokens"] = int(sum(len(a) for a in answers))
+    source = Seq2SeqSource(inputs, answers, input_len=recipe.train_prompt_tokens, target_len=recipe.answer_len,
                            batch_size=recipe.batch_size, pad_targets=False, seed=recipe.seed,
                            pad_id=setup_.tokenizer.specials.pad)
 
@@ -234,9 +240,9 @@ def curve(run_dir) -> list[dict]:
     records = read_metrics(run_dir)
     eval_steps = {r["step"] for r in records if any(k.startswith("eval_") for k in r)}
     seconds, last, points = 0.0, 0, []
-    row_tokens = recipe["batch_size"] * (recipe["max_prompt_tokens"] + recipe["answer_len"])
+    row_tokens = recipe["batch_size"] * (recipe["train_prompt_tokens"] + recipe["answer_len"])
     report = info["data"]["drafter"]["train"]
-    mean_answer = report["answer_tokens"] / max(report["kept"], 1)
+    mean_answer = report["training_answer_tokens"] / max(report["training_rows"], 1)
     for record in records:
         if "tokens_per_s" in record:
             steps = record["step"] - last
@@ -310,3 +316,66 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the shipped drafter: loading and answering (notebook 07, `make demo`) --------------------------
+SHIPPED_ADAPTER = Path(__file__).parent / "artifacts" / "smollm2_135m_drafter"
+
+
+def load_drafter(adapter_dir=SHIPPED_ADAPTER, base: str = "smollm2-135m"):
+    """(the AR model as imported, the drafter: the same weights + mask row + the saved adapter,
+    the tokenizer with the mask token, the adapter's recorded metadata)."""
+    from workbench.pretrained import load_pretrained, load_adapter, with_mask_token
+    from workbench.pretrained.peft import read_adapter_config
+
+    adapter_dir = Path(adapter_dir)
+    pretrained = load_pretrained(base, dtype="float32")
+    masked = with_mask_token(pretrained)
+    drafter = load_adapter(masked.model, adapter_dir)
+    record, _ = read_adapter_config(adapter_dir)
+    return pretrained, drafter, masked.tokenizer, record
+
+
+def drafted_answers(drafter, tokenizer, prompts: Sequence[str], *, block_size: int, max_new_tokens: int,
+                    verify: bool, draft_steps: int = 1):
+    """One row per prompt: the answer, tokens, forward passes, tokens per iteration, and the
+    batch's wall time (first call: with compilation); and the raw `SpeculativeOutput`."""
+    import pandas as pd
+
+    ids = prompt_ids(tokenizer, prompts)
+    rows, lengths = right_padded(ids, tokenizer.specials.pad, multiple=64)
+    config = SpeculativeConfig(block_size=block_size, draft_steps=draft_steps, verify=verify,
+                               max_new_tokens=max_new_tokens, eos_id=tokenizer.specials.eos,
+                               pad_id=tokenizer.specials.pad, mask_id=tokenizer.specials.mask)
+    started = time.perf_counter()
+    out = jax.block_until_ready(speculative_generate(drafter, rows, lengths, config))
+    seconds = time.perf_counter() - started
+    iterations = np.asarray(out.iterations)
+    lengths_out = np.asarray(out.lengths)
+    table = pd.DataFrame({"prompt": list(prompts), "answer": tokenizer.decode_batch(np.asarray(out.tokens)),
+                          "new_tokens": lengths_out.tolist(),
+                          "passes_per_token": np.round((1 + iterations * (draft_steps + 1)) / np.maximum(lengths_out, 1),
+                                                       3).tolist(),
+                          "tokens_per_iteration": np.round(lengths_out / np.maximum(iterations, 1), 2).tolist(),
+                          "batch_seconds": round(seconds, 2)})
+    return table, out
+
+
+def draft_trajectory(out, tokenizer, row: int = 0):
+    """One row per iteration of example `row`: the drafted block (its first token is the AR
+    model's), how many of its tokens were committed, and the text so far."""
+    import pandas as pd
+
+    committed = np.asarray(out.committed[row])
+    drafts = np.asarray(out.drafts[row])
+    tokens = np.asarray(out.tokens[row])
+    records, done = [], 0
+    for i, count in enumerate(committed):
+        if count == 0:
+            break
+        block = drafts[i].tolist()
+        records.append({"iteration": i + 1, "drafted": tokenizer.decode(block),
+                        "kept": int(count), "committed": tokenizer.decode(block[:count]),
+                        "text_so_far": tokenizer.decode(tokens[: done + count].tolist())})
+        done += int(count)
+    return pd.DataFrame(records)
