@@ -132,5 +132,29 @@ def cases() -> dict[str, dict[str, np.ndarray]]:
     return result
 
 
+def machine_signature() -> dict:
+    """What decides XLA's CPU float results beyond the code: jax/jaxlib versions and the CPU's
+    model and instruction-set flags (vector width changes reduction order)."""
+    import hashlib
+    import platform
+
+    cpu, flags = platform.processor() or "unknown", ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and cpu in ("unknown", ""):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cpu": cpu,
+            "cpu_flags_sha256": hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]}
+
+
 def flatten(all_cases: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {f"{case}::{key}": value for case, values in all_cases.items() for key, value in values.items()}

@@ -18,4 +18,7 @@ if __name__ == "__main__":
     target = Path(__file__).resolve().parent / "processes.npz"
     flat = cases.flatten(cases.cases())
     np.savez_compressed(target, **flat)
+    import json
+
+    target.with_suffix(".machine.json").write_text(json.dumps(cases.machine_signature(), indent=1) + "\n")
     print(f"wrote {len(flat)} arrays to {target} ({target.stat().st_size / 1024:.0f} KiB)")
