@@ -327,8 +327,10 @@ def test_convert_pretrained_at_a_small_setting(tmp_path):
     tokenizer = HFTokenizer.from_gguf(Path(__file__).parent / "golden" / "tokenizer_tiny_llama-bpe.gguf")
     config = get_preset("tiny", vocab_size=tokenizer.vocab_size, num_kv_heads=2, scale_logits=False, dtype="float32")
     folder = save_pretrained(build_model(config, 3), tmp_path / "model", tokenizer=tokenizer)
+    adapter = _tiny_drafter_adapter(folder, tmp_path / "adapter")
     params = dict(model_source=str(folder), max_len=96, max_new_tokens=6, adaptation_steps=2, seq_len=32,
-                  batch_size=2, max_tokens=4000, target_len=6, num_steps=3, speed_length=4)
+                  batch_size=2, max_tokens=4000, target_len=6, num_steps=3, speed_length=4,
+                  drafter_adapter=str(adapter), drafter_tokens=8)
     run = runner.run_notebook("07_convert_pretrained", tmp_path / "out", params, html=False, timeout=300)
     m = run.metrics
     assert len(m["ar_answers"]) == len(m["diffusion_answers"]) == 3
@@ -336,3 +338,27 @@ def test_convert_pretrained_at_a_small_setting(tmp_path):
     assert {row["method"] for row in m["speed"]} == {"ar", "diffusion"}
     assert all(finite(row["seconds"]) for row in m["speed"])
     assert (tmp_path / "out" / "ar2diff").is_dir()
+    drafter = m["drafter"]
+    assert len(drafter["answers"]) == 3 and all(row["speculative == ar"] for row in drafter["answers"])
+    assert {row["method"].split(",")[0] for row in drafter["speed"]} == {"ar (KV cache)", "drafted", "self-speculative"}
+    assert drafter["adapter_step"] == 7
+
+
+def _tiny_drafter_adapter(model_folder, adapter_folder):
+    """A drafter adapter (random, non-zero) for the tiny model, saved as the drafter study saves one."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from workbench.drafter_study import DrafterRecipe
+    from workbench.models.config import LoRAConfig
+    from workbench.models.lora import with_lora
+    from workbench.pretrained import load_pretrained, save_adapter, with_mask_token
+
+    masked = with_mask_token(load_pretrained(str(model_folder)))
+    model = with_lora(masked.model, LoRAConfig(rank=2, alpha=4.0, trainable_rows=(masked.tokenizer.specials.mask,)))
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), state))
+    return save_adapter(model, adapter_folder, base_name=str(model_folder),
+                        extra={"recipe": dataclasses.asdict(DrafterRecipe(block_size=3)), "step": 7, "metrics": None})

@@ -258,6 +258,35 @@ def curve(run_dir) -> list[dict]:
     return points
 
 
+def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = "") -> Path:
+    """Save the drafter of `run_dir` at `step` (default: its last checkpoint) as a PEFT-layout
+    adapter folder `to`, with its recipe, seed, data hashes, base fingerprint, the metrics of
+    that step, the run's curve and the command that regenerates it."""
+    from workbench.config import from_dict
+    from workbench.data.files import file_sha256
+    from workbench.pretrained import save_adapter
+    from workbench.training.checkpoint import CheckpointStore
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    recipe = from_dict(DrafterRecipe, info["extra"]["recipe"])
+    setup_ = setup(recipe, run_dir.parent.parent / "drafter_data", progress=False)
+    store = CheckpointStore(run_dir)
+    try:
+        step = store.restore(setup_.model, step=step)
+    finally:
+        store.close()
+    points = curve(run_dir)
+    at = [p for p in points if p["step"] == step]
+    data = {split: {k: v for k, v in report.items() if k != "answers_file"} | {
+        "answers_sha256": file_sha256(Path(report["answers_file"]))} for split, report in
+        setup_.data_report.items() if isinstance(report, dict)}
+    extra = {"recipe": dataclasses.asdict(recipe), "step": step, "seed": recipe.seed, "data": data,
+             "base_model": setup_.data_report["model_id"], "metrics": at[0] if at else None, "curve": points,
+             "command": command}
+    return save_adapter(setup_.model, to, base_name=recipe.base, extra=extra, overwrite=True)
+
+
 PILOT_OBJECTIVES = ("distill", "ce", "distill+ce")
 PILOT_BLOCKS = (4, 8)
 
@@ -290,7 +319,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Train and evaluate block drafters on SmolLM2-135M (CPU budget).")
-    parser.add_argument("command", choices=("pilots", "run", "summary"))
+    parser.add_argument("command", choices=("pilots", "run", "summary", "export"))
+    parser.add_argument("--to", default=None, help="export: the adapter folder (default: the shipped one)")
+    parser.add_argument("--step", type=int, default=None, help="export: the checkpoint step (default: the last)")
     parser.add_argument("--root", default="runs/drafter")
     parser.add_argument("--name", default="best")
     parser.add_argument("--steps", type=int, default=40)
@@ -309,6 +340,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                eval_every=args.eval_every)
         run_recipe(recipe, root / args.name, cache_dir=root.parent / "drafter_data",
                    allow_config_change=args.allow_config_change)
+    elif args.command == "export":
+        from workbench.drafter_demo import SHIPPED_ADAPTER
+
+        command = (f"python -m workbench.drafter_study run --name {args.name} --objective {args.objective} "
+                   f"--block-size {args.block_size} --steps {args.steps} --eval-every {args.eval_every} && "
+                   f"python -m workbench.drafter_study export --name {args.name} --step {args.step}")
+        folder = export_adapter(root / args.name, args.to or SHIPPED_ADAPTER, step=args.step, command=command)
+        print(f"adapter written to {folder}")
+        return
     rows = summary(root)
     print(json.dumps(rows, indent=1))
     (root / "summary.json").write_text(json.dumps(rows, indent=1))
@@ -316,66 +356,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-# -- the shipped drafter: loading and answering (notebook 07, `make demo`) --------------------------
-SHIPPED_ADAPTER = Path(__file__).parent / "artifacts" / "smollm2_135m_drafter"
-
-
-def load_drafter(adapter_dir=SHIPPED_ADAPTER, base: str = "smollm2-135m"):
-    """(the AR model as imported, the drafter: the same weights + mask row + the saved adapter,
-    the tokenizer with the mask token, the adapter's recorded metadata)."""
-    from workbench.pretrained import load_pretrained, load_adapter, with_mask_token
-    from workbench.pretrained.peft import read_adapter_config
-
-    adapter_dir = Path(adapter_dir)
-    pretrained = load_pretrained(base, dtype="float32")
-    masked = with_mask_token(pretrained)
-    drafter = load_adapter(masked.model, adapter_dir)
-    record, _ = read_adapter_config(adapter_dir)
-    return pretrained, drafter, masked.tokenizer, record
-
-
-def drafted_answers(drafter, tokenizer, prompts: Sequence[str], *, block_size: int, max_new_tokens: int,
-                    verify: bool, draft_steps: int = 1):
-    """One row per prompt: the answer, tokens, forward passes, tokens per iteration, and the
-    batch's wall time (first call: with compilation); and the raw `SpeculativeOutput`."""
-    import pandas as pd
-
-    ids = prompt_ids(tokenizer, prompts)
-    rows, lengths = right_padded(ids, tokenizer.specials.pad, multiple=64)
-    config = SpeculativeConfig(block_size=block_size, draft_steps=draft_steps, verify=verify,
-                               max_new_tokens=max_new_tokens, eos_id=tokenizer.specials.eos,
-                               pad_id=tokenizer.specials.pad, mask_id=tokenizer.specials.mask)
-    started = time.perf_counter()
-    out = jax.block_until_ready(speculative_generate(drafter, rows, lengths, config))
-    seconds = time.perf_counter() - started
-    iterations = np.asarray(out.iterations)
-    lengths_out = np.asarray(out.lengths)
-    table = pd.DataFrame({"prompt": list(prompts), "answer": tokenizer.decode_batch(np.asarray(out.tokens)),
-                          "new_tokens": lengths_out.tolist(),
-                          "passes_per_token": np.round((1 + iterations * (draft_steps + 1)) / np.maximum(lengths_out, 1),
-                                                       3).tolist(),
-                          "tokens_per_iteration": np.round(lengths_out / np.maximum(iterations, 1), 2).tolist(),
-                          "batch_seconds": round(seconds, 2)})
-    return table, out
-
-
-def draft_trajectory(out, tokenizer, row: int = 0):
-    """One row per iteration of example `row`: the drafted block (its first token is the AR
-    model's), how many of its tokens were committed, and the text so far."""
-    import pandas as pd
-
-    committed = np.asarray(out.committed[row])
-    drafts = np.asarray(out.drafts[row])
-    tokens = np.asarray(out.tokens[row])
-    records, done = [], 0
-    for i, count in enumerate(committed):
-        if count == 0:
-            break
-        block = drafts[i].tolist()
-        records.append({"iteration": i + 1, "drafted": tokenizer.decode(block),
-                        "kept": int(count), "committed": tokenizer.decode(block[:count]),
-                        "text_so_far": tokenizer.decode(tokens[: done + count].tolist())})
-        done += int(count)
-    return pd.DataFrame(records)
