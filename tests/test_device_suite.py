@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from workbench.benchmarks import device_suite, stand_in
-from workbench.benchmarks.device_plans import DEVICE_PLAN, SMOKE_PLAN
+from workbench.benchmarks.device_plans import CALLS, DEVICE_PLAN, SMOKE_PLAN
 from workbench.benchmarks.step_runner import OUT_PLACEHOLDER, Step, run_suite, select_steps
 
 DEVICE = {"backend": "test"}  # skips describe_device's JAX subprocess
@@ -105,17 +105,41 @@ def test_summary_is_on_disk_before_each_step_and_archived_after_it(tmp_path):
 
 def test_dry_run_names_every_real_step_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "never"
-    assert device_suite.main(["--dry-run", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert not out.exists()
-    names = ["hopper_check", "kernels", "decode_speed", "models", "kernel_tuning", "pretrained_arch"]
+    names = ["hopper_check", "kernels", "decode_speed", "models", "kernel_tuning", "pretrained_arch",
+             "speculative_speed", "drafter_conversion"]
     assert [step.name for step in DEVICE_PLAN] == [step.name for step in SMOKE_PLAN] == names
-    for step in DEVICE_PLAN:
-        line = next(line for line in printed.splitlines() if line.strip().startswith(step.name + " "))
-        assert f"limit {step.limit_s:>5g} s" in line and str(out / step.name) in line
-    assert "workbench.benchmarks.hopper_check" in printed and "workbench.benchmarks.stand_in" in printed
-    # Every step fits the default budget even if each runs to its limit, with room to describe the device.
-    assert sum(step.limit_s for step in DEVICE_PLAN) <= 540 - 15
+    # The plan runs as separate device calls: every step in exactly one, in plan order, the first the default.
+    assert [name for call in CALLS for name in call] == names
+    printed = {}
+    for number in range(1, len(CALLS) + 1):
+        assert device_suite.main(["--dry-run", "--out", str(out), "--call", str(number)]) == 0
+        printed[number] = capsys.readouterr().out
+    assert device_suite.main(["--dry-run", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == printed[1]
+    assert not out.exists()
+    for number, call in enumerate(CALLS, start=1):
+        for step in DEVICE_PLAN:
+            lines = [line for line in printed[number].splitlines() if line.strip().startswith(step.name + " ")]
+            assert len(lines) == (step.name in call), (number, step.name)
+            if lines:
+                assert f"limit {step.limit_s:>5g} s" in lines[0] and str(out / step.name) in lines[0]
+        # Every call fits the default budget even if each step runs to its limit, with room to describe the device.
+        assert sum(step.limit_s for step in DEVICE_PLAN if step.name in call) <= 540 - 15
+    assert "workbench.benchmarks.hopper_check" in printed[1] and "workbench.benchmarks.stand_in" in printed[1]
+    assert "--stand-in smollm2-135m" in printed[2] and "workbench.benchmarks.drafter_device" in printed[3]
+    assert "--dtype bfloat16" in printed[3]
+
+
+def test_drafter_conversion_is_skipped_with_its_reason_without_the_datasets(tmp_path, monkeypatch):
+    from workbench.benchmarks import drafter_device
+
+    monkeypatch.delenv("WORKBENCH_DATA_DIR", raising=False)
+    assert drafter_device.main(["--out", str(tmp_path), "--steps", "1"]) == 0
+    saved = json.loads((tmp_path / "drafter_device.json").read_text())
+    assert saved["status"] == "skipped" and "WORKBENCH_DATA_DIR" in saved["reason"]
+    assert saved["recipe"]["compute_dtype"] == "bfloat16" and saved["recipe"]["batch_size"] == 64
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "absent"))
+    assert "does not exist" in drafter_device.missing()
 
 
 def test_steps_option_selects_in_plan_order_and_names_unknown_steps(capsys):

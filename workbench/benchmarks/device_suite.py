@@ -5,7 +5,10 @@ experimental Mosaic GPU kernel against float32), kernels (attention benchmark, D
 decode_speed (AR vs diffusion vs block decoding), models (tokens/s and MFU per preset),
 kernel_tuning (Pallas Triton tile sweep, prefix-LM, D=128), pretrained_arch (the
 imported-model benchmark on SmolLM2-135M's architecture with random weights,
-`workbench.benchmarks.stand_in`). Each runs as a subprocess with its own time limit
+`workbench.benchmarks.stand_in`), then, in calls of their own (`CALLS`: each call fits the
+default budget), speculative_speed (issue 22's self-speculation table on the same stand-in,
+`--call 2`) and drafter_conversion (the drafter training in bfloat16, or skipped with its
+reason where SmolLM2 or the datasets are missing, `--call 3`). Each runs as a subprocess with its own time limit
 (`workbench.benchmarks.step_runner`); a step whose limit exceeds the budget left is
 "skipped (budget)". Each step writes OUT/<name>.log (stdout and stderr) and its JSON under
 OUT/<name>/; OUT/device_suite.json (steps, argv, status, seconds, a failed step's last log
@@ -16,6 +19,7 @@ lacks some of the packages is in kernels/NOTES.md.
 
     python -m workbench.benchmarks.device_suite --dry-run          # the plan, nothing run
     python -m workbench.benchmarks.device_suite --smoke --out runs/suite   # CPU: tiny sizes
+    python -m workbench.benchmarks.device_suite --call 2 --out runs/device_suite_2  # the next call
 
 `--smoke` runs the same steps with their smallest arguments (`SMOKE_PLAN`) to check the
 plumbing on CPU; hopper_check then fails there (no Hopper GPU) and is reported as failed.
@@ -28,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from workbench.benchmarks.device_plans import DEVICE_PLAN, SMOKE_PLAN
+from workbench.benchmarks.device_plans import CALLS, DEVICE_PLAN, SMOKE_PLAN
 from workbench.benchmarks.step_runner import format_plan, format_summary, run_suite, select_steps
 
 
@@ -38,6 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="seconds for the whole suite")
     parser.add_argument("--steps", nargs="+", default=None, help=f"subset, in plan order: "
                         f"{[s.name for s in DEVICE_PLAN]}")
+    parser.add_argument("--call", type=int, default=1, choices=range(1, len(CALLS) + 1),
+                        help=f"which call of the plan runs when --steps is not given: {list(CALLS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE_PLAN), for the CPU")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     parser.add_argument("--archive", default=None, help="also write OUT as this tar.gz after every step")
@@ -45,7 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.budget_s <= 0:
         parser.error(f"--budget-s {args.budget_s:g} must be positive")
     try:
-        steps = select_steps(SMOKE_PLAN if args.smoke else DEVICE_PLAN, args.steps)
+        steps = select_steps(SMOKE_PLAN if args.smoke else DEVICE_PLAN,
+                             args.steps if args.steps is not None else CALLS[args.call - 1])
     except ValueError as err:
         parser.error(str(err))
     out = Path(args.out)
