@@ -111,6 +111,10 @@ def test_runner_requires_metrics_json(tmp_path):
 
 # --- every notebook at its default scale ---
 
+# 05's self-speculation section defaults to SmolLM2-135M (minutes); here it runs on the tiny stand-in.
+NOTEBOOK_PARAMETERS = {"05_speed_benchmark": {"speculative_stand_in": "tiny", "speculative_batches": [1, 4],
+                                              "speculative_lengths": [8], "speculative_batch1_prompts": 2}}
+
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
@@ -121,7 +125,7 @@ def executed(tmp_path_factory):
         patch.setenv("JAX_COMPILATION_CACHE_DIR", str(root / ".jax_cache"))
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
         for name in DEFAULT_SCALE:
-            params = {"runs_root": str(root)} if name == "06_paper_tables" else {}
+            params = {"runs_root": str(root)} if name == "06_paper_tables" else NOTEBOOK_PARAMETERS.get(name, {})
             started = time.perf_counter()
             try:
                 results[name] = runner.run_notebook(name, root / name, params, timeout=600)
@@ -237,6 +241,12 @@ def test_speed_benchmark(executed):
     assert all(finite(r["nfe_per_token"]) and r["nfe_per_token"] > 0 for r in blocks)
     assert (run.out_dir / "decode_speed.json").is_file()
     assert outputs(run, "application/vnd.plotly.v1+json"), "figures are displayed"
+    spec = run.metrics["speculative"]
+    assert [(r["method"], r["batch_size"]) for r in spec["rows"]] == [(m, b) for b in (1, 4)
+                                                                      for m in ("ar", "lossy", "speculative")]
+    assert all(r["equals_ar"] == 1.0 for r in spec["rows"] if r["method"] == "speculative")
+    assert {r["positions"] for r in spec["pass_cost"]} == {1, 2, 4, 8, 16} and spec["break_even"]
+    assert (run.out_dir / "speculative_speed.json").is_file()
 
 
 @pytest.mark.slow

