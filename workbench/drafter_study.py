@@ -58,7 +58,8 @@ class DrafterRecipe:
     train_prompt_tokens: int = 96  # training rows: prompts up to this long (the clean pass runs the whole width)
     compute_dtype: str = "float32"  # training compute; decoding always runs float32
     eval_every: int = 50
-    eval_prompts: int = 40  # held-out prompts scored at intermediate evaluations (all of them at the end)
+    eval_prompts: int = 40  # held-out prompts scored at intermediate evaluations
+    final_eval_prompts: Optional[int] = None  # at the last step (None: every held-out prompt)
     seed: int = 0
 
 
@@ -111,8 +112,9 @@ def setup(recipe: DrafterRecipe, cache_dir, *, progress: bool = True) -> Drafter
 
 def _decode(model, tokenizer, inputs, config: SpeculativeConfig, batch_size: int):
     outs, lengths, iterations, passes, accepted, offered = [], [], [], [], 0, 0
+    width = -(-max(len(row) for row in inputs) // 64) * 64  # one width (and one compile) for every batch
     for start in range(0, len(inputs), batch_size):
-        rows, lens = right_padded(inputs[start : start + batch_size], tokenizer.specials.pad, multiple=64)
+        rows, lens = right_padded(inputs[start : start + batch_size], tokenizer.specials.pad, multiple=width)
         out = speculative_generate(model, rows, lens, config)
         outs.append(np.asarray(out.tokens))
         lengths.append(np.asarray(out.lengths))
@@ -177,6 +179,7 @@ def masked_agreement(setup_: DrafterSetup, model, count: int) -> dict:
                                                       all_masked=1.0), mask_id=setup_.mask_id,
                       pad_id=setup_.tokenizer.specials.pad)
     sums, weights = {}, {}
+    count = max(8, count - count % 8)  # whole batches of 8 only: one compiled shape
     for start in range(0, count, 8):
         batch = seq2seq_batch(inputs[start : start + 8], answers[start : start + 8],
                               input_len=recipe.max_prompt_tokens, target_len=recipe.answer_len,
@@ -217,7 +220,7 @@ def run_recipe(recipe: DrafterRecipe, run_dir, *, cache_dir=None, allow_config_c
 
     def evaluate(model, step: int) -> dict:
         final = step == recipe.steps
-        metrics = drafter_metrics(setup_, model, count=None if final else recipe.eval_prompts)
+        metrics = drafter_metrics(setup_, model, count=recipe.final_eval_prompts if final else recipe.eval_prompts)
         if progress:
             print(f"step {step}: {json.dumps(metrics)}", flush=True)
         return metrics
@@ -294,7 +297,8 @@ PILOT_BLOCKS = (4, 8)
 def pilot_recipes(steps: int, **changes) -> dict[str, DrafterRecipe]:
     """The comparison grid: every objective at every block size, the same budget each."""
     return {f"pilot_{objective.replace('+', '_')}_b{b}": DrafterRecipe(objective=objective, block_size=b,
-                                                                         steps=steps, eval_every=steps, **changes)
+                                                                         steps=steps, eval_every=steps,
+                                                                         final_eval_prompts=40, **changes)
             for b in PILOT_BLOCKS for objective in PILOT_OBJECTIVES}
 
 
