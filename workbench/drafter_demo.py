@@ -157,7 +157,7 @@ def provenance(record: dict) -> str:
                      f"batch {recipe['batch_size']}, step {record.get('step')} of {recipe['steps']}; data: "
                      f"{data.get('training_rows', '?')} AR answers to training prompts (hash {data.get('prompts_hash', '?')})")
     if metrics:
-        keys = ("cpu_minutes", "target_tokens", "agreement@32", "agreement@64", "passes_per_token",
+        keys = ("train_minutes", "target_tokens", "agreement@32", "agreement@64", "passes_per_token",
                 "tokens_per_iteration", "squad_f1_ar", "squad_f1_drafted")
         lines.append("recorded on held-out prompts: " + ", ".join(f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], float)
                                                                   else f"{k} {metrics[k]}" for k in keys if k in metrics))

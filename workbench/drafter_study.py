@@ -239,7 +239,7 @@ def curve(run_dir) -> list[dict]:
 
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run_info.json").read_text())
-    recipe = info["extra"]["recipe"]
+    recipe = info["recipe"]
     records = read_metrics(run_dir)
     eval_steps = {r["step"] for r in records if any(k.startswith("eval_") for k in r)}
     seconds, last, points = 0.0, 0, []
@@ -256,7 +256,7 @@ def curve(run_dir) -> list[dict]:
             previous_rate, last = record["tokens_per_s"], record["step"]
         evals = {k[len("eval_"):]: v for k, v in record.items() if k.startswith("eval_")}
         if evals:
-            points.append({"step": record["step"], "cpu_minutes": round(seconds / 60, 2),
+            points.append({"step": record["step"], "train_minutes": round(seconds / 60, 2),
                            "target_tokens": int(record["step"] * recipe["batch_size"] * mean_answer), **evals})
     return points
 
@@ -272,7 +272,7 @@ def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = ""
 
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run_info.json").read_text())
-    recipe = from_dict(DrafterRecipe, info["extra"]["recipe"])
+    recipe = from_dict(DrafterRecipe, info["recipe"])
     setup_ = setup(recipe, run_dir.parent.parent / "drafter_data", progress=False)
     store = CheckpointStore(run_dir)
     try:
@@ -311,7 +311,7 @@ def summary(root) -> list[dict]:
         points = curve(run_dir)
         if not points:
             continue
-        recipe = json.loads((run_dir / "run_info.json").read_text())["extra"]["recipe"]
+        recipe = json.loads((run_dir / "run_info.json").read_text())["recipe"]
         last = points[-1]
         rows.append({"run": run_dir.name, "objective": recipe["objective"], "block_size": recipe["block_size"],
                      **{k: v for k, v in last.items() if not isinstance(v, dict)},
