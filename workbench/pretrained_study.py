@@ -104,13 +104,3 @@ def trajectory_table(trajectory: Trajectory, sample: Optional[int] = None) -> pd
     texts = trajectory.texts[sample]
     return pd.DataFrame({"step": range(len(texts)), "canvas": ["".join(p) for p in trajectory.pieces[sample]],
                          "text": texts})
-
-
-def __getattr__(name: str):
-    # Notebook 07's spelling of `workbench.benchmarks.pretrained.speed_comparison` (the one
-    # import of workbench.benchmarks left here): goes when the notebook calls it there.
-    if name == "speed_comparison":
-        from workbench.benchmarks.pretrained import speed_comparison
-
-        return speed_comparison
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
