@@ -391,6 +391,22 @@ def run_stand_in(config: SpeculativeSpeedConfig, arch: str, out_dir=None, progre
                out_dir=out_dir, progress=progress)
 
 
+def run_table(config: SpeculativeSpeedConfig, *, adapter=None, stand_in: Optional[str] = None, out_dir=None,
+              progress: bool = True) -> dict:
+    """SmolLM2-135M with `adapter` (None: the shipped one, else a zero adapter), or random weights of
+    the `stand_in` architecture when one is named (notebook 05's one call)."""
+    if stand_in is None:
+        return run_smollm2(config, adapter, out_dir=out_dir, progress=progress)
+    return run_stand_in(config, stand_in, out_dir=out_dir, progress=progress)
+
+
+def row_view(result: dict) -> pd.DataFrame:
+    """The rows table's reported columns (acceptance by draft position included)."""
+    rows = result["rows"]
+    wanted = ROW_COLUMNS + [c for c in rows.columns if c.startswith("accept_at")]
+    return rows[[c for c in wanted if c in rows.columns]]
+
+
 ROW_COLUMNS = ["label", "batch_size", "length", "new_tokens", "seconds", "tokens_per_s", "time_vs_ar",
                "speedup_vs_ar", "passes_per_token", "tokens_per_iteration", "agreement_with_ar", "equals_ar"]
 
