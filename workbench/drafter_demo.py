@@ -27,20 +27,13 @@ from workbench.sampling.speculative import SpeculativeConfig, speculative_genera
 SHIPPED_ADAPTER = Path(__file__).parent / "artifacts" / "smollm2_135m_drafter"
 
 
-def drafter_config(tokenizer, *, block_size: int, max_new_tokens: int, verify: bool,
-                   draft_steps: int = 1) -> SpeculativeConfig:
-    return SpeculativeConfig(block_size=block_size, draft_steps=draft_steps, verify=verify,
-                             max_new_tokens=max_new_tokens, eos_id=tokenizer.specials.eos,
-                             pad_id=tokenizer.specials.pad, mask_id=tokenizer.specials.mask)
-
-
 def drafted_answers(drafter, tokenizer, prompts: Sequence[str], *, block_size: int, max_new_tokens: int,
                     verify: bool, draft_steps: int = 1):
     """One row per prompt: the answer, tokens, forward passes per token, tokens per iteration and
     the batch's wall time (first call: with compilation); and the raw `SpeculativeOutput`."""
     rows, lengths = right_padded(prompt_ids(tokenizer, prompts), tokenizer.specials.pad, multiple=64)
-    config = drafter_config(tokenizer, block_size=block_size, max_new_tokens=max_new_tokens, verify=verify,
-                            draft_steps=draft_steps)
+    config = SpeculativeConfig.for_tokenizer(tokenizer, block_size=block_size, max_new_tokens=max_new_tokens,
+                                             verify=verify, draft_steps=draft_steps)
     started = time.perf_counter()
     out = jax.block_until_ready(speculative_generate(drafter, rows, lengths, config))
     seconds = time.perf_counter() - started
@@ -95,14 +88,14 @@ def drafter_tables(pretrained, adapter_dir, prompts: Sequence[str], *, max_new_t
     ids = prompt_ids(pretrained.tokenizer, prompts)
     rows, lengths = right_padded(ids, pretrained.tokenizer.specials.pad, multiple=64)
     ar_config = ARSamplingConfig(max_new_tokens=max_new_tokens, **ar_ids(pretrained.tokenizer))
+    config = lambda verify: SpeculativeConfig.for_tokenizer(tokenizer, block_size=block, max_new_tokens=max_new_tokens,
+                                                            verify=verify)
     runs = {
         "ar (KV cache)": lambda: generate(pretrained.model, rows, lengths, ar_config),
         f"drafted, b={block} (lossy)": lambda: speculative_generate(
-            drafter, rows, lengths, drafter_config(tokenizer, block_size=block, max_new_tokens=max_new_tokens,
-                                                   verify=False)),
+            drafter, rows, lengths, config(False)),
         f"self-speculative, b={block} (exact)": lambda: speculative_generate(
-            drafter, rows, lengths, drafter_config(tokenizer, block_size=block, max_new_tokens=max_new_tokens,
-                                                   verify=True)),
+            drafter, rows, lengths, config(True)),
     }
     outputs, seconds = {}, {}
     for name, run in runs.items():

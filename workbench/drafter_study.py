@@ -135,22 +135,21 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
     count = len(inputs) if count is None else min(count, len(inputs))
     inputs, references, prompts = inputs[:count], references[:count], prompts[:count]
     model = with_config(model, dtype="float32") if model.config.dtype != "float32" else model
-    base = dict(block_size=recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len,
-                eos_id=tok.specials.eos, pad_id=tok.specials.pad, mask_id=setup_.mask_id)
+    base = dict(block_size=recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len)
     stops = {tok.specials.eos, tok.specials.pad}
     # the AR answers end with their EOS; decoded rows are scored cut at it, so compare without it
     references = [list(r[: r.index(tok.specials.eos)]) if tok.specials.eos in r else list(r) for r in references]
     result = {"prompts": count}
     started = time.perf_counter()
-    lossy, lengths, iterations, passes, _, _ = _decode(model, tok, inputs, SpeculativeConfig(verify=False, **base),
-                                                       batch_size)
+    lossy_config = SpeculativeConfig.for_tokenizer(tok, verify=False, **base)
+    lossy, lengths, iterations, passes, _, _ = _decode(model, tok, inputs, lossy_config, batch_size)
     for n in (32, 64):
         scores = token_sequence_scores(lossy[:, :n], [r[:n] for r in references], stops)
         result[f"agreement@{n}"] = scores["token_accuracy"]
         result[f"exact@{n}"] = scores["exact_match"]
     result["passes_per_token"] = float(np.mean(passes / np.maximum(lengths, 1)))
-    exact, lengths_v, iterations_v, _, accepted, offered = _decode(model, tok, inputs,
-                                                                  SpeculativeConfig(verify=True, **base), batch_size)
+    exact_config = SpeculativeConfig.for_tokenizer(tok, verify=True, **base)
+    exact, lengths_v, iterations_v, _, accepted, offered = _decode(model, tok, inputs, exact_config, batch_size)
     result["verified_equals_ar"] = token_sequence_scores(exact, references, stops)["exact_match"]
     result["tokens_per_iteration"] = float(np.sum(lengths_v) / max(np.sum(iterations_v), 1))
     for i, (a, o) in enumerate(zip(accepted, offered), start=1):

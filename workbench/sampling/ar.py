@@ -104,6 +104,20 @@ def _generate(model, prompts, prompt_lengths, rng, example_ids, config: ARSampli
     return _loop(first, step, cache, rng, example_ids, config)
 
 
+def prepare_prompts(prompts_BxP, prompt_lengths_B, rng=None, example_ids_B=None):
+    """Right-padded prompts and their lengths as int32 arrays, checked against each other, with the
+    default key and example ids (row index): what every prompt-continuing sampler takes."""
+    prompts_BxP = jnp.asarray(prompts_BxP, jnp.int32)
+    prompt_lengths_B = jnp.asarray(prompt_lengths_B, jnp.int32)
+    batch, width = prompts_BxP.shape
+    if prompt_lengths_B.shape != (batch,):
+        raise ValueError(f"prompt_lengths has shape {prompt_lengths_B.shape}; expected ({batch},)")
+    check_lengths("prompt_lengths", prompt_lengths_B, width, f"prompt width {width}")
+    rng = jax.random.key(0) if rng is None else rng
+    example_ids_B = jnp.arange(batch, dtype=jnp.int32) if example_ids_B is None else jnp.asarray(example_ids_B, jnp.int32)
+    return prompts_BxP, prompt_lengths_B, rng, example_ids_B
+
+
 def generate(
     model: DecoderOnly | EncoderDecoder,
     prompts_BxP: jax.Array,
@@ -118,13 +132,7 @@ def generate(
     models encode the prompt and decode from the start token. `example_ids` seed each
     example's random stream (default: row index); pass stable ids for batch invariance.
     """
-    prompts_BxP = jnp.asarray(prompts_BxP, jnp.int32)
-    prompt_lengths_B = jnp.asarray(prompt_lengths_B, jnp.int32)
-    batch, width = prompts_BxP.shape
-    if prompt_lengths_B.shape != (batch,):
-        raise ValueError(f"prompt_lengths has shape {prompt_lengths_B.shape}; expected ({batch},)")
-    check_lengths("prompt_lengths", prompt_lengths_B, width, f"prompt width {width}")
-    rng = jax.random.key(0) if rng is None else rng
-    example_ids_B = jnp.arange(batch, dtype=jnp.int32) if example_ids_B is None else jnp.asarray(example_ids_B, jnp.int32)
-    model.check_ar_decoding(width, prompt_lengths_B, config.max_new_tokens)
+    prompts_BxP, prompt_lengths_B, rng, example_ids_B = prepare_prompts(prompts_BxP, prompt_lengths_B, rng,
+                                                                          example_ids_B)
+    model.check_ar_decoding(prompts_BxP.shape[1], prompt_lengths_B, config.max_new_tokens)
     return _generate(model, prompts_BxP, prompt_lengths_B, rng, example_ids_B, config)

@@ -38,8 +38,8 @@ from flax import nnx
 
 from workbench.attention import mask_for_kind
 from workbench.models.lora import adapter_gate
-from workbench.models.transformer import check_lengths
 from workbench.objectives.drafting import check_drafter
+from workbench.sampling.ar import prepare_prompts
 
 _NEG = -1e9
 
@@ -54,6 +54,13 @@ class SpeculativeConfig:
     eos_id: Optional[int] = 1  # None: never stop early
     pad_id: int = 0
     mask_id: int = 3  # the drafter's mask token (never emitted)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **options) -> "SpeculativeConfig":
+        """The config with the tokenizer's EOS, padding and mask ids (the tokenizer has the mask token:
+        `workbench.pretrained.with_mask_token`)."""
+        specials = tokenizer.specials
+        return cls(eos_id=specials.eos, pad_id=specials.pad, mask_id=specials.mask, **options)
 
     def __post_init__(self):
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 2:
@@ -241,12 +248,9 @@ def speculative_generate(model, prompts_BxP, prompt_lengths_B, config: Speculati
     """Continue each prompt (right-padded to a common width) by up to `max_new_tokens`,
     drafting with the model's adapter and verifying with its base (see the module docstring)."""
     check_drafter(model)
-    prompts_BxP = jnp.asarray(prompts_BxP, jnp.int32)
-    prompt_lengths_B = jnp.asarray(prompt_lengths_B, jnp.int32)
-    size, width = prompts_BxP.shape
-    if prompt_lengths_B.shape != (size,):
-        raise ValueError(f"prompt_lengths has shape {prompt_lengths_B.shape}; expected ({size},)")
-    check_lengths("prompt_lengths", prompt_lengths_B, width, f"prompt width {width}")
+    prompts_BxP, prompt_lengths_B, rng, example_ids_B = prepare_prompts(prompts_BxP, prompt_lengths_B, rng,
+                                                                          example_ids_B)
+    width = prompts_BxP.shape[1]
     if bool(jnp.any(prompt_lengths_B < 1)):
         raise ValueError("every prompt needs at least one token (prompt_lengths >= 1): the AR model predicts the "
                          "first new token from the prompt's last")
@@ -255,7 +259,4 @@ def speculative_generate(model, prompts_BxP, prompt_lengths_B, config: Speculati
                          f"{config.block_size} exceeds max_len={model.config.max_len}")
     if not 0 <= config.mask_id < model.config.vocab_size:
         raise ValueError(f"mask_id={config.mask_id} is outside the model's vocabulary ({model.config.vocab_size})")
-    rng = jax.random.key(0) if rng is None else rng
-    example_ids_B = (jnp.arange(size, dtype=jnp.int32) if example_ids_B is None
-                     else jnp.asarray(example_ids_B, jnp.int32))
     return _speculate(model, prompts_BxP, prompt_lengths_B, rng, example_ids_B, config)
