@@ -225,6 +225,10 @@ def test_denoising_explorer(executed):
     assert all({"final_accuracy", "final_accuracy_text", "final_accuracy_padding"} <= set(t) for t in trajectories)
     assert outputs(run, "application/vnd.jupyter.widget-view+json"), "the explorer widget is displayed"
     assert (run.out_dir / "trajectories.html").is_file()
+    # self-speculation on SmolLM2 with the shipped drafter: the answer is the AR model's, from kept drafts
+    kept = run.metrics["kept_drafts"][0]
+    assert kept["new_tokens"] > 0 and kept["tokens_per_iteration"] >= 1.0 and "Paris" in kept["answer"]
+    assert (run.out_dir / "kept_drafts.html").is_file()
 
 
 @pytest.mark.slow

@@ -64,6 +64,37 @@ def draft_trajectory(out, tokenizer, row: int = 0) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def load_drafter(pretrained, adapter_dir):
+    """(drafter, its tokenizer with the mask token, the adapter's workbench record): the adapter saved in
+    `adapter_dir` on the imported model (refused by fingerprint on any other base)."""
+    from workbench.pretrained import load_adapter, with_mask_token
+    from workbench.pretrained.peft import read_adapter_config
+
+    record = read_adapter_config(adapter_dir)[0]["workbench"]
+    masked = with_mask_token(pretrained)
+    return load_adapter(masked.model, adapter_dir), masked.tokenizer, record
+
+
+@dataclasses.dataclass
+class KeptDrafts:
+    figure: object  # plotly Figure: iterations x block positions, coloured by the verifier's verdict
+    table: pd.DataFrame  # the same as text, one row per iteration
+    answer: pd.DataFrame  # the answer (the AR model's own greedy answer), passes per token, tokens per iteration
+
+
+def kept_drafts(pretrained, adapter_dir, prompt: str, *, max_new_tokens: int) -> KeptDrafts:
+    """Self-speculative decoding of one prompt with the adapter in `adapter_dir`: which drafted tokens
+    the AR model kept, rejected or discarded, iteration by iteration (`workbench.viz.speculative`)."""
+    from workbench.viz.speculative import speculative_figure, speculative_table
+    from workbench.viz.trajectory import token_label
+
+    drafter, tokenizer, record = load_drafter(pretrained, adapter_dir)
+    answer, out = drafted_answers(drafter, tokenizer, [prompt], block_size=int(record["recipe"]["block_size"]),
+                                  max_new_tokens=max_new_tokens, verify=True)
+    label = lambda token: token_label(tokenizer, token)
+    return KeptDrafts(speculative_figure(out, 0, label), speculative_table(out, 0, label), answer)
+
+
 @dataclasses.dataclass
 class DrafterTables:
     answers: pd.DataFrame  # prompt, AR answer, drafted (lossy) answer, its agreement with AR, speculative stats
@@ -76,14 +107,9 @@ def drafter_tables(pretrained, adapter_dir, prompts: Sequence[str], *, max_new_t
                    repeats: int = 2) -> DrafterTables:
     """Answers, trajectory and decode times of the drafter saved in `adapter_dir` on `pretrained`."""
     from workbench.data.special import ar_ids
-    from workbench.pretrained import load_adapter, with_mask_token
-    from workbench.pretrained.peft import read_adapter_config
     from workbench.sampling.ar import ARSamplingConfig, generate
 
-    record = read_adapter_config(adapter_dir)[0]["workbench"]
-    masked = with_mask_token(pretrained)
-    drafter = load_adapter(masked.model, adapter_dir)
-    tokenizer = masked.tokenizer
+    drafter, tokenizer, record = load_drafter(pretrained, adapter_dir)
     block = int(record["recipe"]["block_size"])
     ids = prompt_ids(pretrained.tokenizer, prompts)
     rows, lengths = right_padded(ids, pretrained.tokenizer.specials.pad, multiple=64)
