@@ -18,6 +18,8 @@ from workbench.models import (
     param_count,
     with_attention,
 )
+from workbench.models.architectures import ARCHITECTURES
+from workbench.models.transformer import MODEL_CLASSES
 from workbench.sampling.ar import ARSamplingConfig, generate
 
 VOCAB = 97
@@ -206,7 +208,7 @@ def test_top_k_one_is_greedy():
 # -- parameters ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_param_count_matches_closed_form(name, arch):
     config = get_preset(name, vocab_size=None if name.startswith("paper") else 8000, arch=arch)
     abstract = nnx.eval_shape(lambda: build_model(config, 0))  # no memory for paper_xl
@@ -255,6 +257,12 @@ def test_bad_input_errors_name_value_limit_and_fix():
         attention(q, q, q, AttentionMask(q_segment_ids=seg, kv_segment_ids=jnp.zeros((2, 4), jnp.int32)))
     with pytest.raises(ValueError, match=r"'cudnn' cannot handle.*Impls that can"):
         attention(q, q, q, AttentionMask.prefix_lm(jnp.array([1, 2])), impl="cudnn")
+
+
+def test_every_architecture_has_a_model_class_and_an_unknown_one_is_refused():
+    assert set(MODEL_CLASSES) == set(ARCHITECTURES)
+    with pytest.raises(ValueError, match=r"arch='gpt'; expected one of \['decoder', 'encoder_decoder'\]"):
+        ModelConfig(vocab_size=10, arch="gpt")
 
 
 @pytest.mark.parametrize("attention", ["prefix_lm", "prefix_diffusion"])

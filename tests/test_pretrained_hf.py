@@ -18,6 +18,9 @@ from workbench.models import build_model, count_params, get_preset, param_count
 from workbench.models.config import RopeScaling
 from workbench.pretrained import append_embedding_rows, load_pretrained, save_pretrained
 from workbench.pretrained.convert import tensors_from_model
+from workbench.pretrained.errors import UnsupportedConfigError
+from workbench.pretrained.families import FAMILIES, family_for, tensor_specs
+from workbench.pretrained.hf_config import hf_config_from_model, model_config_from_hf
 from workbench.pretrained.gguf_reader import unpermute_rows
 from workbench.models.layers import rotary
 
@@ -302,13 +305,35 @@ REAL_CONFIGS = {
 
 @pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
 def test_public_configs_give_their_published_parameter_counts(name):
-    from workbench.pretrained.hf_config import hf_config_from_model, model_config_from_hf
-
     hf, total = REAL_CONFIGS[name]
     config = model_config_from_hf(hf)
     assert param_count(config)["total"] == total
     assert count_params(nnx.eval_shape(lambda: build_model(config, 0))) == total
     assert model_config_from_hf(hf_config_from_model(config)) == config  # the export's keys say the same
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_each_family_round_trips_its_config_and_names_every_parameter(model_type):
+    """What a new family in workbench.pretrained.families must do: claim its own configs, write
+    a config.json that reads back the same, and name every parameter of the model once."""
+    family = FAMILIES[model_type]
+    config = get_preset("tiny", vocab_size=50, num_kv_heads=2, scale_logits=False, dtype="float32",
+                        tie_embeddings=False, qkv_bias=family.qkv_bias, qk_norm=family.qk_norm)
+    assert family_for(config) is family
+    hf = hf_config_from_model(config)
+    assert (hf["model_type"], hf["architectures"]) == (model_type, [family.hf_class])
+    assert model_config_from_hf(hf) == config
+    model = nnx.eval_shape(lambda: build_model(config, 0))
+    params = [tuple(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    specs = [spec.path for spec in tensor_specs(config)]
+    assert sorted(map(str, specs)) == sorted(map(str, params))
+
+
+def test_a_config_no_family_has_is_refused_with_each_familys_flags():
+    config = get_preset("tiny", vocab_size=50, scale_logits=False, qkv_bias=True, qk_norm=True)
+    with pytest.raises(UnsupportedConfigError, match=r"qkv_bias=True with qk_norm=True matches no Hugging Face "
+                                                     r"family \(llama: qkv_bias=False, qk_norm=False, qwen2"):
+        hf_config_from_model(config)
 
 
 @given(heads=st.integers(1, 6), half=st.integers(1, 8), kv_divisor=st.sampled_from([1, 2, 3]), cols=st.integers(1, 5))

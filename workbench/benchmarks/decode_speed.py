@@ -144,7 +144,7 @@ def benchmark_model(config: DecodeSpeedConfig, model=None):
     if model is None:
         model = build_model(get_preset(config.preset, vocab_size=config.vocab_size, max_len=needed,
                                        attention="prefix_lm"), config.seed)
-    if model.config.arch != "decoder":
+    if not model.config.arch_spec.decoder_only:
         raise ValueError("the decode-speed benchmark times decoder-only models; got arch="
                          f"{model.config.arch!r}")
     return with_config(model, max_len=max(model.config.max_len, needed), dtype=dtype or model.config.dtype)

@@ -12,7 +12,8 @@ from typing import Literal, Optional
 
 import jax
 
-Arch = Literal["decoder", "encoder_decoder"]
+from workbench.models.architectures import ARCHITECTURES, ATTENTION_KINDS, Architecture, get_architecture
+
 AttentionKind = Literal["causal", "prefix_lm", "bidirectional", "prefix_diffusion", "block_causal"]
 
 
@@ -83,7 +84,7 @@ class ModelConfig:
     num_heads: int = 8
     num_kv_heads: Optional[int] = None  # None: same as num_heads (multi-head attention)
     d_ff: int = 1408  # hidden width of the gated MLP
-    arch: Arch = "decoder"
+    arch: str = "decoder"  # a key of workbench.models.architectures.ARCHITECTURES
     num_encoder_layers: Optional[int] = None  # encoder_decoder only; None: num_layers
     max_len: int = 1024
     attention: AttentionKind = "causal"
@@ -121,13 +122,9 @@ class ModelConfig:
                 f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
                 f"(grouped-query attention shares each key/value head among a group of query heads)"
             )
-        if self.arch not in ("decoder", "encoder_decoder"):
-            raise ValueError(f"arch={self.arch!r}; expected 'decoder' or 'encoder_decoder'")
-        if self.attention not in ("causal", "prefix_lm", "bidirectional", "prefix_diffusion", "block_causal"):
-            raise ValueError(
-                f"attention={self.attention!r}; expected 'causal', 'prefix_lm', 'bidirectional', "
-                f"'prefix_diffusion' or 'block_causal'"
-            )
+        arch = self.arch_spec
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_KINDS}")
         if self.attention == "block_causal":
             if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
                 raise ValueError(f"attention='block_causal' needs block_size, a positive int (tokens per block); "
@@ -135,13 +132,13 @@ class ModelConfig:
         elif self.block_size is not None:
             raise ValueError(f"block_size={self.block_size!r} is only used by attention='block_causal', not "
                              f"{self.attention!r}; set block_size=None or attention='block_causal'")
-        if self.arch == "encoder_decoder" and self.attention not in ("causal", "bidirectional"):
+        if self.attention not in arch.attention_kinds:
+            others = [a for a, spec in ARCHITECTURES.items() if self.attention in spec.attention_kinds]
             raise ValueError(
-                f"arch='encoder_decoder' with attention={self.attention!r}: the decoder takes 'causal' (AR) or "
-                f"'bidirectional' (diffusion); the encoder already sees the inputs, so the prefix kinds are "
-                f"decoder-only, as is block_causal (use arch='decoder' for {self.attention!r})"
+                f"arch={self.arch!r} with attention={self.attention!r}: its decoder takes {arch.attention_kinds}; "
+                f"use arch={others[0]!r} for {self.attention!r}, or one of those kinds"
             )
-        if self.shift_targets and self.arch != "decoder":
+        if self.shift_targets and not arch.decoder_only:
             raise ValueError(
                 "shift_targets=True is for decoder-only models (each target is read from the position before it, "
                 "which an encoder-decoder's first target lacks); use arch='decoder' or shift_targets=False"
@@ -149,7 +146,7 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.lora is not None:
-            if self.arch != "decoder":
+            if not arch.decoder_only:
                 raise ValueError("lora is implemented for decoder-only models (arch='decoder'); got arch="
                                  f"{self.arch!r}")
             bad = [i for i in self.lora.trainable_rows if i >= self.vocab_size]
@@ -157,6 +154,10 @@ class ModelConfig:
                 raise ValueError(f"lora.trainable_rows {bad} are outside the vocabulary (vocab_size={self.vocab_size})")
         if self.dtype not in ("bfloat16", "float32", "float16"):
             raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16', 'float32' or 'float16'")
+
+    @property
+    def arch_spec(self) -> Architecture:
+        return get_architecture(self.arch)
 
     @property
     def head_dim(self) -> int:
@@ -213,11 +214,9 @@ def param_count(config: ModelConfig) -> dict[str, int]:
     block = attn + mlp + 2 * d  # two RMSNorm scales
     embed = config.vocab_size * d * (1 if config.tie_embeddings else 2)
     counts = {"embedding": embed}
-    if config.arch == "decoder":
-        counts["decoder"] = config.num_layers * block + d
-    else:
-        counts["encoder"] = config.encoder_layers * block + d
-        counts["decoder"] = config.num_layers * (block + attn + d) + d  # + cross-attention and its norm
+    for stack in config.arch_spec.stacks:
+        cross = attn + d if stack.cross_attention else 0  # cross-attention and its norm
+        counts[stack.name] = getattr(config, stack.depth_field) * (block + cross) + d
     counts["total"] = sum(counts.values())
     return counts
 
@@ -225,6 +224,6 @@ def param_count(config: ModelConfig) -> dict[str, int]:
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     """Forward+backward FLOPs per trained token (6N plus attention), for MFU estimates."""
     n = param_count(config)["total"] - config.vocab_size * config.d_model * (0 if config.tie_embeddings else 1)
-    layers = config.num_layers + (config.encoder_layers if config.arch == "encoder_decoder" else 0)
+    layers = sum(getattr(config, stack.depth_field) for stack in config.arch_spec.stacks)
     attention = 12 * layers * config.d_model * seq_len  # QK^T and PV, fwd+bwd, dense upper bound
     return 6.0 * n + attention

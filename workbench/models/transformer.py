@@ -624,9 +624,13 @@ class EncoderDecoder(nnx.Module):
         return self.embedder.logits(self.final_norm(x)), cache
 
 
+# The model class of each entry of workbench.models.architectures.ARCHITECTURES.
+MODEL_CLASSES = {"decoder": DecoderOnly, "encoder_decoder": EncoderDecoder}
+
+
 def build_model(config: ModelConfig, rngs: nnx.Rngs | int = 0) -> DecoderOnly | EncoderDecoder:
     rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
-    return DecoderOnly(config, rngs) if config.arch == "decoder" else EncoderDecoder(config, rngs)
+    return MODEL_CLASSES[config.arch](config, rngs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -57,7 +57,7 @@ class DraftConfig:
 def check_drafter(model) -> None:
     """A drafter is a decoder-only causal model with adapters (so switching them off is the AR model)."""
     cfg = model.config
-    if cfg.arch != "decoder":
+    if not cfg.arch_spec.decoder_only:
         raise ValueError(f"a block drafter is a decoder-only model; got arch={cfg.arch!r}")
     if cfg.lora is None:
         raise ValueError("a block drafter needs adapters (workbench.models.lora.with_lora(model, LoRAConfig(...))): "

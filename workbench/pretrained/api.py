@@ -67,7 +67,7 @@ def _gguf(path: Path, kind: str, location: str) -> tuple[SourceInfo, dict, GGUFS
         path=str(path),
         name=m.get("general.name"),
         license=m.get("general.license"),
-        architecture="llama",
+        architecture=src.hf_config["model_type"],
         chat_template=m.get("tokenizer.chat_template"),
         token_ids=ids,
         tokenizer_file=str(path),

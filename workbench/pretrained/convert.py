@@ -12,7 +12,8 @@ from flax import nnx
 from workbench.models.config import ModelConfig
 from workbench.models.transformer import DecoderOnly, build_model
 from workbench.pretrained.errors import TensorMismatchError
-from workbench.pretrained.naming import IGNORED_SUFFIXES, TensorSpec, tensor_specs
+from workbench.pretrained.families import FAMILIES, tensor_specs
+from workbench.pretrained.naming import IGNORED_SUFFIXES, TensorSpec
 from workbench.pretrained.tensors import TensorSource
 
 
@@ -45,7 +46,7 @@ def check_tensors(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where
     if extra:
         raise TensorMismatchError(
             f"{where}: unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''} ({len(extra)} in all); "
-            f"the supported architectures (Llama, Qwen2, Qwen3) have no such tensors"
+            f"the supported families ({', '.join(f.models for f in FAMILIES.values())}) have no such tensors"
         )
     return specs
 

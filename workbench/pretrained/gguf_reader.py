@@ -145,7 +145,7 @@ class GGUFSource:
         if vocab is None:
             raise TensorMismatchError(f"{self.path.name}: no {arch}.vocab_size and no token_embd.weight tensor")
         return {
-            "model_type": "llama",
+            "model_type": arch,  # a GGUF architecture is named as its Hugging Face model_type
             "hidden_size": d_model,
             "intermediate_size": int(key("feed_forward_length")),
             "num_hidden_layers": int(key("block_count")),

@@ -1,4 +1,5 @@
-"""Hugging Face `config.json` (Llama, Qwen2/2.5, Qwen3) <-> workbench `ModelConfig`.
+"""Hugging Face `config.json` <-> workbench `ModelConfig`: the keys every family shares (each
+family's own keys are in `workbench.pretrained.families`).
 
 Both the transformers 4 keys (`rope_theta`, `rope_scaling`) and the transformers 5 key
 (`rope_parameters`) are read; exports write the transformers 4 keys, which both read.
@@ -15,17 +16,15 @@ import numpy as np
 
 from workbench.config import from_dict
 from workbench.models.config import ModelConfig, RopeScaling
-from workbench.pretrained.errors import UnsupportedArchitectureError, UnsupportedConfigError
+from workbench.pretrained.errors import UnsupportedConfigError
+from workbench.pretrained.families import family_for, family_of
 
 WORKBENCH_KEY = "workbench"
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
-# Defaults of the transformers config classes, for keys a config.json may leave out.
-_DEFAULTS = {
-    "llama": dict(rms_norm_eps=1e-6, rope_theta=10_000.0, max_position_embeddings=2048),
-    "qwen2": dict(rms_norm_eps=1e-6, rope_theta=10_000.0, max_position_embeddings=32768),
-    "qwen3": dict(rms_norm_eps=1e-6, rope_theta=10_000.0, max_position_embeddings=32768),
-}
+# Defaults of the transformers config classes (the same in every family), for keys a
+# config.json may leave out; max_position_embeddings differs: each family has its own.
+DEFAULT_RMS_NORM_EPS = 1e-6
+DEFAULT_ROPE_THETA = 10_000.0
 # Shape fields a workbench record must agree on with the Hugging Face keys beside it.
 _SHAPE_FIELDS = (
     "vocab_size", "d_model", "num_layers", "num_heads", "kv_heads", "d_ff", "tie_embeddings",
@@ -44,10 +43,10 @@ def _require(hf: dict, key: str, where: str):
     return hf[key]
 
 
-def _rope(hf: dict, model_type: str, where: str) -> tuple[float, Optional[RopeScaling]]:
+def _rope(hf: dict, where: str) -> tuple[float, Optional[RopeScaling]]:
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta", _DEFAULTS[model_type]["rope_theta"]))
+    theta = params.get("rope_theta", hf.get("rope_theta", DEFAULT_ROPE_THETA))
     merged = {**params, **scaling}  # a transformers 4 rope_scaling wins over a default rope_parameters
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -69,22 +68,12 @@ def _rope(hf: dict, model_type: str, where: str) -> tuple[float, Optional[RopeSc
 
 
 def model_config_from_hf(hf: dict[str, Any], *, where: str = "config.json") -> ModelConfig:
-    """The architecture of a Hugging Face Llama/Qwen2/Qwen3 config as a ModelConfig
+    """The architecture of a Hugging Face config of a supported family as a ModelConfig
     (causal attention, float32 compute; pass a workbench record through `apply_workbench_record`)."""
-    model_type = hf.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"{where}: model_type={model_type!r} (architectures={hf.get('architectures')}) is not supported; "
-            f"supported: {sorted(ARCHITECTURES)} (Llama 2/3, SmolLM/SmolLM2, TinyLlama, Qwen2/2.5, Qwen3)"
-        )
+    family = family_of(hf, where=where)
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedConfigError(f"{where}: hidden_act={act!r}; only 'silu' (SwiGLU) is supported")
-    if model_type in ("llama", "qwen3") and hf.get("attention_bias", False):
-        raise UnsupportedConfigError(
-            f"{where}: attention_bias=true (biases on q/k/v/o) is not supported for {model_type}; "
-            f"supported: no biases, or Qwen2's q/k/v biases"
-        )
     if hf.get("mlp_bias", False):
         raise UnsupportedConfigError(f"{where}: mlp_bias=true is not supported; supported: MLPs without biases")
     if hf.get("use_sliding_window", False) or "sliding_attention" in (hf.get("layer_types") or []):
@@ -97,10 +86,7 @@ def model_config_from_hf(hf: dict[str, Any], *, where: str = "config.json") -> M
         )
     d_model = int(_require(hf, "hidden_size", where))
     num_heads = int(_require(hf, "num_attention_heads", where))
-    head_dim = hf.get("head_dim")
-    if model_type == "qwen2" and head_dim not in (None, d_model // num_heads):
-        raise UnsupportedConfigError(f"{where}: qwen2 with head_dim={head_dim} != hidden_size/num_attention_heads")
-    theta, scaling = _rope(hf, model_type, where)
+    theta, scaling = _rope(hf, where)
     return ModelConfig(
         vocab_size=int(_require(hf, "vocab_size", where)),
         d_model=d_model,
@@ -108,17 +94,15 @@ def model_config_from_hf(hf: dict[str, Any], *, where: str = "config.json") -> M
         num_heads=num_heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
         d_ff=int(_require(hf, "intermediate_size", where)),
-        max_len=int(hf.get("max_position_embeddings", _DEFAULTS[model_type]["max_position_embeddings"])),
+        max_len=int(hf.get("max_position_embeddings", family.max_position_embeddings)),
         attention="causal",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         rope_theta=theta,
-        norm_eps=_float32_value(hf.get("rms_norm_eps", _DEFAULTS[model_type]["rms_norm_eps"])),
+        norm_eps=_float32_value(hf.get("rms_norm_eps", DEFAULT_RMS_NORM_EPS)),
         dtype="float32",
-        head_dim_override=None if head_dim in (None, d_model // num_heads) else int(head_dim),
-        qkv_bias=model_type == "qwen2",
-        qk_norm=model_type == "qwen3",
         rope_scaling=scaling,
         scale_logits=False,
+        **family.config_fields(hf, d_model, num_heads, where),
     )
 
 
@@ -139,32 +123,19 @@ def apply_workbench_record(config: ModelConfig, hf: dict[str, Any], *, where: st
     return recorded
 
 
-def model_type_for(config: ModelConfig) -> str:
-    """The Hugging Face architecture that runs `config` exactly."""
-    if config.arch != "decoder":
-        raise UnsupportedConfigError("only decoder-only models can be exported as Hugging Face causal LMs")
+def hf_config_from_model(config: ModelConfig, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A config.json for `config` (plus `extra` keys such as token ids) with the workbench record."""
+    family = family_for(config)
     if config.scale_logits:
         raise UnsupportedConfigError(
             "this model scales its logits by d_model**-0.5 (scale_logits=True, the workbench's from-scratch "
-            "convention), which Llama/Qwen configs cannot express; only imported models (scale_logits=False) "
+            "convention), which Hugging Face configs cannot express; only imported models (scale_logits=False) "
             "and models converted from them can be exported"
         )
-    if config.qkv_bias and config.qk_norm:
-        raise UnsupportedConfigError("qkv_bias together with qk_norm matches no Hugging Face architecture (Qwen2 or Qwen3)")
-    if config.qkv_bias:
-        if config.head_dim_override is not None:
-            raise UnsupportedConfigError("Qwen2 (qkv_bias) has no head_dim field: head_dim_override must be None")
-        return "qwen2"
-    return "qwen3" if config.qk_norm else "llama"
-
-
-def hf_config_from_model(config: ModelConfig, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """A config.json for `config` (plus `extra` keys such as token ids) with the workbench record."""
-    model_type = model_type_for(config)
     scaling = config.rope_scaling
     hf = {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
+        "architectures": [family.hf_class],
+        "model_type": family.model_type,
         "hidden_size": config.d_model,
         "intermediate_size": config.d_ff,
         "num_hidden_layers": config.num_layers,
@@ -185,13 +156,7 @@ def hf_config_from_model(config: ModelConfig, extra: Optional[dict[str, Any]] = 
         "vocab_size": config.vocab_size,
         "torch_dtype": "float32",
     }
-    if model_type != "qwen2":
-        hf["head_dim"] = config.head_dim
-        hf["attention_bias"] = False
-    if model_type == "llama":
-        hf["mlp_bias"] = False
-    else:
-        hf["use_sliding_window"] = False
+    hf.update(family.hf_fields(config))
     hf.update(extra or {})
     hf[WORKBENCH_KEY] = {"format": 1, "model_config": dataclasses.asdict(config)}
     return hf

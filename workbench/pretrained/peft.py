@@ -53,7 +53,7 @@ from workbench.pretrained.errors import (
     AdapterMismatchError,
     NotAnAdapterError,
 )
-from workbench.pretrained.naming import tensor_specs
+from workbench.pretrained.families import tensor_specs
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -14,6 +14,7 @@ from typing import Optional
 from workbench.data import Tokenizer
 from workbench.evaluation.runner import EvalConfig
 from workbench.models import ModelConfig, param_count
+from workbench.models.architectures import get_architecture
 from workbench.objectives.losses import LossConfig
 from workbench.objectives.pretraining import Objective
 from workbench.study.stages import (adapt, diffusion_loss_config, evaluate_model, finetune, loss_config, model_config,
@@ -27,7 +28,7 @@ def pretraining_attention(arch: str, loss_kind: str) -> str:
     or causal (an encoder-decoder's decoder); every diffusion process bidirectionally."""
     if loss_kind != "ar":
         return "bidirectional"
-    return "prefix_lm" if arch == "decoder" else "causal"
+    return get_architecture(arch).ar_attention
 
 
 @dataclasses.dataclass(frozen=True)
