@@ -13,8 +13,6 @@ from workbench.processes import UniformProcess, cross_entropy
 from workbench.objectives.pretraining import (
     SpanCorruptionConfig,
     lm_batch,
-    pack_sequences,
-    packed_lm_batch,
     random_spans_noise_mask,
     span_corrupt,
 )
@@ -59,13 +57,6 @@ def test_noise_mask_density_and_spans():
     assert not mask[0]  # T5 starts with a non-noise span
 
 
-def test_packing_restarts_positions_and_separates_segments():
-    tokens, segs, pos = pack_sequences([[1, 2, 3], [4, 5], [6, 7, 8, 9]], width=5, pad_id=0)
-    np.testing.assert_array_equal(tokens, [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]])
-    np.testing.assert_array_equal(segs, [[1, 1, 1, 2, 2], [1, 1, 1, 1, 0]])
-    np.testing.assert_array_equal(pos, [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
-
-
 def test_ar_loss_equals_hand_computed_cross_entropy():
     model = build_model(tiny(), 0)
     batch = lm_batch(np.array([[3, 4, 5, 6, 7, 8]]), np.array([2]), np.array([0]), pad_id=0)
@@ -80,8 +71,9 @@ def test_ar_loss_equals_hand_computed_cross_entropy():
 
 def test_packed_ar_loss_never_predicts_across_segments():
     model = build_model(tiny(), 0)
-    tokens, segs, pos = pack_sequences([[3, 4, 5], [6, 7]], width=5, pad_id=0)
-    batch = packed_lm_batch(tokens, segs, pos, np.array([0]), pad_id=0)
+    segs = np.array([[1, 1, 1, 2, 2]])  # two sequences in one row: [3, 4, 5] and [6, 7]
+    batch = lm_batch(np.array([[3, 4, 5, 6, 7]]), np.array([0]), np.array([0]), pad_id=0).replace(
+        segment_ids=segs, positions=np.array([[0, 1, 2, 0, 1]]))
     _, metrics = ar_loss(model, jax.tree.map(jnp.asarray, batch), None, LossConfig())
     assert float(metrics.target_tokens) == 3  # 4<-3, 5<-4, 7<-6; never 6<-5
 

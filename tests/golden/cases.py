@@ -16,7 +16,7 @@ from flax import nnx
 from workbench.models import build_model, get_preset
 from workbench.objectives.batch import seq2seq_batch
 from workbench.objectives.losses import LossConfig, loss_fn
-from workbench.objectives.pretraining import pack_sequences, packed_lm_batch
+from workbench.objectives.pretraining import lm_batch
 from workbench.sampling import ARSamplingConfig, DiffusionSamplingConfig, diffusion_sample, generate
 
 V = 48
@@ -37,10 +37,26 @@ def pairs_batch(n=4, seed=0, input_len=7, target_len=6, pad_targets=True):
 
 
 def packed_batch():
+    """Seven short sequences packed first-fit into rows of 16: segment ids, and positions that
+    restart in every sequence (the AR loss must not predict across a boundary). The trainer's
+    sources never pack (LMSource streams windows with no padding); this keeps the models'
+    segment-id path (`Batch.segment_ids`) recorded."""
     rng = np.random.default_rng(3)
     seqs = [list(rng.integers(4, V, size=int(rng.integers(2, 9)))) + [1] for _ in range(7)]
-    tokens, segments, positions = pack_sequences(seqs, 16, 0)
-    return packed_lm_batch(tokens, segments, positions, np.arange(len(tokens)), 0)
+    rows: list[list] = []
+    for seq in seqs:
+        row = next((r for r in rows if sum(map(len, r)) + len(seq) <= 16), None)
+        if row is None:
+            rows.append(row := [])
+        row.append(seq)
+    tokens, segments, positions = (np.zeros((len(rows), 16), np.int32) for _ in range(3))
+    for r, row in enumerate(rows):
+        n = sum(map(len, row))
+        tokens[r, :n] = np.concatenate(row)
+        segments[r, :n] = np.repeat(np.arange(1, len(row) + 1), [len(s) for s in row])
+        positions[r, :n] = np.concatenate([np.arange(len(s)) for s in row])
+    return lm_batch(tokens, np.zeros(len(rows), np.int32), np.arange(len(rows)), 0).replace(
+        target_mask=segments > 0, segment_ids=segments, positions=positions)
 
 
 # name -> (arch, attention, loss config, batch builder)

@@ -1,4 +1,4 @@
-"""Pretraining objectives on token streams: causal LM, prefix LM, T5 span corruption, packing.
+"""Pretraining objectives on token streams: causal LM, prefix LM, T5 span corruption.
 
 All host-side numpy, deterministic in an explicit `np.random.Generator` (the trainer
 seeds one per step from (seed, step), so data order survives a resume).
@@ -126,46 +126,3 @@ def span_corruption_batch(
         pad_targets=False,
     )
 
-
-def pack_sequences(
-    sequences: Sequence[Sequence[int]], width: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy first-fit packing of short sequences into rows of `width`.
-
-    Returns (tokens [R, width], segment_ids [R, width] with 0 for padding, positions
-    [R, width] restarting at 0 in every segment). Sequences longer than `width` raise."""
-    rows: list[list[list[int]]] = []
-    space: list[int] = []
-    for i, seq in enumerate(sequences):
-        if len(seq) > width:
-            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than the row width {width}")
-        for r, free in enumerate(space):
-            if free >= len(seq):
-                rows[r].append(list(seq))
-                space[r] -= len(seq)
-                break
-        else:
-            rows.append([list(seq)])
-            space.append(width - len(seq))
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    segments = np.zeros((len(rows), width), np.int32)
-    positions = np.zeros((len(rows), width), np.int32)
-    for r, row in enumerate(rows):
-        pos = 0
-        for s, seq in enumerate(row, start=1):
-            tokens[r, pos : pos + len(seq)] = seq
-            segments[r, pos : pos + len(seq)] = s
-            positions[r, pos : pos + len(seq)] = np.arange(len(seq))
-            pos += len(seq)
-    return tokens, segments, positions
-
-
-def packed_lm_batch(tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray, example_ids, pad_id: int) -> Batch:
-    """Causal-LM batch over packed rows: targets are every real token."""
-    batch = lm_batch(tokens, np.zeros(len(tokens), np.int32), example_ids, pad_id)
-    return batch.replace(
-        target_mask=segments > 0,
-        lengths=np.full(len(tokens), tokens.shape[1], np.int32),
-        segment_ids=segments,
-        positions=positions,
-    )

@@ -34,7 +34,8 @@ def _example_indices(step: int, batch_size: int, num_rows: int, seed: int) -> tu
 
 @dataclasses.dataclass
 class LMSource:
-    """Fixed-length windows of a token stream under a pretraining objective."""
+    """Fixed-length windows of a token stream under a pretraining objective. Every row is real
+    tokens (documents run on across rows, separated by EOS), so there is no padding to pack away."""
 
     stream: np.ndarray  # 1-D int32 token ids (documents joined with EOS)
     seq_len: int
