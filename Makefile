@@ -33,7 +33,13 @@ PYTHON := $(shell for c in python3.12 python3.13 python3; do \
     if [ -x $$p/bin/python3 ]; then echo $$p/bin/python3; exit 0; fi; done)
 endif
 
-.PHONY: help env demo test lab notebooks bench clean
+# The C++ CPU kernels (kernels/cpu/*.cc, XLA FFI custom calls such as the int8 decoding matmul),
+# compiled against the venv's jaxlib headers into one git-ignored library loaded on first use.
+CXX ?= g++
+CPU_KERNELS := build/kernels/libworkbench_cpu.so
+CPU_KERNEL_SOURCES := $(wildcard kernels/cpu/*.cc)
+
+.PHONY: help env cpu-kernels demo test lab notebooks bench clean
 help:
 	@echo "make demo       set up .venv if missing, then run notebooks/07_convert_pretrained.ipynb (SmolLM2-135M -> AR2Diff) -> runs/demo/"
 	@echo "                (make demo DEMO=00_quickstart: the from-scratch tiny pipeline)"
@@ -41,8 +47,16 @@ help:
 	@echo "make lab        JupyterLab with the '$(KERNEL_NAME)' kernel"
 	@echo "make notebooks  run every notebook at its default (CPU) scale -> runs/<notebook>/"
 	@echo "make bench      model and kernel benchmarks (tables printed, JSON under runs/bench/)"
+	@echo "make cpu-kernels  (re)build the C++ CPU kernels -> $(CPU_KERNELS) (part of make env)"
 
-env: $(STAMP)
+env: $(STAMP) $(CPU_KERNELS)
+
+cpu-kernels: $(CPU_KERNELS)
+
+$(CPU_KERNELS): $(CPU_KERNEL_SOURCES) $(STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) -O3 -std=c++17 -shared -fPIC -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
+	  $(CPU_KERNEL_SOURCES) -o $@
 
 $(STAMP): pyproject.toml setup.py Makefile
 	@if [ -z "$(PYTHON)" ]; then \
@@ -58,7 +72,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	@touch $(STAMP)
 
 DEMO ?= 07_convert_pretrained
-demo: $(STAMP)
+demo: $(STAMP) $(CPU_KERNELS)
 	$(PY) -m workbench.notebook_runner $(DEMO) --out runs/demo/$(DEMO)
 
 # One pytest process per group of test files: every compiled XLA executable keeps a few memory
@@ -66,7 +80,7 @@ demo: $(STAMP)
 # (vm.max_map_count; tests/test_kernels.py alone leaves ~6,800), where XLA's CPU compiler
 # segfaulted. Each group runs even when an earlier one fails; the exit status says if any did.
 TEST_GROUPS := tests/test_[a-j]*.py tests/test_[k-o]*.py tests/test_[p-z]*.py
-test: $(STAMP)
+test: $(STAMP) $(CPU_KERNELS)
 	@status=0; for group in $(foreach g,$(TEST_GROUPS),"$(g)"); do \
 	  echo "== pytest $$group"; $(PY) -m pytest $(PYTEST_ARGS) $$group || status=1; \
 	done; exit $$status
@@ -74,11 +88,11 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-notebooks: $(STAMP)
+notebooks: $(STAMP) $(CPU_KERNELS)
 	$(PY) -m workbench.notebook_runner all
 
-bench: $(STAMP)
+bench: $(STAMP) $(CPU_KERNELS)
 	$(PY) -m workbench.benchmarks.run --out runs/bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs .pytest_cache .hypothesis build/kernels

@@ -83,14 +83,20 @@ class LoRALinear(nnx.Module):
         y = jnp.dot(x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        gate = current_gate()
-        if gate is False:
-            return y
-        delta = jnp.dot(jnp.dot(x, self.lora_a[...].astype(self.dtype)), self.lora_b[...].astype(self.dtype))
-        delta = delta * jnp.asarray(self.scale, self.dtype)
-        if gate is not None and gate is not True:
-            delta = delta * gate.astype(self.dtype)[..., None]
-        return y + delta
+        return add_adapter(y, x, self.lora_a[...], self.lora_b[...], self.scale, self.dtype)
+
+
+def add_adapter(y: jax.Array, x: jax.Array, lora_a, lora_b, scale: float, dtype) -> jax.Array:
+    """y + gate * scale * (x @ A) @ B under the current `adapter_gate` (y itself when it is off): the
+    adapter term of `LoRALinear`, shared with the int8 base of `workbench.models.quantized`."""
+    gate = current_gate()
+    if gate is False:
+        return y
+    delta = jnp.dot(jnp.dot(x, lora_a.astype(dtype)), lora_b.astype(dtype))
+    delta = delta * jnp.asarray(scale, dtype)
+    if gate is not None and gate is not True:
+        delta = delta * gate.astype(dtype)[..., None]
+    return y + delta
 
 
 def freeze_base(model: nnx.Module, config: LoRAConfig) -> None:

@@ -1,0 +1,68 @@
+"""Finding, loading and registering the C++ kernel library (once per process, on first use)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import jax
+
+SOURCE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SOURCE_DIR.parent.parent
+# WORKBENCH_CPU_KERNELS names another build of the library (e.g. one built outside the checkout).
+LIBRARY_PATH = Path(os.environ.get("WORKBENCH_CPU_KERNELS", REPO_ROOT / "build" / "kernels" / "libworkbench_cpu.so"))
+BUILD_COMMAND = "make cpu-kernels"  # also run by `make env`
+DEFAULT_MIN_PARALLEL_WORK = 1 << 22  # as int8_matmul.cc's min_parallel_work
+TARGETS = {"workbench_int8_matmul": "WorkbenchInt8Matmul"}  # FFI target name -> exported handler symbol
+
+_lock = threading.Lock()
+_library = None
+
+
+class KernelLibraryMissing(RuntimeError):
+    """The compiled kernel library is absent or older than its sources."""
+
+
+def _check_fresh(path: Path) -> None:
+    if not path.is_file():
+        raise KernelLibraryMissing(
+            f"the CPU kernel library {path} does not exist, so the int8 decoding path cannot run (it never "
+            f"falls back to float32); build it with `{BUILD_COMMAND}` (or `make env`) in {REPO_ROOT} "
+            f"(needs g++ and the venv's jaxlib headers)")
+    stale = [src.name for src in SOURCE_DIR.glob("*.cc") if src.stat().st_mtime > path.stat().st_mtime]
+    if stale and "WORKBENCH_CPU_KERNELS" not in os.environ:
+        raise KernelLibraryMissing(
+            f"the CPU kernel library {path} is older than its sources ({', '.join(sorted(stale))}); rebuild it "
+            f"with `{BUILD_COMMAND}` in {REPO_ROOT}")
+
+
+def load_library() -> ctypes.CDLL:
+    """The loaded library, its FFI targets registered with XLA for the CPU platform."""
+    global _library
+    with _lock:
+        if _library is None:
+            _check_fresh(LIBRARY_PATH)
+            library = ctypes.CDLL(str(LIBRARY_PATH))
+            for target, symbol in TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+            library.workbench_int8_force_portable.argtypes = [ctypes.c_int]
+            library.workbench_int8_set_min_parallel_work.argtypes = [ctypes.c_int64]
+            _library = library
+        return _library
+
+
+def has_avx512() -> bool:
+    """Whether the kernels take their AVX-512 path on this CPU (else the portable loop)."""
+    return bool(load_library().workbench_int8_has_avx512())
+
+
+def force_portable(on: bool) -> None:
+    """Run the portable path even where AVX-512 is available (tests check both paths)."""
+    load_library().workbench_int8_force_portable(int(on))
+
+
+def set_min_parallel_work(work: int) -> None:
+    """Split products of at least `work` multiply-adds (M * N * K) over XLA's thread pool (0: every one)."""
+    load_library().workbench_int8_set_min_parallel_work(int(work))
