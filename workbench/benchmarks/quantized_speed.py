@@ -1,0 +1,261 @@
+"""Int8 weights against float32 for KV-cached decoding of SmolLM2-135M on the CPU (issue 22: batch-1 AR
+itself faster, against the best AR this workbench can do, with llama.cpp's figure beside it).
+
+Rows, per batch size and new-token budget, on the chat-templated held-out prompts of
+`workbench.benchmarks.speculative_speed`, timed in the same run with the repeats interleaved
+(float32, int8, speculative, float32, ...) so load changes hit every row alike; median of
+`repeats` after one compiling call per row:
+
+- **float32 AR**: `workbench.sampling.ar.generate`, greedy, on the imported model; every other
+  row's time is a ratio to this one (`time_vs_f32`, `speedup_vs_f32`);
+- **int8 AR**: the same sampler on `quantize_for_decoding(model)` (`workbench.models.quantized`),
+  with its greedy token agreement with float32 AR (positional, `token_sequence_scores`) and the
+  fraction of outputs identical to it;
+- **int8 self-speculation**: `speculative_generate` (verified, greedy) on the int8 copy of the
+  drafter (the shipped adapter on top of the int8 base), with `equals_int8_ar`: 1.0 by construction.
+
+`ms_per_token` is a repeat's time over the tokens each row generated (prompt processing included;
+at batch 1 the prompts run one at a time). The **step table** times one cached decoding pass of n
+positions (n = 1, and the verify pass's block size) against `context` cached tokens, float32 and
+int8, without the prompt: the per-token cost the int8 weights change. llama.cpp's figure (Q4_1 GGUF,
+2 threads, the same machine idle, measured for issue 22; not rerun here) is printed beside it.
+
+    python -m workbench.benchmarks.quantized_speed --out runs/bench   # ~5 min on the loaded 2-core CPU
+    python -m workbench.benchmarks.quantized_speed --out runs/bench --batch 1 --lengths 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from workbench.benchmarks.speculative_speed import (Ids, _cut, _groups, _pass_fn, chat_prompt_ids, load_load,
+                                                    smollm2_models)
+from workbench.config import save_json
+from workbench.evaluation.metrics import token_sequence_scores
+from workbench.models.quantized import quantize_for_decoding, quantized_bytes
+from workbench.sampling.ar import ARSamplingConfig, generate
+from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
+
+METHODS = ("f32_ar", "int8_ar", "int8_speculative")
+LABELS = {"f32_ar": "float32 AR (KV cache)", "int8_ar": "int8 AR (KV cache)",
+          "int8_speculative": "int8 self-speculation"}
+LLAMA_CPP = {"ms_per_token": 10.5, "what": "llama.cpp, SmolLM2-135M-Instruct Q4_1 GGUF, 2 threads, batch 1, "
+                                          "this machine idle (issue 22; not rerun here)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedSpeedConfig:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    lengths: tuple[int, ...] = (32, 64)  # max new tokens (generation stops at EOS)
+    block_size: int = 4  # self-speculation's block (the shipped drafter was trained at 4)
+    repeats: int = 3
+    batch1_prompts: int = 4  # prompts decoded one at a time at batch 1 (batch b > 1: b prompts, one batch)
+    max_prompt_tokens: int = 96
+    step_positions: tuple[int, ...] = (1, 4)  # the step table: one decoding step, one verify pass
+    context: int = 100  # cached tokens the timed steps attend to
+    step_repeats: int = 15
+    stop_at_eos: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.lengths or min(self.lengths) < 1:
+            raise ValueError(f"batch_sizes={self.batch_sizes} and lengths={self.lengths} must be positive")
+        SpeculativeConfig(block_size=self.block_size)
+        if min(self.repeats, self.batch1_prompts, self.step_repeats, self.context) < 1:
+            raise ValueError("repeats, batch1_prompts, step_repeats and context must be >= 1")
+
+
+def interleaved(runs: dict[str, Callable], groups, repeats: int) -> dict[str, tuple[list[float], list]]:
+    """{name: (seconds of each repeat, the last repeat's outputs)}: one compiling call each, then
+    `repeats` rounds, each timing every run once over all groups (so a load change hits them all)."""
+    for run in runs.values():
+        jax.block_until_ready(run(*groups[0]))
+    result = {name: ([], None) for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started, outputs = time.perf_counter(), []
+            for group in groups:
+                outputs.append(jax.block_until_ready(run(*group)))
+            result[name][0].append(time.perf_counter() - started)
+            result[name] = (result[name][0], outputs)
+    return result
+
+
+def decode_rows(config: QuantizedSpeedConfig, models: dict, prompts: list[list[int]], ids: Ids,
+                progress: bool = True) -> pd.DataFrame:
+    """The float32 AR, int8 AR and int8 self-speculation rows (see the module docstring). `models`:
+    {"f32": AR model, "int8": its int8 copy, "int8_drafter": the drafter's int8 copy}."""
+    eos = ids.eos if config.stop_at_eos else None
+    stops = {ids.pad} | ({eos} if eos is not None else set())
+    width = -(-max(len(p) for p in prompts) // 16) * 16
+    rows = []
+    for batch in config.batch_sizes:
+        count = config.batch1_prompts if batch == 1 else batch
+        if count > len(prompts):
+            raise ValueError(f"batch {batch} needs {count} prompts; {len(prompts)} given")
+        groups = _groups(prompts[:count], batch, ids.pad, width)
+        for length in sorted(config.lengths):
+            ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, pad_id=ids.pad,
+                                  eos_id=-1 if eos is None else eos)
+            spec = SpeculativeConfig(block_size=config.block_size, max_new_tokens=length, eos_id=eos,
+                                     pad_id=ids.pad, mask_id=ids.mask)
+            runs = {"f32_ar": lambda p, n: generate(models["f32"], p, n, ar),
+                    "int8_ar": lambda p, n: generate(models["int8"], p, n, ar),
+                    "int8_speculative": lambda p, n: speculative_generate(models["int8_drafter"], p, n, spec)}
+            timed = interleaved(runs, groups, config.repeats)
+            tokens = {m: np.concatenate([np.asarray(o.tokens) for o in timed[m][1]]) for m in METHODS}
+            f32_refs = [_cut(r, stops) for r in tokens["f32_ar"]]
+            int8_refs = [_cut(r, stops) for r in tokens["int8_ar"]]
+            for method in METHODS:
+                times, outputs = timed[method]
+                lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
+                median = statistics.median(times)
+                row = {"method": method, "label": LABELS[method], "batch_size": batch, "prompts": count,
+                       "length": length, "seconds": median, "seconds_min": min(times), "seconds_max": max(times),
+                       "new_tokens": float(lengths.mean()), "tokens_per_s": float(lengths.sum()) / median,
+                       "ms_per_token": 1e3 * median * batch / max(float(lengths.sum()), 1.0)}
+                if method != "f32_ar":
+                    scores = token_sequence_scores(tokens[method], f32_refs, stops)
+                    row["agreement_with_f32"] = scores["token_accuracy"]
+                    row["exact_with_f32"] = scores["exact_match"]
+                if method == "int8_speculative":
+                    iterations = np.concatenate([np.asarray(o.iterations) for o in outputs])
+                    row["tokens_per_iteration"] = float(lengths.sum() / max(iterations.sum(), 1))
+                    row["equals_int8_ar"] = token_sequence_scores(tokens[method], int8_refs, stops)["exact_match"]
+                rows.append(row)
+                if progress:
+                    print(f"batch {batch} length {length:>4} {LABELS[method]:<24} {median * 1e3:9.1f} ms "
+                          f"(load {load_load()[0]})", file=sys.stderr, flush=True)
+    return with_ratios(pd.DataFrame(rows))
+
+
+def with_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's time as a ratio to float32 AR of the same batch size and length (same run)."""
+    table = table.copy()
+    base = table[table["method"] == "f32_ar"].set_index(["batch_size", "length"])
+    keys = list(zip(table["batch_size"], table["length"]))
+    table["time_vs_f32"] = [s / base.loc[k, "seconds"] for k, s in zip(keys, table["seconds"])]
+    table["speedup_vs_f32"] = 1.0 / table["time_vs_f32"]
+    return table
+
+
+def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
+    """Median ms of one cached forward pass (logits included) of n positions against `context` cached
+    tokens, float32 and int8 alternating, per batch size; int8 as a ratio to float32."""
+    rng = np.random.default_rng(config.seed)
+    vocab = models["f32"].config.vocab_size
+    passes = {name: _pass_fn(models[name]) for name in ("f32", "int8")}
+    rows = []
+    for batch in config.batch_sizes:
+        prompt = jnp.asarray(rng.integers(4, vocab, size=(batch, config.context)), jnp.int32)
+        start = jnp.full((batch,), config.context, jnp.int32)
+        for n in sorted(config.step_positions):
+            tokens = jnp.asarray(rng.integers(4, vocab, size=(batch, n)), jnp.int32)
+            calls = {}
+            for name, (cached_pass, state) in passes.items():
+                cache = models[name].init_cache(batch, config.context + max(config.step_positions))
+                _, cache = cached_pass(state, prompt, jnp.zeros((batch,), jnp.int32), cache)
+                calls[name] = (lambda f, s, c: lambda: jax.block_until_ready(f(s, tokens, start, c)[0]))(
+                    cached_pass, state, cache)
+                calls[name]()
+            times = {name: [] for name in calls}
+            for _ in range(config.step_repeats):
+                for name, call in calls.items():
+                    started = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - started)
+            f32, int8 = (1e3 * statistics.median(times[k]) for k in ("f32", "int8"))
+            rows.append({"batch_size": batch, "positions": n, "f32_ms": f32, "int8_ms": int8,
+                         "f32_min_ms": 1e3 * min(times["f32"]), "int8_min_ms": 1e3 * min(times["int8"]),
+                         "int8_speedup": f32 / int8, "load": load_load()[0]})
+    return pd.DataFrame(rows)
+
+
+def run(config: QuantizedSpeedConfig, *, adapter=None, out_dir=None, progress: bool = True) -> dict:
+    """Load SmolLM2-135M and the drafter (`speculative_speed.smollm2_models`), quantize both, time the rows and
+    the step table; writes quantized_speed.json to `out_dir`. Returns {"rows", "steps": DataFrames, "payload"}."""
+    from workbench.kernels.cpu import has_avx512
+
+    ar_model, drafter, tokenizer, ids, source = smollm2_models(adapter)
+    models = {"f32": ar_model, "int8": quantize_for_decoding(ar_model), "int8_drafter": quantize_for_decoding(drafter)}
+    count = max(config.batch1_prompts if b == 1 else b for b in config.batch_sizes)
+    prompts = chat_prompt_ids(tokenizer, count, config.max_prompt_tokens, config.seed)
+    load_before = load_load()
+    rows = decode_rows(config, models, prompts, ids, progress)
+    steps = step_costs(config, models)
+    device = jax.devices()[0]
+    payload = {"config": dataclasses.asdict(config), "model": "smollm2-135m", "drafter": source,
+               "device": {"platform": device.platform, "kind": device.device_kind}, "avx512": has_avx512(),
+               "load_average": {"before": load_before, "after": load_load()}, "jax": jax.__version__,
+               "weight_bytes": {"f32": int(sum(x.nbytes for x in jax.tree.leaves(_params(ar_model)))),
+                                "int8": quantized_bytes(models["int8"])},
+               "prompt_tokens": [len(p) for p in prompts], "llama_cpp": LLAMA_CPP,
+               "rows": rows.to_dict(orient="records"), "steps": steps.to_dict(orient="records")}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_json(out_dir / "quantized_speed.json", payload)
+    return {"rows": rows, "steps": steps, "payload": payload}
+
+
+def _params(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+ROW_COLUMNS = ["label", "batch_size", "length", "new_tokens", "seconds", "ms_per_token", "tokens_per_s", "time_vs_f32",
+               "speedup_vs_f32", "agreement_with_f32", "exact_with_f32", "tokens_per_iteration", "equals_int8_ar"]
+
+
+def format_tables(result: dict) -> str:
+    payload = result["payload"]
+    rows = result["rows"]
+    fmt = lambda v: f"{v:.4g}"
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        return "\n".join([
+            f"model {payload['model']}, drafter: {payload['drafter']}; device {payload['device']['kind']} "
+            f"(AVX-512 kernel path: {payload['avx512']}); load average before {payload['load_average']['before']}, "
+            f"after {payload['load_average']['after']}",
+            rows[[c for c in ROW_COLUMNS if c in rows.columns]].to_string(index=False, float_format=fmt),
+            f"\none cached decoding pass of n positions against {payload['config']['context']} cached tokens "
+            f"(ms, median of {payload['config']['step_repeats']}, float32 and int8 alternating)",
+            result["steps"].to_string(index=False, float_format=fmt),
+            f"\nllama.cpp: {payload['llama_cpp']['ms_per_token']} ms per token ({payload['llama_cpp']['what']})"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    defaults = QuantizedSpeedConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--adapter", default=None, help="a saved drafter adapter folder (default: the shipped one "
+                                                        "if present, else a fresh zero adapter)")
+    parser.add_argument("--batch", type=int, nargs="+", default=list(defaults.batch_sizes))
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths))
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--batch1-prompts", type=int, default=defaults.batch1_prompts)
+    parser.add_argument("--step-repeats", type=int, default=defaults.step_repeats)
+    parser.add_argument("--no-eos", action="store_true", help="never stop at EOS (every row generates --lengths)")
+    args = parser.parse_args(argv)
+    config = QuantizedSpeedConfig(batch_sizes=tuple(args.batch), lengths=tuple(args.lengths), repeats=args.repeats,
+                                  batch1_prompts=args.batch1_prompts, step_repeats=args.step_repeats,
+                                  stop_at_eos=not args.no_eos)
+    result = run(config, adapter=args.adapter, out_dir=args.out)
+    print(format_tables(result))
+    print(f"wrote {Path(args.out) / 'quantized_speed.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
