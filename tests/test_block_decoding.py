@@ -7,7 +7,9 @@ import pytest
 from workbench.models import ModelConfig, build_model
 from workbench.models.transformer import with_attention
 from workbench.objectives.batch import seq2seq_batch
+from workbench.processes import RandomOrder, get_policy
 from workbench.sampling.block import BlockSamplingConfig, block_sample
+from workbench.sampling.block_cache import block_denoiser
 
 V, B = 50, 4
 
@@ -34,8 +36,8 @@ CASES = [("absorbing", None, 0.0, False), ("absorbing", "threshold", 0.0, False)
 @pytest.mark.parametrize("process, policy, temperature, shift_targets", CASES)
 def test_cached_block_decoding_equals_full_recomputation(process, policy, temperature, shift_targets):
     model, batch = block_model(shift_targets=shift_targets), batch_of(5)
-    cfg = BlockSamplingConfig(steps_per_block=3, temperature=temperature, process=process, policy=policy,
-                              threshold=0.05, eos_id=None)
+    cfg = BlockSamplingConfig(num_steps=3, temperature=temperature, process=process,
+                              policy=None if policy is None else get_policy(policy, threshold=0.05), eos_id=None)
     cached = block_sample(model, batch, cfg, jax.random.key(3))
     full = block_sample(model, batch, BlockSamplingConfig(**{**cfg.__dict__, "cache": False}), jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(cached.tokens), np.asarray(full.tokens))
@@ -49,7 +51,7 @@ def test_cached_block_decoding_equals_full_recomputation(process, policy, temper
 def test_a_block_sees_the_blocks_before_it_and_not_after():
     """Changing block 1's committed tokens changes block 2's logits, not block 0's."""
     model, batch = block_model(), batch_of(2, seed=4)
-    den = model.block_denoiser(jax.tree.map(np.asarray, batch), 12, cache=False)
+    den = block_denoiser(model, jax.tree.map(np.asarray, batch), 12, cache=False)
     canvas = np.full((2, B), 3, np.int32)
     rows = np.asarray(den.state).copy()
     state_a = den.commit(den.commit(rows, 0, canvas + 5), 1, canvas + 6)
@@ -60,7 +62,7 @@ def test_a_block_sees_the_blocks_before_it_and_not_after():
 
 def test_example_decodes_the_same_alone_or_in_a_batch():
     model, batch = block_model(), batch_of(6, seed=1)
-    cfg = BlockSamplingConfig(steps_per_block=2, temperature=0.9, process="absorbing", policy="random", num_samples=2)
+    cfg = BlockSamplingConfig(num_steps=2, temperature=0.9, process="absorbing", policy=RandomOrder(), num_samples=2)
     full = block_sample(model, batch, cfg, jax.random.key(1))
     for i in (0, 4):
         alone = block_sample(model, jax.tree.map(lambda x: x[i : i + 1], batch), cfg, jax.random.key(1))
@@ -73,7 +75,7 @@ def test_several_samples_keep_the_one_with_the_lowest_mean_nll_of_its_text():
     mean -log p over its text (checked by hand on the single decode and on the kept one); the
     kept sample is the argmin."""
     model, batch = block_model(), batch_of(4, seed=3)
-    one = BlockSamplingConfig(steps_per_block=2, temperature=1.0, process="uniform", eos_id=7)
+    one = BlockSamplingConfig(num_steps=2, temperature=1.0, process="uniform", eos_id=7)
     single = block_sample(model, batch, one, jax.random.key(5))
     several = block_sample(model, batch, BlockSamplingConfig(**{**one.__dict__, "num_samples": 3}), jax.random.key(5))
 
@@ -94,7 +96,7 @@ def test_several_samples_keep_the_one_with_the_lowest_mean_nll_of_its_text():
 
 def test_an_example_stops_at_the_block_holding_eos():
     model, batch = block_model(), batch_of(3, seed=2)
-    base = BlockSamplingConfig(steps_per_block=4, temperature=0.0, eos_id=None)
+    base = BlockSamplingConfig(num_steps=4, temperature=0.0, eos_id=None)
     free = np.asarray(block_sample(model, batch, base).tokens)
     # Pretend the token example 0 wrote at position 5 (block 1) is EOS.
     eos = int(free[0, 5])
@@ -123,6 +125,11 @@ def test_bad_setups_are_refused():
         block_sample(block_model(), batch, BlockSamplingConfig(), target_len=10)
     with pytest.raises(ValueError, match="prefix_len=.* for example .* every block must fit"):
         block_sample(block_model(), batch, BlockSamplingConfig(), target_len=16)  # wider than the row's targets
+    encdec = build_model(ModelConfig(vocab_size=V, d_model=32, num_layers=1, num_heads=2, d_ff=64, dtype="float32",
+                                     arch="encoder_decoder", attention="bidirectional"), 0)
+    with pytest.raises(ValueError, match=r"EncoderDecoder \(arch='encoder_decoder'\) lacks \['make_mask'\].*"
+                                         r"arch='decoder'.*diffusion_sample"):
+        block_sample(encdec, batch, BlockSamplingConfig())
     with pytest.raises(ValueError, match="block_size"):
         ModelConfig(vocab_size=V, attention="block_causal")
     with pytest.raises(ValueError, match="block_size=4"):

@@ -10,6 +10,7 @@ from flax import nnx
 from workbench.models import ModelConfig, build_model
 from workbench.objectives.batch import seq2seq_batch
 from workbench.objectives.losses import LossConfig, loss_fn
+from workbench.sampling.block_cache import block_denoiser
 from workbench.training import TrainConfig, train
 from workbench.training.ar2diff import adaptation_config, ar2diff
 from workbench.training.logging import read_metrics
@@ -42,7 +43,7 @@ def test_training_logits_of_block_k_equal_decoding_block_k_after_clean_blocks(ca
     wide = jax.tree.map(lambda x: x, batch)
     pad = lambda x: jnp.pad(x, ((0, 0), (0, target_len - T)))
     wide = wide.replace(tokens=pad(batch.tokens), targets=pad(batch.targets))
-    den = model.block_denoiser(wide, target_len, cache=cache)
+    den = block_denoiser(model, wide, target_len, cache=cache)
     state = den.state
     prefix = np.asarray(batch.prefix_len)
     clean = np.asarray(batch.tokens)

@@ -176,7 +176,7 @@ def test_trained_models_rows_are_scored_on_their_own_outputs_of_the_eval_prompts
                                  ARSamplingConfig(max_new_tokens=8, eos_id=-1), jax.random.key(0)).tokens)
     batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts, [[]] * 3, input_len=4, target_len=8, pad_id=0))
     timed_block = decode_speed.benchmark_model(config, block_model)
-    block_out = np.asarray(block_sample(timed_block, batch, BlockSamplingConfig(steps_per_block=4, eos_id=None),
+    block_out = np.asarray(block_sample(timed_block, batch, BlockSamplingConfig(num_steps=4, eos_id=None),
                                         jax.random.key(0)).tokens)
 
     def cut(row):

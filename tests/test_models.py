@@ -290,3 +290,14 @@ def test_canvas_denoiser_gives_the_training_layout_s_logits_at_the_targets(arch,
     assert bool(jnp.all(jnp.take_along_axis(weights, at, axis=1) == 1))  # the canvas sits on the target weights
     want = jnp.take_along_axis(model.denoise(batch, tokens), at[:, :, None], axis=1)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_both_architectures_implement_the_denoiser_protocol_and_only_decoder_only_the_cached_row():
+    from workbench.models.denoiser import CachedRowDenoiser, Denoiser, missing
+
+    decoder = build_model(small_config(attention="bidirectional"), 0)
+    encdec = build_model(small_config(arch="encoder_decoder", attention="bidirectional"), 0)
+    assert isinstance(decoder, Denoiser) and isinstance(encdec, Denoiser)
+    assert isinstance(decoder, CachedRowDenoiser) and not isinstance(encdec, CachedRowDenoiser)
+    assert missing(decoder, CachedRowDenoiser) == [] and missing(encdec, CachedRowDenoiser) == ["make_mask"]
+    assert "canvas_denoiser" in missing(object(), Denoiser)

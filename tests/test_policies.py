@@ -7,7 +7,7 @@ import pytest
 
 from workbench.models import ModelConfig, build_model
 from workbench.objectives.batch import seq2seq_batch
-from workbench.processes import get_policy, get_process, policy_names
+from workbench.processes import LinearSchedule, ResampleAll, Threshold, get_policy, get_process, policy_names
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample, length_report, rerank_scores
 
 # Four positions over four tokens. By hand (natural log):
@@ -22,11 +22,12 @@ DRAW = jnp.zeros((1, 4), jnp.int32)  # the argmax of every row
 P = jnp.asarray(PROBS[..., 0])
 KEYS = jax.random.split(jax.random.key(0), 1)
 ALL_OPEN = jnp.ones((1, 4), bool)
+SCHEDULE = LinearSchedule()
 
 
 def select(name, step, num_steps, open_=ALL_OPEN, threshold=0.9, keys=KEYS):
-    policy = get_policy(name, threshold)
-    return np.asarray(policy.select(jnp.int32(step), num_steps, LOGITS, DRAW, P, open_, keys))[0].tolist()
+    policy = get_policy(name, threshold=threshold)
+    return np.asarray(policy.select(jnp.int32(step), num_steps, LOGITS, DRAW, P, open_, keys, SCHEDULE))[0].tolist()
 
 
 @pytest.mark.parametrize("name, expected", [("low_confidence", 0), ("margin", 1), ("entropy", 2)])
@@ -50,14 +51,17 @@ def test_threshold_commits_every_sure_position_and_at_least_one():
     assert select("threshold", 0, 4, open_, threshold=0.9) == [False, False, True, False]
     assert select("threshold", 3, 4, open_, threshold=0.9) == [False, True, True, True]  # budget's last step
     with pytest.raises(ValueError, match="threshold=1.5"):
-        get_policy("threshold", 1.5)
+        Threshold(threshold=1.5)
+    assert get_policy("threshold", threshold=0.5) == Threshold(0.5) and get_policy("margin", threshold=0.5).name == "margin"
+    with pytest.raises(ValueError, match="'treshold'.*threshold"):
+        get_policy("threshold", treshold=0.5)
 
 
 def test_random_order_ignores_the_logits_and_follows_the_key():
     picks = {tuple(select("random", 1, 4, keys=jax.random.split(jax.random.key(s), 1))) for s in range(12)}
     assert all(sum(p) == 2 for p in picks) and len(picks) > 1
     policy = get_policy("random")
-    flipped = policy.select(jnp.int32(1), 4, -LOGITS, DRAW, 1 - P, ALL_OPEN, KEYS)
+    flipped = policy.select(jnp.int32(1), 4, -LOGITS, DRAW, 1 - P, ALL_OPEN, KEYS, SCHEDULE)
     assert np.asarray(flipped)[0].tolist() == select("random", 1, 4)
 
 
@@ -71,7 +75,7 @@ def test_uniform_step_under_each_family():
     process = get_process("uniform", 4, special_ids=(), mask_id=3)
     canvas = jnp.asarray([[3, 3, 3, 3]], jnp.int32)
     none = jnp.zeros((1, 4), bool)
-    new, committed, p = process.step(jnp.int32(0), 2, canvas, none, LOGITS, KEYS, 0.0)  # resample_all
+    new, committed, p = process.step(jnp.int32(0), 2, canvas, none, LOGITS, KEYS, 0.0, ResampleAll())
     assert new.tolist() == [[0, 0, 0, 0]] and not committed.any()
     np.testing.assert_allclose(np.asarray(p), PROBS[..., 0], rtol=1e-6)
     # a commit policy freezes what it committed: position 0 keeps its old token; step 1 of 4
@@ -114,7 +118,8 @@ def _batch():
 @pytest.mark.parametrize("process, policy", [("absorbing", p) for p in ("random", "margin", "entropy", "threshold")]
                          + [("uniform", p) for p in ("low_confidence", "threshold", "renoise_entropy")])
 def test_every_policy_decodes_a_full_canvas(process, policy):
-    cfg = DiffusionSamplingConfig(num_samples=2, num_steps=3, temperature=0.5, process=process, policy=policy)
+    cfg = DiffusionSamplingConfig(num_samples=2, num_steps=3, temperature=0.5, process=process,
+                                  policy=get_policy(policy))
     out = diffusion_sample(_model(), _batch(), cfg, jax.random.key(1))
     traj = np.asarray(out.trajectory)
     if process == "absorbing":
@@ -127,8 +132,10 @@ def test_every_policy_decodes_a_full_canvas(process, policy):
 
 
 def test_unknown_policy_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="resample_all"):
-        DiffusionSamplingConfig(policy="greedy")
+    with pytest.raises(ValueError, match="'greedy'.*resample_all"):
+        get_policy("greedy")
+    with pytest.raises(ValueError, match="policy='threshold'.*Policy object.*get_policy"):
+        DiffusionSamplingConfig(policy="threshold")
     assert "threshold" in policy_names()
 
 

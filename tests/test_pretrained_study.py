@@ -58,7 +58,6 @@ def test_adapt_takes_a_model_in_memory(imported, tmp_path):
 def test_an_imported_model_becomes_a_block_diffusion_model_with_its_next_token_head(imported, tmp_path):
     """prepare_for_diffusion(attention='block_causal') keeps shift_targets; one adaptation step
     trains it; its block decoding of a chat prompt equals full recomputation."""
-    from workbench.data.special import diffusion_ids
     from workbench.objectives.batch import seq2seq_batch
     from workbench.sampling.block import BlockSamplingConfig, block_sample
 
@@ -73,8 +72,8 @@ def test_an_imported_model_becomes_a_block_diffusion_model_with_its_next_token_h
     assert result.model.config.block_size == 4 and result.model.config.shift_targets
     ids = pretrained_study.prompt_ids(ready.tokenizer, ["hi"])
     batch = seq2seq_batch(ids, [[]], input_len=len(ids[0]), target_len=8, pad_id=ready.tokenizer.specials.pad)
-    sampling = BlockSamplingConfig(steps_per_block=2, eos_id=None, pad_id=ready.tokenizer.specials.pad,
-                                   **diffusion_ids(ready.tokenizer, "absorbing", ready.config.vocab_size))
+    sampling = BlockSamplingConfig.for_tokenizer(ready.tokenizer, model_vocab_size=ready.config.vocab_size, num_steps=2,
+                                                 eos_id=None)
     cached = block_sample(result.model, batch, sampling, jax.random.key(0))
     full = block_sample(result.model, batch, BlockSamplingConfig(**{**sampling.__dict__, "cache": False}),
                         jax.random.key(0))

@@ -14,7 +14,7 @@ from workbench.objectives.batch import seq2seq_batch
 from workbench.objectives.losses import LossConfig
 from workbench.processes import (
     DiffusionProcess,
-    LinearSchedule,
+    LowConfidence,
     LossMetrics,
     cross_entropy,
     draw_tokens,
@@ -35,10 +35,11 @@ class FixedTokenProcess(DiffusionProcess):
     positions left to right, the schedule's share per step."""
 
     name: ClassVar[str] = "test_fixed_token"
+    default_policy: ClassVar = LowConfidence()  # unused: `step` commits left to right
 
     def corrupt(self, rng, clean_BxN, weights_BxN):
         rate_key, where_key = jax.random.split(rng)
-        rates = LinearSchedule.sample_rates(rate_key, clean_BxN.shape[0], 0.05)
+        rates = self.schedule.sample_rates(rate_key, clean_BxN.shape[0], 0.05)
         hit = (jax.random.uniform(where_key, clean_BxN.shape) < rates[:, None]) & (weights_BxN > 0)
         return jnp.where(hit, FIXED, clean_BxN), hit, rates
 
@@ -52,10 +53,10 @@ class FixedTokenProcess(DiffusionProcess):
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), FIXED, jnp.int32)
 
-    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy):
         logits = logits_BxNxV.at[..., FIXED].set(-jnp.inf)
         draw = draw_tokens(keys_B, logits, temperature)
-        commit = jnp.arange(canvas_BxN.shape[1])[None, :] < LinearSchedule.clean_count(step, num_steps, canvas_BxN.shape[1])
+        commit = jnp.arange(canvas_BxN.shape[1])[None, :] < self.schedule.clean_count(step, num_steps, canvas_BxN.shape[1])
         new = jnp.where(commit & (canvas_BxN == FIXED), draw, canvas_BxN)
         return new, new != FIXED, jnp.where(canvas_BxN == FIXED, token_probs(logits, draw), 1.0)
 

@@ -140,4 +140,4 @@ def test_block_decoding_with_shift_needs_a_prompt_token_before_the_first_block()
                          block_size=4, shift_targets=True, dtype="float32")
     batch = seq2seq_batch([[5, 6], []], [[], []], input_len=3, target_len=4, pad_id=0, pad_targets=True)
     with pytest.raises(ValueError, match="prefix_len >= 1"):
-        block_sample(build_model(config, 0), batch, BlockSamplingConfig(steps_per_block=2, eos_id=None))
+        block_sample(build_model(config, 0), batch, BlockSamplingConfig(num_steps=2, eos_id=None))

@@ -13,6 +13,7 @@ from workbench.data.special import MaskToken, ar_ids, diffusion_ids, never_sampl
 from workbench.objectives.losses import LossConfig
 from workbench.processes import get_process
 from workbench.sampling.ar import ARSamplingConfig
+from workbench.sampling.block import BlockSamplingConfig
 from workbench.sampling.diffusion import DiffusionSamplingConfig
 from workbench.viz.trajectory import token_label
 
@@ -45,8 +46,11 @@ def test_ids_come_from_the_tokenizer(tok):
     assert LossConfig.for_tokenizer(tok, "ar").pad_id == tok.specials.pad
     ar = ARSamplingConfig(**ar_ids(tok))
     assert (ar.eos_id, ar.pad_id) == (tok.specials.eos, tok.specials.pad)
-    sampling = DiffusionSamplingConfig(process="absorbing", **diffusion_ids(masked, "absorbing"))
-    assert sampling.mask_id == 400 and 400 in sampling.special_ids
+    sampling = DiffusionSamplingConfig.for_tokenizer(masked, process="absorbing", num_steps=3)
+    assert sampling.mask_id == 400 and 400 in sampling.special_ids and sampling.num_steps == 3
+    assert (sampling.eos_id, sampling.pad_id) == (tok.specials.eos, tok.specials.pad)
+    block = BlockSamplingConfig.for_tokenizer(masked, eos_id=None)  # the block sampler's default: absorbing
+    assert block.mask_id == 400 and block.eos_id is None
     assert never_sampled(tok, 402) == (*tok.specials.reserved, 400, 401)
 
 

@@ -19,7 +19,9 @@ T = TypeVar("T")
 def to_dict(config: Any) -> Any:
     """A JSON-ready copy of a (nested) dataclass config."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        fields = {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        registered = getattr(type(config), "name", None)  # a registered object (a policy, a process) says which
+        return {"name": registered, **fields} if isinstance(registered, str) and registered else fields
     if isinstance(config, (list, tuple)):
         return [to_dict(x) for x in config]
     if isinstance(config, dict):

@@ -51,6 +51,7 @@ from workbench.models import build_model, get_preset, param_count
 from workbench.models.transformer import with_attention, with_config
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.objectives.batch import seq2seq_batch
+from workbench.processes import get_policy
 from workbench.sampling.block import BlockSamplingConfig, block_sample
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 
@@ -110,9 +111,8 @@ class DecodeSpeedConfig:
         if min(self.block_sizes, default=1) < 1 or (self.block_steps is not None and self.block_steps < 1):
             raise ValueError(f"block_sizes={self.block_sizes} and block_steps={self.block_steps} must be >= 1")
         if self.block_sizes:
-            BlockSamplingConfig(policy=None, threshold=self.threshold)
             for policy in self.block_policies:
-                BlockSamplingConfig(policy=policy)
+                BlockSamplingConfig(policy=get_policy(policy, threshold=self.threshold))
         if self.diffusion_attention not in ("bidirectional", "prefix_diffusion"):
             raise ValueError(f"diffusion_attention={self.diffusion_attention!r}; expected 'bidirectional' or "
                              f"'prefix_diffusion'")
@@ -157,8 +157,8 @@ def block_decode_example(config: DecodeSpeedConfig, block_size: int, policy: str
     prompts = np.random.default_rng(config.seed).integers(4, model.config.vocab_size, size=(1, config.prompt_len))
     batch = jax.tree.map(jnp.asarray, seq2seq_batch(prompts.astype(np.int32).tolist(), [[]], input_len=config.prompt_len,
                                                     target_len=length, pad_id=0, pad_targets=True))
-    sampling = BlockSamplingConfig(steps_per_block=config.block_steps or block_size, policy=policy,
-                                   threshold=config.threshold, eos_id=None)
+    sampling = BlockSamplingConfig(num_steps=config.block_steps or block_size,
+                                   policy=get_policy(policy, threshold=config.threshold), eos_id=None)
     return block_sample(model, batch, sampling, jax.random.key(config.seed))
 
 
@@ -191,8 +191,9 @@ def _eval_prompts(config: DecodeSpeedConfig, eval_set: EvalSet, pad_id: int) -> 
 
 
 def _sampler_ids(tokenizer, process: str, vocab: int, pad_id: int) -> dict:
-    """The never-drawn, mask and pad ids a sampler of `process` takes (from the tokenizer, else defaults)."""
-    return {"pad_id": pad_id, **({} if tokenizer is None else diffusion_ids(tokenizer, process, vocab))}
+    """The never-drawn, mask and pad ids a sampler of `process` takes (from the tokenizer, else defaults);
+    no EOS, so every case decodes the whole length (equal output lengths)."""
+    return {"pad_id": pad_id, **({} if tokenizer is None else diffusion_ids(tokenizer, process, vocab)), "eos_id": None}
 
 
 def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None,
@@ -292,8 +293,8 @@ def run_decode_speed(config: DecodeSpeedConfig = DecodeSpeedConfig(), model=None
                     record("block", label, length, steps, 1, status=f"skipped (length not a multiple of {size})",
                            block_size=size, policy=policy)
                     continue
-                sampling = BlockSamplingConfig(steps_per_block=steps, policy=policy, threshold=config.threshold,
-                                               eos_id=None, process=block_process, temperature=config.temperature or 0.0,
+                sampling = BlockSamplingConfig(num_steps=steps, policy=get_policy(policy, threshold=config.threshold),
+                                               process=block_process, temperature=config.temperature or 0.0,
                                                **block_ids)
                 block_model = block_models.setdefault(size, with_attention(models["block"], "block_causal", size))
                 run = lambda m=block_model, s=sampling: block_sample(m, batch, s, key)

@@ -152,15 +152,21 @@ def ar_ids(tokenizer) -> dict:
 
 
 def diffusion_ids(tokenizer, process: str, model_vocab_size: Optional[int] = None) -> dict:
-    """The ids of `DiffusionSamplingConfig` (or of a process) for diffusion process `process`."""
-    from workbench.processes import get_process_class
-
-    return {"special_ids": never_sampled(tokenizer, model_vocab_size),
-            **mask_ids(tokenizer, get_process_class(process).uses_mask)}
+    """The ids of a diffusion sampler's config (`workbench.sampling.SamplerConfig.for_tokenizer`)
+    for diffusion process `process`: never drawn, mask, EOS and padding."""
+    return {**_noise_ids(tokenizer, process, model_vocab_size), **ar_ids(tokenizer)}
 
 
 def loss_ids(tokenizer, kind: str, model_vocab_size: Optional[int] = None) -> dict:
     """The ids of `LossConfig` for loss `kind` ('ar' or a diffusion process)."""
     if kind == "ar":
         return {"pad_id": tokenizer.specials.pad}
-    return {**diffusion_ids(tokenizer, kind, model_vocab_size), "pad_id": tokenizer.specials.pad}
+    return {**_noise_ids(tokenizer, kind, model_vocab_size), "pad_id": tokenizer.specials.pad}
+
+
+def _noise_ids(tokenizer, process: str, model_vocab_size: Optional[int]) -> dict:
+    """The ids a diffusion process is built from: never drawn as noise, and its mask token."""
+    from workbench.processes import get_process_class
+
+    return {"special_ids": never_sampled(tokenizer, model_vocab_size),
+            **mask_ids(tokenizer, get_process_class(process).uses_mask)}

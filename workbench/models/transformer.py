@@ -6,16 +6,19 @@ take one scalar per example and key padding is a length. The self-attention mask
 comes from ``config.attention``; it is data, so AR2Diff switches a trained causal model
 to bidirectional by changing the config and nothing else.
 
-Both models offer one denoiser interface, so losses and samplers never ask which
-architecture they hold: `target_view(batch)` and `denoise(batch, tokens)` (training
-layout), `teacher_forced(batch)` (the AR loss), `canvas_denoiser(batch, target_len)`
-(diffusion sampling, with what can be computed once: the prompt's KV cache or the
-cross-attention keys/values) and `check_ar_decoding` / `start_decoding` (KV-cached AR).
+Both models implement one denoiser interface (`workbench.models.denoiser.Denoiser`), so
+losses and samplers never ask which architecture they hold: `target_view(batch)` and
+`denoise(batch, tokens)` (training layout), `teacher_forced(batch)` (the AR loss),
+`canvas_denoiser(batch, target_len)` (diffusion sampling, with what can be computed once:
+the prompt's KV cache or the cross-attention keys/values) and `check_ar_decoding` /
+`start_decoding` (KV-cached AR). `DecoderOnly` is also a `CachedRowDenoiser`
+(`make_mask`, `init_cache`, `forward_cached`), the one cached forward block decoding
+(`workbench.sampling.block_cache`) is built on.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,25 +27,9 @@ from flax import nnx
 
 from workbench.attention import AttentionMask, mask_for_kind
 from workbench.models.config import ModelConfig
+from workbench.models.denoiser import CanvasDenoiser
 from workbench.models.layers import Attention, GatedMLP, KVCache, RMSNorm, compute_dtype
 from workbench.models.lora import Frozen, LoRAParam, current_gate, freeze_base
-
-CanvasDenoiser = Callable[[jax.Array], jax.Array]  # target canvas [B, Tt] -> target logits [B, Tt, V]
-
-
-class BlockDenoiser(NamedTuple):
-    """Block diffusion's view of a model (`DecoderOnly.block_denoiser`): a state threaded
-    through the sampler (a KV cache, or the token rows when recomputing), the logits of
-    block k's canvas, `commit`, which fixes block k's final tokens into the state, and
-    `advance`, which commits block k and returns block k + 1's logits for its first canvas
-    in one forward pass (the cache's commit pass and the next block's first step fused)."""
-
-    state: Any
-    logits: Callable[[Any, jax.Array, jax.Array], jax.Array]  # (state, k, canvas [B, b]) -> [B, b, V]
-    commit: Callable[[Any, jax.Array, jax.Array], Any]  # (state, k, tokens [B, b]) -> state
-    advance: Callable[[Any, jax.Array, jax.Array, jax.Array], tuple]  # (state, k, tokens, next canvas) -> (state, logits)
-    prompt_passes: int  # forward passes spent before the first block (the prompt's cache)
-
 
 class Block(nnx.Module):
     """Pre-norm block: self-attention, optional cross-attention, gated MLP."""
@@ -283,102 +270,10 @@ class DecoderOnly(nnx.Module):
 
         return cached
 
-    def block_denoiser(self, batch, target_len: int, *, cache: bool = True) -> "BlockDenoiser":
-        """Block diffusion under `block_causal` attention: target block k of example b sits at
-        positions prefix_len[b] + [k * block_size, (k + 1) * block_size) and sees the prompt,
-        the committed blocks before it and itself. With `cache`, the prompt runs once into a
-        KV cache and each committed block's keys and values are written once (`commit`);
-        without it, every call reruns the whole row under the full block_causal mask (the
-        reference the cache must equal).
-
-        With `shift_targets` a block's first token is read from the position before it (the
-        prompt's last token or the previous block's last), which never sees the block: its
-        logits come from the prompt pass or the previous block's commit pass, and the other
-        positions from the noisy block's outputs one position earlier."""
-        cfg = self.config
-        if cfg.attention != "block_causal":
-            raise ValueError(f"block decoding needs attention='block_causal'; this model has attention="
-                             f"{cfg.attention!r} (switch it with with_attention(model, 'block_causal', block_size=b))")
-        if target_len % cfg.block_size:
-            raise ValueError(f"target_len={target_len} is not a multiple of block_size={cfg.block_size}; "
-                             f"pad the target canvas to a whole number of blocks")
-        size, width = batch.tokens.shape
-        check_lengths("prefix_len", batch.prefix_len, width - target_len, f"row width {width} - target_len {target_len}")
-        shift = cfg.shift_targets
-        if shift:
-            check_shift_prompt(batch.prefix_len)
-        offsets = jnp.arange(cfg.block_size, dtype=jnp.int32)[None, :]
-
-        def place(k):  # absolute positions [B, b] and the block's first position [B]
-            start = batch.prefix_len + k * cfg.block_size
-            return start[:, None] + offsets, start
-
-        if not cache:
-            def full_logits(row_BxW, k, canvas_BxB):
-                positions, _ = place(k)
-                row = jax.vmap(lambda r, pos, vals: r.at[pos].set(vals))(row_BxW, positions, canvas_BxB)
-                return jnp.take_along_axis(self.denoise(batch, row), positions[:, :, None], axis=1)
-
-            def full_commit(row_BxW, k, tokens_BxB):
-                positions, _ = place(k)
-                return jax.vmap(lambda r, pos, vals: r.at[pos].set(vals))(row_BxW, positions, tokens_BxB)
-
-            def full_advance(row_BxW, k, tokens_BxB, next_BxB):
-                row = full_commit(row_BxW, k, tokens_BxB)
-                return row, full_logits(row, k + 1, next_BxB)
-
-            return BlockDenoiser(batch.tokens, full_logits, full_commit, full_advance, prompt_passes=0)
-
-        prompt = batch.inputs
-        prompt_pos = jnp.broadcast_to(jnp.arange(prompt.shape[1], dtype=jnp.int32), prompt.shape)
-        mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths,
-                              q_offset=jnp.zeros((size,), jnp.int32))
-        prompt_logits, kv = self.forward_cached(prompt, prompt_pos, mask, self.init_cache(size, width))
-
-        def run(kv, k, tokens_BxN):  # N = b tokens (block k), or 2b (blocks k and k + 1)
-            _, start = place(k)
-            positions = start[:, None] + jnp.arange(tokens_BxN.shape[1], dtype=jnp.int32)[None, :]
-            step_mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=start)
-            return self.forward_cached(tokens_BxN, positions, step_mask, kv)
-
-        # A denoising step's keys and values (of a noisy block) are dropped; the committed
-        # block's are kept, so later blocks see exactly its final tokens. `advance` runs block
-        # k's final tokens and block k + 1's first canvas together: under block_causal block k
-        # does not see block k + 1, and the noisy keys it leaves at block k + 1's positions are
-        # rewritten by every later pass over that block.
-        b = cfg.block_size
-
-        def advance(kv, k, tokens, next_canvas):
-            logits, kv = run(kv, k, jnp.concatenate([tokens, next_canvas], axis=1))
-            return kv, logits[:, b:]
-
-        if not shift:
-            return BlockDenoiser(kv, lambda kv, k, canvas: run(kv, k, canvas)[0],
-                                 lambda kv, k, tokens: run(kv, k, tokens)[1], advance, prompt_passes=1)
-
-        # The state also carries the logits that predict the next block's first token: the
-        # prompt's last position, then each committed block's last position.
-        def shifted_logits(state, k, canvas):
-            kv, first_BxV = state
-            logits = run(kv, k, canvas)[0]
-            return jnp.concatenate([first_BxV[:, None].astype(logits.dtype), logits[:, :-1]], axis=1)
-
-        def shifted_commit(state, k, tokens):
-            logits, kv = run(state[0], k, tokens)
-            return kv, logits[:, -1].astype(jnp.float32)
-
-        def shifted_advance(state, k, tokens, next_canvas):
-            logits, kv = run(state[0], k, jnp.concatenate([tokens, next_canvas], axis=1))
-            return (kv, logits[:, b - 1].astype(jnp.float32)), logits[:, b - 1 : 2 * b - 1]
-
-        first = jnp.take_along_axis(prompt_logits, (batch.prefix_len - 1)[:, None, None], axis=1)[:, 0]
-        return BlockDenoiser((kv, first.astype(jnp.float32)), shifted_logits, shifted_commit, shifted_advance,
-                             prompt_passes=1)
-
     def block_denoise(self, batch, noisy_BxN: jax.Array) -> jax.Array:
         """Block-diffusion training logits [B, N, V] (the `target_view` layout): each noisy
         target block k sees the prompt, the clean blocks before it and its own noisy block,
-        exactly what `block_denoiser` gives block k when it is decoded after clean blocks
+        exactly what block decoding (`workbench.sampling.block_cache`) gives block k after clean blocks
         0..k-1 (BD3-LM's objective). Two passes: the clean row under block_causal attention
         fills a KV cache (gradients flow through it); then each noisy block runs against it
         at its own positions, as in decoding. Prompt positions get the clean pass's logits.

@@ -18,17 +18,16 @@ import jax
 import jax.numpy as jnp
 
 from workbench.processes.loss_metrics import LossMetrics
-from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
-    token_probs, weighted_mean)
-from workbench.processes.policies import commit_policy_names, get_policy
+from workbench.processes.base import (Corruption, DiffusionProcess, cross_entropy, draw_tokens, token_probs,
+    weighted_mean)
+from workbench.processes.policies import LowConfidence, Policy, commit_policy_names
 
 
 @dataclasses.dataclass(frozen=True)
 class AbsorbingProcess(DiffusionProcess):
     name: ClassVar[str] = "absorbing"
     uses_mask: ClassVar[bool] = True
-    schedule: ClassVar = LinearSchedule
-    default_policy: ClassVar[str] = "low_confidence"
+    default_policy: ClassVar[Policy] = LowConfidence()
 
     def corrupt(self, rng, clean_BxN, weights_BxN, min_rate: float = 0.0) -> Corruption:
         rate_key, where_key = jax.random.split(rng)
@@ -48,8 +47,7 @@ class AbsorbingProcess(DiffusionProcess):
     def initial_canvas(self, keys_B, length):
         return jnp.full((keys_B.shape[0], length), self.mask_id, jnp.int32)
 
-    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
-        policy = get_policy(self.default_policy) if policy is None else policy
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy):
         if not policy.freezes:
             raise ValueError(f"decoding policy {policy.name!r} re-noises positions, which absorbing diffusion cannot "
                              f"(a revealed token stays); use one of {list(commit_policy_names())}")
@@ -58,6 +56,6 @@ class AbsorbingProcess(DiffusionProcess):
         draw = draw_tokens(keys_B, logits, temperature)
         p = token_probs(logits, draw)
         masked = canvas_BxN == self.mask_id
-        reveal = masked & policy.select(step, num_steps, logits, draw, p, masked, keys_B)
+        reveal = masked & policy.select(step, num_steps, logits, draw, p, masked, keys_B, self.schedule)
         new = jnp.where(reveal, draw, canvas_BxN)
         return new, new != self.mask_id, jnp.where(masked, p, 1.0)

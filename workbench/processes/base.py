@@ -15,10 +15,15 @@ over the same layout (see `workbench.models` for what it computes once).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from workbench.processes.schedules import LinearSchedule, Schedule
+
+if TYPE_CHECKING:
+    from workbench.processes.policies import Policy
 
 Denoise = Callable[[jax.Array], jax.Array]
 
@@ -27,20 +32,6 @@ class Corruption(NamedTuple):
     noisy: jax.Array  # [B, N] corrupted tokens
     hit: jax.Array  # [B, N] bool: positions that were corrupted
     rates: jax.Array  # [B] the per-example corruption rate drawn
-
-
-class LinearSchedule:
-    """Corruption rate t ~ U(min_rate, 1); by the end of sampling step s of S, (s+1)/S of
-    the canvas is clean. The loss weight 1/t is this schedule's ELBO weight (md4)."""
-
-    @staticmethod
-    def sample_rates(rng: jax.Array, batch: int, min_rate: float = 0.0) -> jax.Array:
-        return jax.random.uniform(rng, (batch,), minval=min_rate, maxval=1.0)
-
-    @staticmethod
-    def clean_count(step: jax.Array, num_steps: int, length: int) -> jax.Array:
-        """Clean positions a canvas of `length` holds after sampling step `step` (0-based)."""
-        return jnp.ceil(length * (step + 1) / num_steps).astype(jnp.int32)
 
 
 def cross_entropy(logits_BxNxV: jax.Array, labels_BxN: jax.Array) -> jax.Array:
@@ -74,19 +65,21 @@ _REGISTRY: dict[str, type["DiffusionProcess"]] = {}
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionProcess:
-    """Base class: subclasses set `name` and implement the five methods below.
+    """Base class: subclasses set `name` and `default_policy` (a `Policy` object) and
+    implement the five methods below.
 
     `special_ids` are never drawn as noise; `mask_id` is the absorbing token for the
-    processes that use one. Loss options (unroll, min_mask_rate, ...) come from the
+    processes that use one; `schedule` is the process's own (`workbench.processes.schedules`). Loss options (unroll, min_mask_rate, ...) come from the
     `LossConfig` passed to `loss`.
     """
 
     name: ClassVar[str] = ""
-    default_policy: ClassVar[str] = ""  # the decoding policy `step` uses when given none
+    default_policy: ClassVar["Policy"]  # the decoding policy samplers use when their config names none
     uses_mask: ClassVar[bool] = False  # whether `mask_id` means anything to this process
     vocab_size: int
     special_ids: tuple[int, ...] = (0, 1, 2)
     mask_id: int = 3
+    schedule: Schedule = LinearSchedule()  # corruption rates in training, clean counts for the policies
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -116,12 +109,13 @@ class DiffusionProcess:
 
     def step(self, step: jax.Array, num_steps: int, canvas_BxN: jax.Array, committed_BxN: jax.Array,
              logits_BxNxV: jax.Array, keys_B: jax.Array, temperature: float,
-             policy=None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """One reverse step under a decoding policy (`workbench.processes.policies`; None:
-        the process's `default_policy`): (new canvas, committed positions [B, N] bool,
-        probability of each position's token [B, N]). Committed positions are never
-        rewritten; sampling starts with none. The probabilities at the last step rank the
-        samples (lower mean -log p wins)."""
+             policy: "Policy") -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One reverse step under a decoding policy (`workbench.processes.policies`; samplers
+        pass the process's `default_policy` when their config names none): (new canvas,
+        committed positions [B, N] bool, probability of each position's token [B, N]).
+        Committed positions are never rewritten; sampling starts with none. The probabilities
+        at the last step rank the samples (lower mean -log p wins). Policies that follow a
+        schedule get this process's (`policy.select(..., self.schedule)`)."""
         raise NotImplementedError
 
 

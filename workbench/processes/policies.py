@@ -1,16 +1,17 @@
 """Decoding policies: which positions a diffusion step commits (or keeps), one class each.
 
-A policy sees one step's logits [B, N, V], the tokens drawn from them, their probability
-and which positions are still open, and returns a bool [B, N]. Processes call it from
+A policy is an object carrying its own parameters (`Threshold(threshold=0.9)`). It sees one
+step's logits [B, N, V], the tokens drawn from them, their probability, which positions are
+still open and the process's schedule, and returns a bool [B, N]. Processes call it from
 `step` (`workbench.processes`), so full-canvas and block decoding share it, and adding a
-policy is one subclass with a `name` (defining it registers it).
+policy is one subclass with a `name` (defining it registers it for `get_policy`).
 
 Two families:
 
 * commit policies (`freezes = True`): a committed position is never rewritten again.
   `random`, `low_confidence` (the absorbing default), `margin` and `entropy` rank open
-  positions by a score and commit the schedule's count (by the end of step s of S,
-  ceil(N (s+1)/S) positions are committed; committed ones count towards it).
+  positions by a score and commit the process schedule's count (the linear schedule: by the
+  end of step s of S, ceil(N (s+1)/S) positions are committed; committed ones count towards it).
   `threshold` commits every open position whose drawn token has probability above
   `threshold`, at least the most confident one per step, and all that are left at the
   last step of the budget (Fast-dLLM's parallel decoding).
@@ -29,15 +30,15 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from workbench.processes.base import LinearSchedule
+from workbench.processes.schedules import Schedule
 
 _POLICIES: dict[str, type["Policy"]] = {}
 
 
-def _rank_commit(score_BxN, open_BxN, step, num_steps):
+def _rank_commit(score_BxN, open_BxN, step, num_steps, schedule: Schedule):
     """Open positions with the highest score, up to the schedule's count (closed positions
     rank first, so they count towards it)."""
-    keep_n = LinearSchedule.clean_count(step, num_steps, score_BxN.shape[-1])
+    keep_n = schedule.clean_count(step, num_steps, score_BxN.shape[-1])
     confidence = jnp.where(open_BxN, score_BxN, jnp.inf)
     rank = jnp.argsort(jnp.argsort(-confidence, axis=-1), axis=-1)
     return open_BxN & (rank < keep_n)
@@ -65,7 +66,8 @@ class Policy:
                 raise ValueError(f"decoding policy name {name!r} is already taken by {known.__qualname__}")
             _POLICIES[name] = cls
 
-    def select(self, step, num_steps: int, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B) -> jax.Array:
+    def select(self, step, num_steps: int, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B,
+               schedule: Schedule) -> jax.Array:
         raise NotImplementedError
 
 
@@ -75,8 +77,8 @@ class LowConfidence(Policy):
 
     name: ClassVar[str] = "low_confidence"
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
-        return _rank_commit(p_BxN, open_BxN, step, num_steps)
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
+        return _rank_commit(p_BxN, open_BxN, step, num_steps, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +87,9 @@ class RandomOrder(Policy):
 
     name: ClassVar[str] = "random"
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
         score = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7), p_BxN.shape[-1:]))(keys_B)
-        return _rank_commit(score, open_BxN, step, num_steps)
+        return _rank_commit(score, open_BxN, step, num_steps, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,9 @@ class Margin(Policy):
 
     name: ClassVar[str] = "margin"
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
         top2 = jax.lax.top_k(jax.nn.softmax(logits_BxNxV.astype(jnp.float32), axis=-1), 2)[0]
-        return _rank_commit(top2[..., 0] - top2[..., 1], open_BxN, step, num_steps)
+        return _rank_commit(top2[..., 0] - top2[..., 1], open_BxN, step, num_steps, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +109,8 @@ class Entropy(Policy):
 
     name: ClassVar[str] = "entropy"
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
-        return _rank_commit(-_entropy(logits_BxNxV), open_BxN, step, num_steps)
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
+        return _rank_commit(-_entropy(logits_BxNxV), open_BxN, step, num_steps, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Threshold(Policy):
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold} must be in [0, 1) (a probability a draw must exceed)")
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
         confidence = jnp.where(open_BxN, p_BxN, -jnp.inf)
         best = jnp.arange(p_BxN.shape[-1])[None, :] == jnp.argmax(confidence, axis=-1)[:, None]
         last = step >= num_steps - 1
@@ -137,7 +139,7 @@ class ResampleAll(Policy):
     name: ClassVar[str] = "resample_all"
     freezes: ClassVar[bool] = False
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
         return jnp.ones(draw_BxN.shape, bool)
 
 
@@ -149,21 +151,29 @@ class RenoiseEntropy(Policy):
     name: ClassVar[str] = "renoise_entropy"
     freezes: ClassVar[bool] = False
 
-    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B):
+    def select(self, step, num_steps, logits_BxNxV, draw_BxN, p_BxN, open_BxN, keys_B, schedule):
         everywhere = jnp.ones(draw_BxN.shape, bool)
-        return _rank_commit(-_entropy(logits_BxNxV), everywhere, step, num_steps)
+        return _rank_commit(-_entropy(logits_BxNxV), everywhere, step, num_steps, schedule)
 
 
 def policy_names() -> tuple[str, ...]:
     return tuple(sorted(_POLICIES))
 
 
-def get_policy(name: str, threshold: float = 0.9) -> Policy:
-    """The registered policy `name` (`threshold` is used by the 'threshold' policy only)."""
+def get_policy(name: str, **params) -> Policy:
+    """The registered policy `name` with its parameters (`get_policy("threshold", threshold=0.8)`).
+    Parameters the policy does not have are left out, so one set of options serves a list of
+    names (a benchmark's `--threshold`); a parameter no registered policy has is refused."""
     if name not in _POLICIES:
         raise ValueError(f"unknown decoding policy {name!r}; expected one of {list(policy_names())}")
+    known = {f.name for cls in _POLICIES.values() for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"decoding policy parameters {unknown} belong to no policy; expected a subset of "
+                         f"{sorted(known)} (the fields of {list(policy_names())})")
     cls = _POLICIES[name]
-    return cls(threshold=threshold) if cls is Threshold else cls()
+    own = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in params.items() if key in own})
 
 
 def commit_policy_names() -> tuple[str, ...]:

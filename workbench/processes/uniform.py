@@ -21,16 +21,15 @@ import jax
 import jax.numpy as jnp
 
 from workbench.processes.loss_metrics import LossMetrics
-from workbench.processes.base import (Corruption, DiffusionProcess, LinearSchedule, cross_entropy, draw_tokens,
-    non_special_ids, token_probs, weighted_mean)
-from workbench.processes.policies import get_policy
+from workbench.processes.base import (Corruption, DiffusionProcess, cross_entropy, draw_tokens, non_special_ids,
+    token_probs, weighted_mean)
+from workbench.processes.policies import Policy, ResampleAll
 
 
 @dataclasses.dataclass(frozen=True)
 class UniformProcess(DiffusionProcess):
     name: ClassVar[str] = "uniform"
-    schedule: ClassVar = LinearSchedule
-    default_policy: ClassVar[str] = "resample_all"
+    default_policy: ClassVar[Policy] = ResampleAll()
 
     def corrupt(self, rng, clean_BxN, weights_BxN) -> Corruption:
         rate_key, where_key, token_key = jax.random.split(rng, 3)
@@ -69,15 +68,16 @@ class UniformProcess(DiffusionProcess):
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(keys_B)
         return allowed[jax.vmap(lambda k: jax.random.randint(k, (length,), 0, allowed.shape[0]))(init_keys)]
 
-    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy=None):
-        policy = get_policy(self.default_policy) if policy is None else policy
+    def step(self, step, num_steps, canvas_BxN, committed_BxN, logits_BxNxV, keys_B, temperature, policy):
         draw = draw_tokens(keys_B, logits_BxNxV, temperature)
         if policy.freezes:  # committed positions stay; the open ones take the new draw
             p = token_probs(logits_BxNxV, draw)
-            commit = ~committed_BxN & policy.select(step, num_steps, logits_BxNxV, draw, p, ~committed_BxN, keys_B)
+            commit = ~committed_BxN & policy.select(step, num_steps, logits_BxNxV, draw, p, ~committed_BxN, keys_B,
+                                                       self.schedule)
             new = jnp.where(committed_BxN, canvas_BxN, draw)
             return new, committed_BxN | commit, token_probs(logits_BxNxV, new)
-        keep = policy.select(step, num_steps, logits_BxNxV, draw, None, jnp.ones_like(committed_BxN), keys_B)
+        keep = policy.select(step, num_steps, logits_BxNxV, draw, None, jnp.ones_like(committed_BxN), keys_B,
+                             self.schedule)
         new = jnp.where(keep, draw, self._noise(keys_B, canvas_BxN.shape[-1]))
         return new, jnp.zeros_like(committed_BxN), token_probs(logits_BxNxV, new)
 

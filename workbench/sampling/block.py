@@ -1,13 +1,13 @@
 """Block (semi-autoregressive) diffusion decoding with an exact KV cache.
 
 The target canvas is cut into blocks of the model's `block_size`, decoded left to right:
-each block starts from the process's initial canvas and runs up to `steps_per_block`
+each block starts from the process's initial canvas and runs up to `num_steps`
 steps of the process's `step` under a decoding policy (`workbench.processes.policies`),
 attending to itself, the prompt and the committed blocks before it (`block_causal`
 attention). A committed block's keys and values are written into the cache once
-(`DecoderOnly.block_denoiser`), in the same forward pass as the next block's first step
-(`advance`: 2b positions), so every other step runs b positions only and the forward passes
-are the prompt pass plus the denoising steps. With a commit policy
+(`block_cache.block_denoiser`, on the model's one cached forward), in the same forward pass
+as the next block's first step (`advance`: 2b positions), so every other step runs b
+positions only and the forward passes are the prompt pass plus the denoising steps. With a commit policy
 (absorbing's default, `threshold`, ...) a block stops as soon as every row has committed
 all of it, so `threshold` spends fewer forward passes on easy blocks.
 
@@ -32,42 +32,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.models import DecoderOnly
-from workbench.models.transformer import check_lengths, check_shift_prompt
+from workbench.models.denoiser import CachedRowDenoiser
 from workbench.objectives.batch import Batch
-from workbench.processes import get_policy, get_process, policy_names, process_names
+from workbench.sampling.block_cache import block_denoiser, check_block_decoding
+from workbench.sampling.config import SamplerConfig
 from workbench.sampling.diffusion import mean_nll
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockSamplingConfig:
-    steps_per_block: int = 8  # a budget: commit policies stop a block once it is fully committed
-    temperature: float = 0.0  # 0: argmax
+class BlockSamplingConfig(SamplerConfig):
+    """The shared sampler fields (`SamplerConfig`; `num_steps` is per block, a budget: commit
+    policies stop a block once it is fully committed) and the block sampler's own."""
+
     process: str = "absorbing"
-    policy: Optional[str] = None  # None: the process's default
-    threshold: float = 0.9  # the 'threshold' policy's confidence bar
+    num_steps: int = 8
     cache: bool = True  # exact KV cache of the prompt and committed blocks; False: rerun the whole row
-    eos_id: Optional[int] = 1  # None: never stop early
-    pad_id: int = 0
-    special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for a random initial canvas
-    mask_id: int = 3
-    num_samples: int = 1  # samples per example; the best by mean -log p of its text is kept
-
-    def __post_init__(self):
-        if self.steps_per_block < 1:
-            raise ValueError(f"steps_per_block={self.steps_per_block} must be >= 1")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples={self.num_samples} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
-        if self.process not in process_names():
-            raise ValueError(f"process={self.process!r}; expected one of {list(process_names())}")
-        if self.policy is not None and self.policy not in policy_names():
-            raise ValueError(f"policy={self.policy!r}; expected one of {list(policy_names())} or None")
-        get_policy("threshold", self.threshold)  # validates the threshold
-
-    def decoding_policy(self, process):
-        return get_policy(process.default_policy if self.policy is None else self.policy, self.threshold)
 
 
 class BlockOutput(NamedTuple):
@@ -86,11 +65,11 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
     num_b, num_s = batch.tokens.shape[0], config.num_samples
     batch = jax.tree.map(lambda x: jnp.repeat(x, num_s, axis=0), batch)  # [B*S], sample-major per example
     size = num_b * num_s
-    b, steps = model.config.block_size, config.steps_per_block
+    b, steps = model.config.block_size, config.num_steps
     num_blocks = target_len // b
-    process = get_process(config.process, model.config.vocab_size, config.special_ids, config.mask_id)
+    process = config.make_process(model.config.vocab_size)
     policy = config.decoding_policy(process)
-    denoiser = model.block_denoiser(batch, target_len, cache=config.cache)
+    denoiser = block_denoiser(model, batch, target_len, cache=config.cache)
     sample_idx = jnp.tile(jnp.arange(num_s, dtype=jnp.int32), num_b)
     keys = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(rng, e), s))(batch.example_ids, sample_idx)
     stop_at_eos = config.eos_id is not None
@@ -175,26 +154,12 @@ def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_
                        keep(jnp.where(text, commit_step, -1)), k, passes, scores, chosen)
 
 
-def block_sample(model: DecoderOnly, batch: Batch, config: BlockSamplingConfig, rng: Optional[jax.Array] = None,
+def block_sample(model: CachedRowDenoiser, batch: Batch, config: BlockSamplingConfig, rng: Optional[jax.Array] = None,
                  target_len: Optional[int] = None) -> BlockOutput:
     """Decode the targets of `batch` (built with `seq2seq_batch(..., pad_targets=True)`)
     block by block; the model needs attention='block_causal' (its `block_size` sets b)
     and `target_len` (default: the batch's target width) a multiple of b."""
-    if model.config.arch != "decoder":
-        raise ValueError(f"block decoding needs a decoder-only model (block_causal attention over [prompt | targets]); "
-                         f"got arch={model.config.arch!r}")
     target_len = int(batch.targets.shape[1]) if target_len is None else target_len
-    block_size = model.config.block_size
-    if model.config.attention != "block_causal":
-        raise ValueError(f"block decoding needs attention='block_causal'; this model has attention="
-                         f"{model.config.attention!r} (switch it with with_attention(model, 'block_causal', block_size=b))")
-    if target_len % block_size:
-        raise ValueError(f"target_len={target_len} is not a multiple of block_size={block_size}; "
-                         f"pad the target canvas to a whole number of blocks")
-    width = int(batch.tokens.shape[1])
-    check_lengths("prefix_len", batch.prefix_len, width - target_len,
-                  f"row width {width} - target_len {target_len}: every block must fit in the row")
-    if model.config.shift_targets:
-        check_shift_prompt(batch.prefix_len)
+    check_block_decoding(model, batch, target_len)
     rng = jax.random.key(0) if rng is None else rng
     return _block_sample(model, jax.tree.map(jnp.asarray, batch), rng, config, target_len)

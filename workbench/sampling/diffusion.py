@@ -32,39 +32,20 @@ from jax.sharding import Mesh
 from workbench.distributed import constrain_batch, mesh_context, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
-from workbench.processes import get_policy, get_process, policy_names, process_names
+from workbench.sampling.config import SamplerConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionSamplingConfig:
+class DiffusionSamplingConfig(SamplerConfig):
+    """The shared sampler fields (`SamplerConfig`, with the paper's defaults here) and the
+    full-canvas sampler's own."""
+
     num_samples: int = 8  # paper default
     num_steps: int = 10  # paper default
     temperature: float = 0.2  # paper default
-    process: str = "uniform"  # a diffusion process name (workbench.processes: "uniform", "absorbing", ...)
     early_exit: bool = False  # stop when no sample changes in a step
     prefix_cache: bool = True  # used when the model's attention is prefix_diffusion
-    special_ids: tuple[int, ...] = (0, 1, 2)  # never drawn for the random initial canvas
-    mask_id: int = 3  # the absorbing token
-    policy: Optional[str] = None  # a decoding policy (workbench.processes.policies); None: the process's default
-    threshold: float = 0.9  # the 'threshold' policy's confidence bar
     score_excludes_padding: bool = False  # rerank on text positions only (tokens != pad_id)
-    pad_id: int = 0
-
-    def __post_init__(self):
-        if self.num_samples < 1 or self.num_steps < 1:
-            raise ValueError(f"num_samples={self.num_samples} and num_steps={self.num_steps} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0: argmax)")
-        if self.process not in process_names():
-            raise ValueError(f"process={self.process!r}; expected one of {list(process_names())}")
-        if self.policy is not None and self.policy not in policy_names():
-            raise ValueError(f"policy={self.policy!r}; expected one of {list(policy_names())} or None (the "
-                             f"process's default)")
-        get_policy("threshold", self.threshold)  # validates the threshold
-
-    def decoding_policy(self):
-        """The policy object `process.step` takes (None: the process's default)."""
-        return None if self.policy is None else get_policy(self.policy, self.threshold)
 
 
 class DiffusionOutput(NamedTuple):
@@ -85,7 +66,7 @@ def _repeat(batch: Batch, n: int) -> Batch:
 def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_len: int,
             mesh: Optional[Mesh] = None) -> DiffusionOutput:
     num_b, num_s, steps = batch.tokens.shape[0], config.num_samples, config.num_steps
-    process = get_process(config.process, model.config.vocab_size, config.special_ids, config.mask_id)
+    process = config.make_process(model.config.vocab_size)
     flat = _repeat(batch, num_s)  # [B*S, ...], sample-major within each example
     if mesh is not None:  # each device denoises the samples of its own examples
         flat = constrain_batch(flat, mesh)
@@ -94,7 +75,7 @@ def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_le
     denoise = model.canvas_denoiser(flat, target_len, prompt_cache=config.prefix_cache)
 
     size = num_b * num_s
-    policy = config.decoding_policy()
+    policy = config.decoding_policy(process)
     canvas = process.initial_canvas(keys, target_len)
     traj = jnp.zeros((steps + 1, size, target_len), jnp.int32).at[0].set(canvas)
     probs = jnp.zeros((steps, size, target_len), jnp.float32)

@@ -14,12 +14,10 @@ from typing import Optional
 import numpy as np
 
 from workbench.data import Tokenizer, TokenizerConfig, data_files, load_dataset, train_tokenizer
-from workbench.data.special import diffusion_ids
 from workbench.evaluation.runner import evaluate
 from workbench.evaluation.tasks import get_task
 from workbench.models import ModelConfig, build_model, default_compute_dtype, get_preset
 from workbench.objectives.losses import LossConfig
-from workbench.sampling.diffusion import DiffusionSamplingConfig
 from workbench.training import LMSource, Seq2SeqSource, TrainConfig, fit_pairs, held_out_loss, train, validation_batches
 from workbench.training.ar2diff import adaptation_config, ar2diff
 from workbench.training.trainer import TrainResult
@@ -188,12 +186,6 @@ def adapt(ar, out_dir: Path | str, source, base: TrainConfig, steps: int,
 def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_vocab_size=None, **kw):
     """The loss of diffusion process `kind` with the tokenizer's special, mask and pad ids."""
     return LossConfig.for_tokenizer(tokenizer, kind, model_vocab_size=model_vocab_size, **kw)
-
-
-def diffusion_sampling_config(tokenizer: Tokenizer, *, process: str = "uniform", model_vocab_size=None, **options):
-    """A `DiffusionSamplingConfig` of `process` with the tokenizer's never-drawn and mask ids
-    (and the rows of a padded embedding past the tokenizer, given `model_vocab_size`)."""
-    return DiffusionSamplingConfig(process=process, **diffusion_ids(tokenizer, process, model_vocab_size), **options)
 
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:
