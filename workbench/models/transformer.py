@@ -274,11 +274,13 @@ class DecoderOnly(nnx.Module):
         """Block-diffusion training logits [B, N, V] (the `target_view` layout): each noisy
         target block k sees the prompt, the clean blocks before it and its own noisy block,
         exactly what block decoding (`workbench.sampling.block_cache`) gives block k after clean blocks
-        0..k-1 (BD3-LM's objective). Two passes: the clean row under block_causal attention
-        fills a KV cache (gradients flow through it); then each noisy block runs against it
-        at its own positions, as in decoding. Prompt positions get the clean pass's logits.
-        With `shift_targets` token i is read from position i - 1: inside a block from the
-        noisy block's output, at a block's first token from the clean pass (as in decoding)."""
+        0..k-1 (BD3-LM's objective). Two passes over the row, whatever the number of blocks: the
+        clean row under block_causal attention gives every layer's keys and values (gradients
+        flow through them), then the whole noisy row attends to [those keys | its own] under a
+        draft-stream mask (`AttentionMask.draft_stream`: block k sees the clean keys before it and
+        its own noisy block). Prompt positions get the clean pass's logits. With `shift_targets`
+        token i is read from position i - 1: inside a block from the noisy stream, at a block's
+        first token from the clean pass (as in decoding)."""
         cfg = self.config
         if cfg.attention != "block_causal":
             raise ValueError(f"block_denoise needs attention='block_causal'; this model has {cfg.attention!r}")
@@ -286,32 +288,19 @@ class DecoderOnly(nnx.Module):
             raise ValueError("block-diffusion training takes unpacked [inputs | targets] rows (segment_ids=None); "
                              "build the batch with seq2seq_batch")
         size, width = noisy_BxN.shape
-        b = cfg.block_size
-        num_blocks = -(-width // b)
-        total = width + num_blocks * b  # room for every example's last block, whatever its prefix_len
-        widen = lambda x: jnp.pad(x, ((0, 0), (0, total - width)))
-        positions = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (size, total))
-        mask = self.make_mask(size, total, prefix_len=batch.prefix_len, lengths=batch.lengths,
-                              q_offset=jnp.zeros((size,), jnp.int32))
-        clean_logits, kv = self.forward_cached(widen(batch.tokens), positions, mask, self.init_cache(size, total))
-        noisy = widen(noisy_BxN)
-        offsets = jnp.arange(b, dtype=jnp.int32)[None, :]
-
-        def one_block(k):
-            start = batch.prefix_len + k * b
-            where = start[:, None] + offsets
-            block_mask = self.make_mask(size, total, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=start)
-            return self.forward_cached(jnp.take_along_axis(noisy, where, axis=1), where, block_mask, kv)[0]
-
-        blocks = jax.lax.map(one_block, jnp.arange(num_blocks, dtype=jnp.int32))  # [K, B, b, V]
+        zeros = jnp.zeros((size,), jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (size, width))
+        mask = self.make_mask(size, width, prefix_len=batch.prefix_len, lengths=batch.lengths, q_offset=zeros)
+        hidden, contexts = self.hidden_cached(batch.tokens, positions, mask, self.init_cache(size, width))
+        clean = self.embedder.logits(hidden)
+        stream = AttentionMask.draft_stream(cfg.block_size, prefix_len=batch.prefix_len, q_offset=zeros,
+                                            kv_lengths=batch.lengths)
+        noisy = self.embedder.logits(self.draft_hidden(noisy_BxN, positions, stream, contexts))
         rel = jnp.arange(width)[None, :] - batch.prefix_len[:, None]  # position within the targets
-        k_idx, o_idx = jnp.clip(rel // b, 0, num_blocks - 1), jnp.mod(rel, b)
-        from_blocks = blocks[k_idx, jnp.arange(size)[:, None], o_idx]
-        clean = clean_logits[:, :width]
-        logits = jnp.where((rel >= 0)[..., None], from_blocks, clean)
+        logits = jnp.where((rel >= 0)[..., None], noisy, clean)
         if not cfg.shift_targets:
             return logits
-        block_start = (rel >= 0) & (o_idx == 0)
+        block_start = (rel >= 0) & (jnp.mod(rel, cfg.block_size) == 0)
         return jnp.where(block_start[..., None], _shift_right(clean), _shift_right(logits))
 
     def check_ar_decoding(self, prompt_width: int, prompt_lengths_B, max_new_tokens: int) -> None:
