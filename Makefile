@@ -38,6 +38,7 @@ endif
 CXX ?= g++
 CPU_KERNELS := build/kernels/libworkbench_cpu.so
 CPU_KERNEL_SOURCES := $(wildcard kernels/cpu/*.cc)
+CPU_KERNEL_HEADERS := $(wildcard kernels/cpu/*.h)
 
 .PHONY: help env cpu-kernels demo test lab notebooks bench clean
 help:
@@ -53,7 +54,7 @@ env: $(STAMP) $(CPU_KERNELS)
 
 cpu-kernels: $(CPU_KERNELS)
 
-$(CPU_KERNELS): $(CPU_KERNEL_SOURCES) $(STAMP)
+$(CPU_KERNELS): $(CPU_KERNEL_SOURCES) $(CPU_KERNEL_HEADERS) $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CXX) -O3 -std=c++17 -shared -fPIC -isystem "$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
 	  $(CPU_KERNEL_SOURCES) -o $@

@@ -17,11 +17,11 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workbench.kernels.cpu import KernelLibraryMissing, int8_matmul, library
+from workbench.kernels.cpu import KernelLibraryMissing, dequantize_blocks, gguf_matmul, int8_matmul, library
 from workbench.models.config import LoRAConfig, get_preset
 from workbench.models.lora import adapter_gate, with_lora
-from workbench.models.quantized import (Int8Embedder, Int8Linear, Int8LoRALinear, dequantize_int8, fake_quantize,
-                                        quantize_for_decoding, quantize_int8)
+from workbench.models.quantized import (PackedEmbedder, PackedLinear, PackedLoRALinear, dequantize_int8, fake_quantize,
+                                        pack_gguf_blocks, quantize_for_decoding, quantize_int8)
 from workbench.models.transformer import build_model
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
@@ -60,12 +60,14 @@ def _problem(m, k, n, seed):
     return x, q, scale
 
 
-def _check_bound(y, x, q, scale):
+def _check_bound(y, x, q, scale=None):
     """|y - exact| <= gamma_(K+1)(float32) * |s_n| * sum_k |x_mk q_nk|: each product of an accumulator
     (fused or not) and each addition rounds once, in any summation order at most K times per term,
-    then the scale multiply once. The float64 reference's own error (gamma_K(float64)) is added."""
+    then the scale multiply once (no scale: q holds the float32 weights themselves). The float64
+    reference's own error (gamma_(K+1)(float64)) is added."""
     k = x.shape[1]
-    x64, q64, s64 = x.astype(np.float64), q.astype(np.float64), scale.astype(np.float64)
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    s64 = np.ones(q.shape[0]) if scale is None else scale.astype(np.float64)
     exact = (x64 @ q64.T) * s64
     magnitude = (np.abs(x64) @ np.abs(q64).T) * np.abs(s64)
     bound = (gamma(k + 1, U32) + gamma(k + 1, U64)) * magnitude
@@ -137,8 +139,62 @@ def test_stale_library_is_refused(monkeypatch, tmp_path):
     monkeypatch.delenv("WORKBENCH_CPU_KERNELS", raising=False)
     monkeypatch.setattr(library, "LIBRARY_PATH", old)
     monkeypatch.setattr(library, "_library", None)
-    with pytest.raises(KernelLibraryMissing, match=r"older than its sources \(int8_matmul.cc\).*make cpu-kernels"):
+    with pytest.raises(KernelLibraryMissing, match=r"older than its sources \(.*int8_matmul.cc.*\).*make cpu-kernels"):
         library.load_library()
+
+
+def _gguf_problem(m, blocks_per_row, n, kind, seed):
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    k = 32 * blocks_per_row
+    x = (rng.standard_normal((m, k)) * rng.choice([1e-3, 1.0, 30.0], size=(m, 1))).astype(np.float32)
+    w = (rng.standard_normal((n, k)) * rng.choice([1e-4, 0.05, 2.0], size=(n, 1))).astype(np.float32)
+    w[:, :32] *= rng.random() < 0.3  # sometimes an all-zero block
+    qtype = gguf.GGMLQuantizationType[kind.upper()]
+    blocks = np.asarray(gguf.quants.quantize(w, qtype), np.uint8)
+    return x, blocks, gguf.quants.dequantize(blocks, qtype).astype(np.float32).reshape(n, k)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("path,split", MODES)
+@given(m=st.integers(1, 16), blocks_per_row=st.integers(1, 12), n=st.integers(1, 150), seed=st.integers(0, 2**31 - 1))
+def test_gguf_kernel_matches_float64_within_the_accumulation_bound(kind, path, split, m, blocks_per_row, n, seed):
+    """The kernel's weights are the GGUF reader's dequantized float32 weights exactly, so the float32
+    accumulation bound applies to x @ W.T with those weights."""
+    x, blocks, w = _gguf_problem(m, blocks_per_row, n, kind, seed)
+    with kernel_mode(path, split):
+        y = gguf_matmul(jnp.asarray(x), jnp.asarray(blocks), kind).block_until_ready()
+    assert y.shape == (m, n)
+    _check_bound(y, x, w)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_gguf_blocks_dequantize_as_the_gguf_reader_does(kind):
+    x, blocks, w = _gguf_problem(3, 18, 40, kind, 0)
+    np.testing.assert_array_equal(np.asarray(dequantize_blocks(jnp.asarray(blocks), kind)), w)
+    rows = jnp.asarray([[3, 0], [39, 3]])
+    np.testing.assert_array_equal(np.asarray(dequantize_blocks(jnp.take(jnp.asarray(blocks), rows, axis=0), kind)),
+                                  w[np.asarray(rows)])
+
+
+@pytest.mark.parametrize("path,split", MODES)
+def test_gguf_rows_are_computed_alone_whatever_the_batch(path, split):
+    x, blocks, _ = _gguf_problem(19, 18, 130, "q4_1", 3)
+    with kernel_mode(path, split):
+        together = np.asarray(gguf_matmul(jnp.asarray(x), jnp.asarray(blocks), "q4_1"))
+        alone = [np.asarray(gguf_matmul(jnp.asarray(x[r:r + 1]), jnp.asarray(blocks), "q4_1"))[0] for r in range(19)]
+    np.testing.assert_array_equal(np.stack(alone), together)
+
+
+def test_gguf_kernel_refuses_bad_operands_by_name():
+    x, blocks, _ = _gguf_problem(2, 2, 4, "q4_1", 0)
+    with pytest.raises(ValueError, match=r"kind='q5_0'; expected one of \['q4_1', 'q8_0'\]"):
+        gguf_matmul(x, blocks, "q5_0")
+    with pytest.raises(ValueError, match=r"blocks have shape \(4, 39\).*q4_1 blocks of 20 bytes"):
+        gguf_matmul(x, blocks[:, :39], "q4_1")
+    with pytest.raises(ValueError, match="last dimension must be the weights' K=64"):
+        gguf_matmul(x[:, :32], blocks, "q4_1")
 
 
 # -- quantization ---------------------------------------------------------------------------------------------
@@ -202,7 +258,7 @@ def test_every_projection_and_the_head_are_int8(tie):
     model = _tiny(tie)
     q = quantize_for_decoding(model)
     kinds = {type(node) for _, node in nnx.iter_graph(q)}
-    assert Int8Linear in kinds and Int8Embedder in kinds and nnx.Linear not in kinds
+    assert PackedLinear in kinds and PackedEmbedder in kinds and nnx.Linear not in kinds
     assert isinstance(model.blocks[0].attn.q, nnx.Linear)  # the original is untouched
     np.testing.assert_array_equal(np.asarray(q.blocks[0].mlp.down.dequantized_kernel()),
                                   np.asarray(fake_quantize(model).blocks[0].mlp.down.kernel[...]))
@@ -264,7 +320,7 @@ def drafter():
 def test_the_adapter_runs_on_the_int8_base_and_switches_off(drafter):
     base, model = drafter
     q = quantize_for_decoding(model)
-    assert isinstance(q.blocks[0].attn.q, Int8LoRALinear)
+    assert isinstance(q.blocks[0].attn.q, PackedLoRALinear)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (2, 9)), jnp.int32)
     with adapter_gate(False):
         off = np.asarray(q(tokens))
@@ -288,3 +344,81 @@ def test_speculative_greedy_on_the_int8_drafter_equals_int8_ar(drafter):
                                SpeculativeConfig(block_size=4, max_new_tokens=14, eos_id=None, mask_id=MASK))
     np.testing.assert_array_equal(np.asarray(out.tokens)[plain], np.asarray(ar.tokens)[plain])
     assert 0 < int(out.accepted_at.sum()) < int(out.drafted_at.sum())  # drafts both kept and rejected
+
+
+# -- SmolLM2-135M in the GGUF's own blocks --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from workbench.pretrained import DEFAULT_MODEL, load_pretrained
+
+    pretrained = load_pretrained(DEFAULT_MODEL, dtype="float32")
+    return pretrained, pack_gguf_blocks(pretrained.model, pretrained.source.path)
+
+
+def test_gguf_blocks_are_the_imported_weights_and_greedy_equals_the_golden_continuation(smollm2):
+    """The packed model is the float32 model's exact weights (checked bitwise when packing), so its logits
+    differ by summation order only, and its KV-cached greedy continuations equal the golden (transformers)
+    ones wherever the golden margins exceed 10x the tolerance that tests/test_pretrained.py uses."""
+    import json
+    from pathlib import Path
+
+    golden = json.loads((Path(__file__).parent / "golden" / "pretrained_smollm2.json").read_text())
+    pretrained, packed = smollm2
+    kinds = {(type(node).__name__, getattr(node, "fmt", None)) for _, node in nnx.iter_graph(packed)}
+    assert ("PackedLinear", "q4_1") in kinds and ("PackedEmbedder", "q8_0") in kinds
+    assert ("Linear", None) not in kinds
+    prompts = golden["prompts"]
+    width = max(len(p["ids"]) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int32)
+    for row, p in enumerate(prompts):
+        ids[row, :len(p["ids"])] = p["ids"]
+    lengths = np.asarray([len(p["ids"]) for p in prompts], np.int32)
+    forward = nnx.jit(lambda model, tokens: model(tokens))
+    want, got = np.asarray(forward(pretrained.model, ids)), np.asarray(forward(packed, ids))
+    real = np.arange(width)[None, :] < lengths[:, None]
+    # tests/test_pretrained.py accepts 1e-3 between this float32 model and transformers' (another
+    # summation order of the same float32 weights); the packed model is one more such order.
+    assert np.abs(got - want)[real].max() <= 2e-3
+    steps = max(len(p["greedy"]) for p in prompts)
+    out = np.asarray(generate(packed, ids, lengths, ARSamplingConfig(max_new_tokens=steps,
+                                                                      eos_id=golden["eos_id"])).tokens)
+    for row, p in enumerate(prompts):
+        assert min(p["greedy_margins"]) > 1e-2
+        assert out[row, :len(p["greedy"])].tolist() == p["greedy"], p["name"]
+
+
+def test_packing_refuses_weights_that_are_not_the_files(smollm2):
+    pretrained, _ = smollm2
+    other = nnx.clone(pretrained.model)
+    kernel = other.blocks[2].mlp.up.kernel
+    kernel.set_value(kernel[...].at[0, 0].add(1e-3))
+    with pytest.raises(ValueError, match=r"blk\.2\.ffn_up\.weight in .*\.gguf is not this model's GatedMLP\.up "
+                                         r"\(max difference .*\); pack the model that was loaded from this GGUF file"):
+        pack_gguf_blocks(other, pretrained.source.path)
+
+
+def test_speculative_greedy_on_the_packed_drafter_equals_packed_ar(smollm2):
+    """The shipped drafter adapter (with its appended mask row, quantized here) on the packed base:
+    greedy self-speculation equals greedy AR on the packed model."""
+    from workbench.drafter_demo import SHIPPED_ADAPTER
+    from workbench.pretrained import load_adapter, with_mask_token
+
+    pretrained, packed = smollm2
+    if not SHIPPED_ADAPTER.is_dir():
+        pytest.skip(f"no shipped drafter adapter at {SHIPPED_ADAPTER}")
+    masked = with_mask_token(pretrained)
+    drafter = pack_gguf_blocks(load_adapter(masked.model, SHIPPED_ADAPTER), pretrained.source.path)
+    specials = masked.tokenizer.specials
+    prompts = [masked.tokenizer.encode(text) for text in ("The capital of France is", "def fibonacci(n):",
+                                                           "Water boils at")]
+    width = max(map(len, prompts))
+    ids = np.full((len(prompts), width), specials.pad, np.int32)
+    for row, p in enumerate(prompts):
+        ids[row, :len(p)] = p
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    ar = generate(packed, ids, lengths, ARSamplingConfig(max_new_tokens=24, eos_id=NO_EOS, pad_id=specials.pad))
+    out = speculative_generate(drafter, ids, lengths, SpeculativeConfig(
+        block_size=4, max_new_tokens=24, eos_id=None, pad_id=specials.pad, mask_id=specials.mask))
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ar.tokens))
+    assert int(out.accepted_at.sum()) > 0

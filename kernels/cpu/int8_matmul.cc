@@ -6,35 +6,24 @@
 // this XLA FFI custom call. The weights stay output-major [N, K] (a tied embedding table
 // [V, D] is already in that layout); each output channel n has one float32 scale.
 //
-// Work split: output channels in chunks over XLA's intra-op thread pool (the calling thread
-// takes chunks too; it waits only for chunks another thread has started, never for a task
-// that has not run, so a busy pool cannot deadlock it). Within a chunk, rows go in blocks of
-// up to kRowBlock (x's block stays in L2 while the chunk's weights stream past once), and
-// within a row block a tile of NB channels x MB rows accumulates in registers, each weight
-// vector loaded and widened to float32 once per row tile.
+// Work split: output channels in chunks over XLA's intra-op thread pool (common.h). Within a
+// chunk, rows go in blocks of up to kRowBlock (x's block stays in L2 while the chunk's weights
+// stream past once), and within a row block a tile of NB channels x MB rows accumulates in
+// registers, each weight vector loaded and widened to float32 once per row tile.
 //
-// Accumulation is float32 (fused multiply-add of exact int8 -> float32 products), then one
-// multiply by the scale. AVX-512 (F, BW, VL) is used when the CPU has it (runtime check); the
+// Accumulation is float32 (fused multiply-adds of x and the int8 weights, widened exactly to
+// float32), then one multiply by the scale. A row's result does not depend on the other rows. AVX-512 (F, BW, VL) is used when the CPU has it (runtime check); the
 // portable loop is the fallback.
 
-#include <algorithm>
-#include <atomic>
-#include <cstdint>
-#include <memory>
-#include <thread>
-
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-namespace ffi = xla::ffi;
-
 namespace {
 
-constexpr int64_t kRowBlock = 16;      // rows sharing one pass over a chunk's weights
-constexpr int64_t kChannelChunk = 64;  // output channels per scheduled unit of work
+using namespace workbench_cpu;
 
 struct Problem {
   const float* x;      // [M, K]
@@ -135,64 +124,31 @@ WB_AVX512 void ChunkAvx512(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl");
-  return has;
-}
 #else
-bool HasAvx512() { return false; }
 void ChunkAvx512(const Problem& p, int64_t n0, int64_t n1) { ChunkPortable(p, n0, n1); }
 #endif
 
-// Set to 1 (by the Python test hook) to force the portable path.
-std::atomic<int> force_portable{0};
-// Multiply-adds (M * N * K) from which a product is split over the thread pool.
-std::atomic<int64_t> min_parallel_work{int64_t{1} << 22};
-
 void Chunk(const Problem& p, int64_t n0, int64_t n1) {
-  if (HasAvx512() && !force_portable.load(std::memory_order_relaxed)) {
+  if (UseAvx512()) {
     ChunkAvx512(p, n0, n1);
   } else {
     ChunkPortable(p, n0, n1);
   }
 }
 
-// ---------------------------------------------------------------- threading
-
-struct Shared {
-  Problem p;
-  int64_t chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-// Take chunks until none is left.
-void Drain(Shared& s) {
-  for (;;) {
-    const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
-    if (c >= s.chunks) return;
-    const int64_t n0 = c * kChannelChunk;
-    Chunk(s.p, n0, std::min(s.p.n, n0 + kChannelChunk));
-    s.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
-  const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   if (wd.size() != 2) {
     return ffi::Error::InvalidArgument("int8_matmul: weights must be [N, K] (rank 2)");
   }
   const int64_t n = wd[0], k = wd[1];
-  if (xd.size() < 1 || xd.back() != k) {
-    return ffi::Error::InvalidArgument("int8_matmul: x's last dimension must equal the weights' K");
-  }
+  const auto rows = RowsOf(x, k, "int8_matmul");
+  if (rows.has_error()) return rows.error();
+  const int64_t m = rows.value();
   if (scale.element_count() != static_cast<size_t>(n)) {
     return ffi::Error::InvalidArgument("int8_matmul: scale must have N elements");
   }
-  const int64_t m = k == 0 ? 0 : static_cast<int64_t>(x.element_count()) / k;
   if (y->element_count() != static_cast<size_t>(m * n)) {
     return ffi::Error::InvalidArgument("int8_matmul: output must be [M, N]");
   }
@@ -201,19 +157,8 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     std::fill(y->typed_data(), y->typed_data() + m * n, 0.0f);
     return ffi::Error::Success();
   }
-  auto shared = std::make_shared<Shared>();
-  shared->p = Problem{x.typed_data(), w.typed_data(), scale.typed_data(), y->typed_data(), m, k, n};
-  shared->chunks = (n + kChannelChunk - 1) / kChannelChunk;
-  // Waking a pool thread costs microseconds: small products (a decoding step's projections, each
-  // a few hundred KB of weights) run on the calling thread alone.
-  const bool split = m * n * k >= min_parallel_work.load(std::memory_order_relaxed);
-  const int64_t helpers = split ? std::min<int64_t>(pool.num_threads(), shared->chunks) - 1 : 0;
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([shared] { Drain(*shared); });
-  }
-  Drain(*shared);
-  // Every chunk has been taken; wait for those still running on other threads.
-  while (shared->done.load(std::memory_order_acquire) < shared->chunks) std::this_thread::yield();
+  const Problem p{x.typed_data(), w.typed_data(), scale.typed_data(), y->typed_data(), m, k, n};
+  ForChannelChunks(pool, n, m * n * k, [&p](int64_t n0, int64_t n1) { Chunk(p, n0, n1); });
   return ffi::Error::Success();
 }
 
@@ -226,12 +171,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WorkbenchInt8Matmul, Int8MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-
-extern "C" {
-// 1: the AVX-512 path runs on this CPU (tests and benchmarks report it).
-int workbench_int8_has_avx512() { return HasAvx512() ? 1 : 0; }
-// Force (1) or release (0) the portable path, so tests check both on an AVX-512 machine.
-void workbench_int8_force_portable(int on) { force_portable.store(on); }
-// Products of at least `work` multiply-adds are split over the pool (0: all of them; tests, tuning).
-void workbench_int8_set_min_parallel_work(int64_t work) { min_parallel_work.store(work); }
-}

@@ -14,8 +14,12 @@ REPO_ROOT = SOURCE_DIR.parent.parent
 # WORKBENCH_CPU_KERNELS names another build of the library (e.g. one built outside the checkout).
 LIBRARY_PATH = Path(os.environ.get("WORKBENCH_CPU_KERNELS", REPO_ROOT / "build" / "kernels" / "libworkbench_cpu.so"))
 BUILD_COMMAND = "make cpu-kernels"  # also run by `make env`
-DEFAULT_MIN_PARALLEL_WORK = 1 << 22  # as int8_matmul.cc's min_parallel_work
-TARGETS = {"workbench_int8_matmul": "WorkbenchInt8Matmul"}  # FFI target name -> exported handler symbol
+DEFAULT_MIN_PARALLEL_WORK = 1 << 22  # as common.h's min_parallel_work
+TARGETS = {  # FFI target name -> exported handler symbol
+    "workbench_int8_matmul": "WorkbenchInt8Matmul",
+    "workbench_q4_1_matmul": "WorkbenchQ4_1Matmul",
+    "workbench_q8_0_matmul": "WorkbenchQ8_0Matmul",
+}
 
 _lock = threading.Lock()
 _library = None
@@ -31,7 +35,8 @@ def _check_fresh(path: Path) -> None:
             f"the CPU kernel library {path} does not exist, so the int8 decoding path cannot run (it never "
             f"falls back to float32); build it with `{BUILD_COMMAND}` (or `make env`) in {REPO_ROOT} "
             f"(needs g++ and the venv's jaxlib headers)")
-    stale = [src.name for src in SOURCE_DIR.glob("*.cc") if src.stat().st_mtime > path.stat().st_mtime]
+    sources = [*SOURCE_DIR.glob("*.cc"), *SOURCE_DIR.glob("*.h")]
+    stale = [src.name for src in sources if src.stat().st_mtime > path.stat().st_mtime]
     if stale and "WORKBENCH_CPU_KERNELS" not in os.environ:
         raise KernelLibraryMissing(
             f"the CPU kernel library {path} is older than its sources ({', '.join(sorted(stale))}); rebuild it "
@@ -47,22 +52,22 @@ def load_library() -> ctypes.CDLL:
             library = ctypes.CDLL(str(LIBRARY_PATH))
             for target, symbol in TARGETS.items():
                 jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-            library.workbench_int8_force_portable.argtypes = [ctypes.c_int]
-            library.workbench_int8_set_min_parallel_work.argtypes = [ctypes.c_int64]
+            library.workbench_cpu_force_portable.argtypes = [ctypes.c_int]
+            library.workbench_cpu_set_min_parallel_work.argtypes = [ctypes.c_int64]
             _library = library
         return _library
 
 
 def has_avx512() -> bool:
     """Whether the kernels take their AVX-512 path on this CPU (else the portable loop)."""
-    return bool(load_library().workbench_int8_has_avx512())
+    return bool(load_library().workbench_cpu_has_avx512())
 
 
 def force_portable(on: bool) -> None:
     """Run the portable path even where AVX-512 is available (tests check both paths)."""
-    load_library().workbench_int8_force_portable(int(on))
+    load_library().workbench_cpu_force_portable(int(on))
 
 
 def set_min_parallel_work(work: int) -> None:
     """Split products of at least `work` multiply-adds (M * N * K) over XLA's thread pool (0: every one)."""
-    load_library().workbench_int8_set_min_parallel_work(int(work))
+    load_library().workbench_cpu_set_min_parallel_work(int(work))

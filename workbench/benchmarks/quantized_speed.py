@@ -1,27 +1,31 @@
-"""Int8 weights against float32 for KV-cached decoding of SmolLM2-135M on the CPU (issue 22: batch-1 AR
-itself faster, against the best AR this workbench can do, with llama.cpp's figure beside it).
+"""Packed 8- and 4-bit weights against float32 for KV-cached decoding of SmolLM2-135M on the CPU (issue 22:
+batch-1 AR itself faster, against the best AR this workbench can do, with llama.cpp's figure beside it).
 
 Rows, per batch size and new-token budget, on the chat-templated held-out prompts of
 `workbench.benchmarks.speculative_speed`, timed in the same run with the repeats interleaved
-(float32, int8, speculative, float32, ...) so load changes hit every row alike; median of
+(one repeat of every row, then the next) so load changes hit every row alike; median of
 `repeats` after one compiling call per row:
 
-- **float32 AR**: `workbench.sampling.ar.generate`, greedy, on the imported model; every other
-  row's time is a ratio to this one (`time_vs_f32`, `speedup_vs_f32`);
-- **int8 AR**: the same sampler on `quantize_for_decoding(model)` (`workbench.models.quantized`),
-  with its greedy token agreement with float32 AR (positional, `token_sequence_scores`) and the
-  fraction of outputs identical to it;
-- **int8 self-speculation**: `speculative_generate` (verified, greedy) on the int8 copy of the
-  drafter (the shipped adapter on top of the int8 base), with `equals_int8_ar`: 1.0 by construction.
+- **float32 AR**: `workbench.sampling.ar.generate`, greedy, on the imported model: the reference;
+- **int8 AR**: the same sampler on `quantize_for_decoding(model)` (`workbench.models.quantized`:
+  int8 per output channel, a quarter of float32's bytes; the weights change);
+- **Q4_1/Q8_0 AR**: the same sampler on `pack_gguf_blocks(model, gguf)`: the GGUF's own Q4_1
+  projections and Q8_0 table (96 MB instead of 538), i.e. the float32 model's exact weights;
+- **self-speculation** on each packed copy of the drafter (`speculative_generate`, verified, greedy,
+  the shipped adapter on top of the packed base), with `equals_packed_ar`: the fraction of outputs
+  identical to AR on the same packed base (1.0 by construction), and tokens per iteration.
 
-`ms_per_token` is a repeat's time over the tokens each row generated (prompt processing included;
-at batch 1 the prompts run one at a time). The **step table** times one cached decoding pass of n
-positions (n = 1, and the verify pass's block size) against `context` cached tokens, float32 and
-int8, without the prompt: the per-token cost the int8 weights change. llama.cpp's figure (Q4_1 GGUF,
+Every packed row has its greedy token agreement with float32 AR (positional,
+`token_sequence_scores`) and the fraction of outputs identical to it. Rows may generate different
+numbers of tokens (EOS), so speed is compared per token: `ms_per_token` is a repeat's time over the
+tokens each row generated (prompt processing included; at batch 1 the prompts run one at a time),
+and `speedup_vs_f32` is the ratio of tokens/s to float32 AR's in the same run. The **step table**
+times one cached decoding pass of n positions (n = 1, and the verify pass's block size) against
+`context` cached tokens for each weight format, without the prompt. llama.cpp's figure (Q4_1 GGUF,
 2 threads, the same machine idle, measured for issue 22; not rerun here) is printed beside it.
 
-    python -m workbench.benchmarks.quantized_speed --out runs/bench   # ~5 min on the loaded 2-core CPU
-    python -m workbench.benchmarks.quantized_speed --out runs/bench --batch 1 --lengths 64 --repeats 5
+    python -m workbench.benchmarks.quantized_speed --out runs/bench   # ~10 min on the loaded 2-core CPU
+    python -m workbench.benchmarks.quantized_speed --out runs/bench --batch 1 --lengths 64 --methods gguf_ar
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ from workbench.benchmarks.speculative_speed import (Ids, _cut, _groups, _pass_fn
                                                     smollm2_models)
 from workbench.config import save_json
 from workbench.evaluation.metrics import token_sequence_scores
-from workbench.models.quantized import quantize_for_decoding, quantized_bytes
+from workbench.models.quantized import pack_gguf_blocks, packed_bytes, quantize_for_decoding
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
 
-METHODS = ("f32_ar", "int8_ar", "int8_speculative")
-LABELS = {"f32_ar": "float32 AR (KV cache)", "int8_ar": "int8 AR (KV cache)",
-          "int8_speculative": "int8 self-speculation"}
+FORMATS = ("f32", "int8", "gguf")  # float32; int8 per channel; the GGUF's Q4_1 / Q8_0 blocks
+METHODS = ("f32_ar", "int8_ar", "gguf_ar", "int8_speculative", "gguf_speculative")
+LABELS = {"f32_ar": "float32 AR (KV cache)", "int8_ar": "int8 AR (KV cache)", "gguf_ar": "Q4_1/Q8_0 AR (KV cache)",
+          "int8_speculative": "int8 self-speculation", "gguf_speculative": "Q4_1/Q8_0 self-speculation"}
 LLAMA_CPP = {"ms_per_token": 10.5, "what": "llama.cpp, SmolLM2-135M-Instruct Q4_1 GGUF, 2 threads, batch 1, "
                                           "this machine idle (issue 22; not rerun here)"}
 
@@ -65,6 +70,7 @@ class QuantizedSpeedConfig:
     step_positions: tuple[int, ...] = (1, 4)  # the step table: one decoding step, one verify pass
     context: int = 100  # cached tokens the timed steps attend to
     step_repeats: int = 15
+    methods: tuple[str, ...] = METHODS  # f32_ar always runs (the reference)
     stop_at_eos: bool = True
     seed: int = 0
 
@@ -74,6 +80,9 @@ class QuantizedSpeedConfig:
         SpeculativeConfig(block_size=self.block_size)
         if min(self.repeats, self.batch1_prompts, self.step_repeats, self.context) < 1:
             raise ValueError("repeats, batch1_prompts, step_repeats and context must be >= 1")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"methods {sorted(unknown)} are not rows of this benchmark; expected some of {METHODS}")
 
 
 def interleaved(runs: dict[str, Callable], groups, repeats: int) -> dict[str, tuple[list[float], list]]:
@@ -94,11 +103,12 @@ def interleaved(runs: dict[str, Callable], groups, repeats: int) -> dict[str, tu
 
 def decode_rows(config: QuantizedSpeedConfig, models: dict, prompts: list[list[int]], ids: Ids,
                 progress: bool = True) -> pd.DataFrame:
-    """The float32 AR, int8 AR and int8 self-speculation rows (see the module docstring). `models`:
-    {"f32": AR model, "int8": its int8 copy, "int8_drafter": the drafter's int8 copy}."""
+    """The rows of `config.methods` (float32 AR always; see the module docstring). `models`: {"f32", "int8",
+    "gguf": the AR model and its packed copies; "int8_drafter", "gguf_drafter": the drafter's packed copies}."""
     eos = ids.eos if config.stop_at_eos else None
     stops = {ids.pad} | ({eos} if eos is not None else set())
     width = -(-max(len(p) for p in prompts) // 16) * 16
+    methods = ["f32_ar"] + [m for m in METHODS if m in config.methods and m != "f32_ar"]
     rows = []
     for batch in config.batch_sizes:
         count = config.batch1_prompts if batch == 1 else batch
@@ -110,14 +120,17 @@ def decode_rows(config: QuantizedSpeedConfig, models: dict, prompts: list[list[i
                                   eos_id=-1 if eos is None else eos)
             spec = SpeculativeConfig(block_size=config.block_size, max_new_tokens=length, eos_id=eos,
                                      pad_id=ids.pad, mask_id=ids.mask)
-            runs = {"f32_ar": lambda p, n: generate(models["f32"], p, n, ar),
-                    "int8_ar": lambda p, n: generate(models["int8"], p, n, ar),
-                    "int8_speculative": lambda p, n: speculative_generate(models["int8_drafter"], p, n, spec)}
-            timed = interleaved(runs, groups, config.repeats)
-            tokens = {m: np.concatenate([np.asarray(o.tokens) for o in timed[m][1]]) for m in METHODS}
-            f32_refs = [_cut(r, stops) for r in tokens["f32_ar"]]
-            int8_refs = [_cut(r, stops) for r in tokens["int8_ar"]]
-            for method in METHODS:
+
+            def run_of(method):
+                fmt, kind = method.split("_", 1)
+                if kind == "ar":
+                    return lambda p, n: generate(models[fmt], p, n, ar)
+                return lambda p, n: speculative_generate(models[f"{fmt}_drafter"], p, n, spec)
+
+            timed = interleaved({m: run_of(m) for m in methods}, groups, config.repeats)
+            tokens = {m: np.concatenate([np.asarray(o.tokens) for o in timed[m][1]]) for m in methods}
+            refs = {m: [_cut(r, stops) for r in tokens[m]] for m in methods if m.endswith("_ar")}
+            for method in methods:
                 times, outputs = timed[method]
                 lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
                 median = statistics.median(times)
@@ -126,36 +139,39 @@ def decode_rows(config: QuantizedSpeedConfig, models: dict, prompts: list[list[i
                        "new_tokens": float(lengths.mean()), "tokens_per_s": float(lengths.sum()) / median,
                        "ms_per_token": 1e3 * median * batch / max(float(lengths.sum()), 1.0)}
                 if method != "f32_ar":
-                    scores = token_sequence_scores(tokens[method], f32_refs, stops)
+                    scores = token_sequence_scores(tokens[method], refs["f32_ar"], stops)
                     row["agreement_with_f32"] = scores["token_accuracy"]
                     row["exact_with_f32"] = scores["exact_match"]
-                if method == "int8_speculative":
+                if method.endswith("_speculative"):
                     iterations = np.concatenate([np.asarray(o.iterations) for o in outputs])
                     row["tokens_per_iteration"] = float(lengths.sum() / max(iterations.sum(), 1))
-                    row["equals_int8_ar"] = token_sequence_scores(tokens[method], int8_refs, stops)["exact_match"]
+                    same_base = refs.get(method.replace("_speculative", "_ar"))
+                    if same_base is not None:
+                        row["equals_packed_ar"] = token_sequence_scores(tokens[method], same_base, stops)["exact_match"]
                 rows.append(row)
                 if progress:
-                    print(f"batch {batch} length {length:>4} {LABELS[method]:<24} {median * 1e3:9.1f} ms "
+                    print(f"batch {batch} length {length:>4} {LABELS[method]:<27} {median * 1e3:9.1f} ms "
                           f"(load {load_load()[0]})", file=sys.stderr, flush=True)
     return with_ratios(pd.DataFrame(rows))
 
 
 def with_ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """Each row's time as a ratio to float32 AR of the same batch size and length (same run)."""
+    """Each row's time per token as a ratio to float32 AR's of the same batch size and length (same run)."""
     table = table.copy()
     base = table[table["method"] == "f32_ar"].set_index(["batch_size", "length"])
     keys = list(zip(table["batch_size"], table["length"]))
-    table["time_vs_f32"] = [s / base.loc[k, "seconds"] for k, s in zip(keys, table["seconds"])]
+    table["time_vs_f32"] = [t / base.loc[k, "ms_per_token"] for k, t in zip(keys, table["ms_per_token"])]
     table["speedup_vs_f32"] = 1.0 / table["time_vs_f32"]
     return table
 
 
 def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
     """Median ms of one cached forward pass (logits included) of n positions against `context` cached
-    tokens, float32 and int8 alternating, per batch size; int8 as a ratio to float32."""
+    tokens for each weight format (the formats alternating call by call), per batch size; each packed
+    format's speed-up over float32."""
     rng = np.random.default_rng(config.seed)
     vocab = models["f32"].config.vocab_size
-    passes = {name: _pass_fn(models[name]) for name in ("f32", "int8")}
+    passes = {name: _pass_fn(models[name]) for name in FORMATS if name in models}
     rows = []
     for batch in config.batch_sizes:
         prompt = jnp.asarray(rng.integers(4, vocab, size=(batch, config.context)), jnp.int32)
@@ -175,10 +191,13 @@ def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
                     started = time.perf_counter()
                     call()
                     times[name].append(time.perf_counter() - started)
-            f32, int8 = (1e3 * statistics.median(times[k]) for k in ("f32", "int8"))
-            rows.append({"batch_size": batch, "positions": n, "f32_ms": f32, "int8_ms": int8,
-                         "f32_min_ms": 1e3 * min(times["f32"]), "int8_min_ms": 1e3 * min(times["int8"]),
-                         "int8_speedup": f32 / int8, "load": load_load()[0]})
+            row = {"batch_size": batch, "positions": n}
+            for name in calls:
+                row[f"{name}_ms"] = 1e3 * statistics.median(times[name])
+            for name in calls:
+                if name != "f32":
+                    row[f"{name}_speedup"] = row["f32_ms"] / row[f"{name}_ms"]
+            rows.append({**row, "load": load_load()[0]})
     return pd.DataFrame(rows)
 
 
@@ -187,8 +206,15 @@ def run(config: QuantizedSpeedConfig, *, adapter=None, out_dir=None, progress: b
     the step table; writes quantized_speed.json to `out_dir`. Returns {"rows", "steps": DataFrames, "payload"}."""
     from workbench.kernels.cpu import has_avx512
 
+    from workbench.pretrained.hub import embedded_path
+
     ar_model, drafter, tokenizer, ids, source = smollm2_models(adapter)
-    models = {"f32": ar_model, "int8": quantize_for_decoding(ar_model), "int8_drafter": quantize_for_decoding(drafter)}
+    gguf = embedded_path("smollm2-135m")
+    models = {"f32": ar_model, "int8": quantize_for_decoding(ar_model), "gguf": pack_gguf_blocks(ar_model, gguf)}
+    if "int8_speculative" in config.methods:
+        models["int8_drafter"] = quantize_for_decoding(drafter)
+    if "gguf_speculative" in config.methods:
+        models["gguf_drafter"] = pack_gguf_blocks(drafter, gguf)
     count = max(config.batch1_prompts if b == 1 else b for b in config.batch_sizes)
     prompts = chat_prompt_ids(tokenizer, count, config.max_prompt_tokens, config.seed)
     load_before = load_load()
@@ -198,8 +224,9 @@ def run(config: QuantizedSpeedConfig, *, adapter=None, out_dir=None, progress: b
     payload = {"config": dataclasses.asdict(config), "model": "smollm2-135m", "drafter": source,
                "device": {"platform": device.platform, "kind": device.device_kind}, "avx512": has_avx512(),
                "load_average": {"before": load_before, "after": load_load()}, "jax": jax.__version__,
-               "weight_bytes": {"f32": int(sum(x.nbytes for x in jax.tree.leaves(_params(ar_model)))),
-                                "int8": quantized_bytes(models["int8"])},
+               "gguf": str(gguf), "weight_bytes": {"f32": int(sum(x.nbytes for x in jax.tree.leaves(_params(ar_model)))),
+                                                   "int8": packed_bytes(models["int8"]),
+                                                   "gguf": packed_bytes(models["gguf"])},
                "prompt_tokens": [len(p) for p in prompts], "llama_cpp": LLAMA_CPP,
                "rows": rows.to_dict(orient="records"), "steps": steps.to_dict(orient="records")}
     if out_dir is not None:
@@ -216,7 +243,7 @@ def _params(model):
 
 
 ROW_COLUMNS = ["label", "batch_size", "length", "new_tokens", "seconds", "ms_per_token", "tokens_per_s", "time_vs_f32",
-               "speedup_vs_f32", "agreement_with_f32", "exact_with_f32", "tokens_per_iteration", "equals_int8_ar"]
+               "speedup_vs_f32", "agreement_with_f32", "exact_with_f32", "tokens_per_iteration", "equals_packed_ar"]
 
 
 def format_tables(result: dict) -> str:
@@ -230,7 +257,7 @@ def format_tables(result: dict) -> str:
             f"after {payload['load_average']['after']}",
             rows[[c for c in ROW_COLUMNS if c in rows.columns]].to_string(index=False, float_format=fmt),
             f"\none cached decoding pass of n positions against {payload['config']['context']} cached tokens "
-            f"(ms, median of {payload['config']['step_repeats']}, float32 and int8 alternating)",
+            f"(ms, median of {payload['config']['step_repeats']}, the formats alternating)",
             result["steps"].to_string(index=False, float_format=fmt),
             f"\nllama.cpp: {payload['llama_cpp']['ms_per_token']} ms per token ({payload['llama_cpp']['what']})"])
 
@@ -246,11 +273,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--batch1-prompts", type=int, default=defaults.batch1_prompts)
     parser.add_argument("--step-repeats", type=int, default=defaults.step_repeats)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(defaults.methods),
+                        help="rows besides float32 AR (which always runs)")
     parser.add_argument("--no-eos", action="store_true", help="never stop at EOS (every row generates --lengths)")
     args = parser.parse_args(argv)
     config = QuantizedSpeedConfig(batch_sizes=tuple(args.batch), lengths=tuple(args.lengths), repeats=args.repeats,
                                   batch1_prompts=args.batch1_prompts, step_repeats=args.step_repeats,
-                                  stop_at_eos=not args.no_eos)
+                                  methods=tuple(args.methods), stop_at_eos=not args.no_eos)
     result = run(config, adapter=args.adapter, out_dir=args.out)
     print(format_tables(result))
     print(f"wrote {Path(args.out) / 'quantized_speed.json'}")

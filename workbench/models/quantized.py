@@ -1,23 +1,30 @@
-"""Weight-only int8 decoding on CPU: `quantize_for_decoding(model)` returns a copy of a model
-whose projections and output head keep int8 weights and run the C++ kernel
-(`workbench.kernels.cpu.int8_matmul`).
+"""Packed weights for CPU decoding: a copy of a model whose projections and output head keep their
+weights in 8 or 4 bits and run the C++ kernels of `workbench.kernels.cpu`.
 
 Why: batch-1 KV-cached decoding reads every weight once per token, so on a CPU its speed is the
-weights' bytes over memory bandwidth, and int8 weights are a quarter of float32's. XLA:CPU has
-no fast int8 (or bf16) matrix-vector product, hence the custom call.
+weights' bytes over memory bandwidth. XLA:CPU has no fast int8, bf16 or 4-bit matrix-vector
+product, hence the custom calls. Two ways to pack:
+
+- `quantize_for_decoding(model, bits=8)`: symmetric int8 per output channel (scale = max|w[n]| /
+  127, q = round(w / scale)), from any float model. A quarter of float32's bytes; the weights
+  change (a greedy continuation drifts from float32's after some tokens).
+- `pack_gguf_blocks(model, gguf_path)`: the GGUF file's own blocks as llama.cpp ships them (Q4_1
+  projections: 0.625 bytes per weight; the Q8_0 embedding table), checked bitwise against the
+  model's float32 weights, which the workbench's GGUF import dequantized from those same blocks.
+  The kernels rebuild exactly those float32 weights, so only the summation order differs from the
+  float32 model.
 
 What changes: every `nnx.Linear` and the frozen base of every `LoRALinear` (its adapter stays
 float32 and still obeys `adapter_gate`, so a drafter adapter runs on top), and the output head
-(the tied embedding table [V, D] is already output-major). Each output channel n gets one
-float32 scale, max |w[n]| / 127, and q = round(w / scale) in [-127, 127]. A tied table's
-input lookup reads the same int8 rows times their scales, so `fake_quantize` (float32
-weights equal to the dequantized ones) is the float reference of the same network. Norms,
-rotary positions, attention and the KV cache are unchanged (float32). The copy is for
-decoding (any sampler that calls the model's forward); it has no gradients.
+(the tied embedding table [V, D] is already output-major); a tied table's input lookup reads the
+same packed rows. Norms, rotary positions, attention and the KV cache are unchanged.
+`fake_quantize` is the float32 model with the int8 copy's weights (its reference). The copies are
+for decoding (any sampler that calls the model's forward); they have no gradients.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -25,15 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench.kernels.cpu import int8_matmul
+from workbench.kernels.cpu import BLOCK_BYTES, dequantize_blocks, gguf_matmul, int8_matmul
 from workbench.models.lora import LoRALinear, LoRAParam, add_adapter, current_gate
 from workbench.models.transformer import _Embedder
 
 BITS = (8,)
+FORMATS = ("int8", "q4_1", "q8_0")  # per-channel int8; GGUF blocks
 
 
 class Quantized(nnx.Variable):
-    """Packed int8 weights or their float32 scales: model state, never trained or checkpointed."""
+    """Packed weights (int8 or GGUF block bytes) or their scales: model state, never trained."""
 
 
 def quantize_int8(w_NxK) -> tuple[np.ndarray, np.ndarray]:
@@ -55,33 +63,55 @@ def dequantize_int8(q_NxK, scale_N) -> jax.Array:
     return jnp.asarray(q_NxK).astype(jnp.float32) * jnp.asarray(scale_N, jnp.float32)[:, None]
 
 
-class Int8Linear(nnx.Module):
-    """y = x @ (q * scale).T (+ bias), q [N, K] int8 kept packed; the float32 kernel is not kept."""
+def packed_matmul(x: jax.Array, fmt: str, weight: jax.Array, scale: Optional[jax.Array]) -> jax.Array:
+    """x[..., K] @ W.T for packed W[N, K] of format `fmt` (float32 out)."""
+    return int8_matmul(x, weight, scale) if fmt == "int8" else gguf_matmul(x, weight, fmt)
 
-    def __init__(self, kernel_KxN, bias=None, dtype=None):
-        q, scale = quantize_int8(np.asarray(kernel_KxN, np.float32).T)
-        self.weight = Quantized(jnp.asarray(q))
-        self.scale = Quantized(jnp.asarray(scale))
+
+def packed_rows(fmt: str, weight: jax.Array, scale: Optional[jax.Array], ids: jax.Array) -> jax.Array:
+    """Rows `ids` of packed W[N, K] as float32 [..., K] (a tied table's input lookup)."""
+    rows = jnp.take(weight, ids, axis=0)
+    if fmt == "int8":
+        return rows.astype(jnp.float32) * jnp.take(scale, ids, axis=0)[..., None]
+    return dequantize_blocks(rows, fmt)
+
+
+class PackedLinear(nnx.Module):
+    """y = x @ W.T (+ bias), W[N, K] kept packed (`fmt`: int8 per channel, or GGUF q4_1 / q8_0 blocks)."""
+
+    def __init__(self, fmt: str, weight, scale=None, bias=None, dtype=None):
+        if fmt not in FORMATS:
+            raise ValueError(f"PackedLinear: fmt={fmt!r}; expected one of {FORMATS}")
+        self.fmt = fmt
+        self.weight = Quantized(jnp.asarray(weight))
+        self.scale = None if scale is None else Quantized(jnp.asarray(scale, jnp.float32))
         self.bias = None if bias is None else Quantized(jnp.asarray(bias, jnp.float32))
         self.dtype = dtype
 
+    @classmethod
+    def int8(cls, kernel_KxN, bias=None, dtype=None) -> "PackedLinear":
+        q, scale = quantize_int8(np.asarray(kernel_KxN, np.float32).T)
+        return cls("int8", q, scale, bias, dtype)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        y = int8_matmul(x, self.weight[...], self.scale[...])
+        y = packed_matmul(x, self.fmt, self.weight[...], None if self.scale is None else self.scale[...])
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(dtype)
 
     def dequantized_kernel(self) -> jax.Array:
         """The float32 kernel [K, N] (nnx.Linear's layout) this layer computes with."""
-        return dequantize_int8(self.weight[...], self.scale[...]).T
+        if self.fmt == "int8":
+            return dequantize_int8(self.weight[...], self.scale[...]).T
+        return dequantize_blocks(self.weight[...], self.fmt).T
 
 
-class Int8LoRALinear(Int8Linear):
-    """`LoRALinear` on an int8 base: y = x @ base (+ bias) + gate * scale * (x @ A) @ B, A and B float32."""
+class PackedLoRALinear(PackedLinear):
+    """`LoRALinear` on a packed base: y = x @ base (+ bias) + gate * scale * (x @ A) @ B, A and B float32."""
 
-    def __init__(self, layer: LoRALinear):
-        super().__init__(layer.kernel[...], None if layer.bias is None else layer.bias[...], layer.dtype)
+    def __init__(self, layer: LoRALinear, fmt: str, weight, scale=None):
+        super().__init__(fmt, weight, scale, None if layer.bias is None else layer.bias[...], layer.dtype)
         self.lora_a = LoRAParam(layer.lora_a[...])
         self.lora_b = LoRAParam(layer.lora_b[...])
         self.lora_scale = layer.scale
@@ -91,25 +121,26 @@ class Int8LoRALinear(Int8Linear):
         return add_adapter(super().__call__(x), x, self.lora_a[...], self.lora_b[...], self.lora_scale, self.dtype)
 
 
-class Int8Embedder(_Embedder):
-    """The embedder with an int8 output head (the tied table, or the untied `lm_head`). A tied table's
-    input lookup dequantizes the rows it reads; an untied model keeps its float32 input table."""
+class PackedEmbedder(_Embedder):
+    """The embedder with a packed output head (the tied table, or the untied `lm_head`). A tied table's
+    input lookup unpacks the rows it reads; an untied model keeps its float32 input table."""
 
-    def __init__(self, embedder: _Embedder):
+    def __init__(self, embedder: _Embedder, fmt: str, weight, scale=None):
         self.config = embedder.config
         self.tied = embedder.lm_head is None
-        table = embedder.embedding[...] if self.tied else embedder.lm_head[...]
-        q, scale = quantize_int8(table)
-        self.head = Quantized(jnp.asarray(q))
-        self.head_scale = Quantized(jnp.asarray(scale))
+        self.fmt = fmt
+        self.head = Quantized(jnp.asarray(weight))
+        self.head_scale = None if scale is None else Quantized(jnp.asarray(scale, jnp.float32))
         self.embedding = None if self.tied else embedder.embedding
         self.lm_head = None
         self.row_delta = embedder.row_delta
 
+    def _scale(self):
+        return None if self.head_scale is None else self.head_scale[...]
+
     def embed(self, tokens_BxT):
         if self.tied:
-            x = jnp.take(self.head[...], tokens_BxT, axis=0).astype(jnp.float32)
-            x = x * jnp.take(self.head_scale[...], tokens_BxT, axis=0)[..., None]
+            x = packed_rows(self.fmt, self.head[...], self._scale(), tokens_BxT)
         else:
             x = jnp.take(self.embedding[...], tokens_BxT, axis=0)
         if self.row_delta is not None and current_gate() is not False:
@@ -117,7 +148,7 @@ class Int8Embedder(_Embedder):
         return x.astype(self.config.dtype)
 
     def logits(self, x_BxTxD):
-        logits = int8_matmul(x_BxTxD, self.head[...], self.head_scale[...])
+        logits = packed_matmul(x_BxTxD, self.fmt, self.head[...], self._scale())
         gate = current_gate()
         if self.row_delta is not None and self.tied and gate is not False:  # as `_Embedder.logits`
             ids = jnp.asarray(self.config.lora.trainable_rows, jnp.int32)
@@ -129,65 +160,156 @@ class Int8Embedder(_Embedder):
         return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
 
 
-def _int8_layer(layer):
-    if isinstance(layer, LoRALinear):
-        return Int8LoRALinear(layer)
-    if isinstance(layer, nnx.Linear):
-        return Int8Linear(layer.kernel[...], None if layer.bias is None else layer.bias[...], layer.dtype)
+def _weight_NxK(layer) -> np.ndarray:
+    """A layer's float32 weights, output channels first ([N, K]; a table [V, D] as it is)."""
     if isinstance(layer, _Embedder):
-        return Int8Embedder(layer)
-    return None
+        return np.asarray((layer.embedding if layer.lm_head is None else layer.lm_head)[...], np.float32)
+    return np.asarray(layer.kernel[...], np.float32).T
 
 
-def _check_bits(bits: int) -> None:
-    if bits not in BITS:
-        raise ValueError(f"bits={bits}; expected one of {BITS} (weight-only int8 per output channel)")
+def _packed(layer, fmt: str, weight, scale=None):
+    if isinstance(layer, LoRALinear):
+        return PackedLoRALinear(layer, fmt, weight, scale)
+    if isinstance(layer, nnx.Linear):
+        return PackedLinear(fmt, weight, scale, None if layer.bias is None else layer.bias[...], layer.dtype)
+    return PackedEmbedder(layer, fmt, weight, scale)
+
+
+def _layers(model) -> list[tuple[nnx.Module, str, nnx.Module]]:
+    """(parent, attribute, layer) of every projection and the embedder."""
+    found = []
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module):
+            for name, value in vars(node).items():
+                if isinstance(value, (nnx.Linear, LoRALinear, _Embedder)):
+                    found.append((node, name, value))
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nnx.Linear, LoRALinear or embedder to pack")
+    return found
+
+
+def _replace(model, packer, label: str) -> nnx.Module:
+    new = nnx.clone(model)
+    changes = [(parent, name, packer(parent, name, layer)) for parent, name, layer in _layers(new)]
+    for parent, name, packed in changes:
+        setattr(parent, name, packed)
+    new.quantization = label
+    return new
 
 
 def quantize_for_decoding(model: nnx.Module, bits: int = 8) -> nnx.Module:
     """A copy of `model` (decoder-only or encoder-decoder, adapters included) whose projections and output
-    head hold int8 weights (see the module docstring); `model` is untouched. The kernel takes and returns
-    float32 (other compute dtypes are cast around it). CPU only: the layers call an
-    XLA:CPU custom call, built by `make cpu-kernels` (`make env` builds it)."""
-    _check_bits(bits)
-    new = nnx.clone(model)
-    changes = []
-    for _, node in nnx.iter_graph(new):
-        if isinstance(node, nnx.Module):
-            for name, value in vars(node).items():
-                replacement = _int8_layer(value) if isinstance(value, nnx.Module) else None
-                if replacement is not None:
-                    changes.append((node, name, replacement))
-    if not changes:
-        raise ValueError(f"quantize_for_decoding: {type(model).__name__} has no nnx.Linear, LoRALinear or embedder "
-                         "to quantize")
-    for node, name, replacement in changes:
-        setattr(node, name, replacement)
-    new.quantization = f"int{bits}"
-    return new
+    head hold int8 weights per output channel (see the module docstring); `model` is untouched. The
+    kernel takes and returns float32 (other compute dtypes are cast around it). CPU only: the layers call
+    an XLA:CPU custom call, built by `make cpu-kernels` (`make env` builds it)."""
+    if bits not in BITS:
+        raise ValueError(f"bits={bits}; expected one of {BITS} (int8 per output channel; for 4 bits, pack the "
+                         f"GGUF's own Q4_1 blocks with pack_gguf_blocks(model, gguf_path))")
+    return _replace(model, lambda parent, name, layer: _packed(layer, "int8", *quantize_int8(_weight_NxK(layer))),
+                    f"int{bits}")
 
 
 def fake_quantize(model: nnx.Module, bits: int = 8) -> nnx.Module:
-    """A float32 copy of `model` whose quantized weights (those `quantize_for_decoding` packs) are replaced
-    by their dequantized values: the same network as the int8 copy, computed by XLA's float32 dots."""
-    _check_bits(bits)
+    """A float32 copy of `model` whose weights are those of `quantize_for_decoding(model, bits)` (dequantized):
+    the same network, computed by XLA's float32 dots."""
+    if bits not in BITS:
+        raise ValueError(f"bits={bits}; expected one of {BITS}")
     new = nnx.clone(model)
-    for _, node in nnx.iter_graph(new):
-        if isinstance(node, (nnx.Linear, LoRALinear)):
-            node.kernel.set_value(dequantize_int8(*quantize_int8(np.asarray(node.kernel[...]).T)).T)
-        elif isinstance(node, _Embedder):
-            table = node.embedding if node.lm_head is None else node.lm_head
-            table.set_value(dequantize_int8(*quantize_int8(table[...])))
+    for _, _, layer in _layers(new):
+        w = dequantize_int8(*quantize_int8(_weight_NxK(layer)))
+        if isinstance(layer, _Embedder):
+            (layer.embedding if layer.lm_head is None else layer.lm_head).set_value(w)
+        else:
+            layer.kernel.set_value(w.T)
     return new
 
 
-def quantized_bytes(model: nnx.Module) -> dict[str, int]:
+# -- GGUF blocks --------------------------------------------------------------------------------------------
+
+# Our projection attributes -> the llama GGUF tensor of block i; q and k rows are stored permuted.
+GGUF_NAMES = {("attn", "q"): "attn_q", ("attn", "k"): "attn_k", ("attn", "v"): "attn_v", ("attn", "o"): "attn_output",
+              ("mlp", "gate"): "ffn_gate", ("mlp", "up"): "ffn_up", ("mlp", "down"): "ffn_down"}
+
+
+class GGUFBlocks:
+    """The raw blocks of a llama GGUF file's projection and embedding tensors, rows in the workbench's
+    order (q and k un-permuted as the importer does)."""
+
+    def __init__(self, path: str | Path):
+        from workbench.pretrained.gguf_reader import GGUFSource
+
+        self.source = GGUFSource(path)
+        self.tensors = {t.name: t for t in self.source.reader.tensors}
+
+    def blocks(self, gguf_name: str) -> tuple[str, np.ndarray]:
+        """(format, uint8 [N, K / 32 * bytes]) of a Q4_1 or Q8_0 tensor."""
+        from workbench.pretrained.gguf_reader import unpermute_rows
+
+        if gguf_name not in self.tensors:
+            raise ValueError(f"{self.source.path.name} has no tensor {gguf_name!r}; is this the model's GGUF file?")
+        tensor = self.tensors[gguf_name]
+        fmt = tensor.tensor_type.name.lower()
+        if fmt not in BLOCK_BYTES:
+            raise ValueError(f"{self.source.path.name}: {gguf_name} is {tensor.tensor_type.name}; packed decoding reads "
+                             f"{sorted(BLOCK_BYTES)} blocks (use quantize_for_decoding(model, bits=8) instead)")
+        data = np.asarray(tensor.data, np.uint8)
+        heads = {"attn_q": self.source.hf_config["num_attention_heads"],
+                 "attn_k": self.source.hf_config["num_key_value_heads"]}.get(gguf_name.split(".")[-2])
+        return fmt, unpermute_rows(data, heads) if heads else data
+
+
+def _gguf_name(model, parent, name: str, layer) -> str:
+    if isinstance(layer, _Embedder):
+        return "token_embd.weight" if layer.lm_head is None else "output.weight"
+    for i, block in enumerate(model.blocks):
+        for (owner, attr), gguf in GGUF_NAMES.items():
+            if getattr(block, owner) is parent and attr == name:
+                return f"blk.{i}.{gguf}.weight"
+    raise ValueError(f"no GGUF tensor for the projection {name!r} of {type(parent).__name__}")
+
+
+def _blocks_of(rows_NxK: np.ndarray, fmt: str) -> np.ndarray:
+    import gguf
+
+    return np.asarray(gguf.quants.quantize(rows_NxK, gguf.GGMLQuantizationType[fmt.upper()]), np.uint8)
+
+
+def pack_gguf_blocks(model: nnx.Module, gguf_path: str | Path) -> nnx.Module:
+    """A copy of `model` (a decoder-only model imported from `gguf_path`, or an adapted one on top of it)
+    whose projections and output head keep the GGUF's own Q4_1 / Q8_0 blocks. Every packed tensor is
+    checked: its dequantized blocks must equal the model's float32 weights bitwise (else ValueError names
+    the tensor). Rows the model has beyond the file's (an appended mask token's embedding) are quantized to
+    the table's format here."""
+    if not model.config.arch_spec.decoder_only:
+        raise ValueError(f"pack_gguf_blocks takes a decoder-only model imported from a GGUF; got arch={model.config.arch!r}")
+    source = GGUFBlocks(gguf_path)
+
+    def pack(parent, name, layer):
+        gguf_name = _gguf_name(new_model, parent, name, layer)
+        fmt, blocks = source.blocks(gguf_name)
+        want = _weight_NxK(layer)
+        extra = want.shape[0] - blocks.shape[0]
+        if isinstance(layer, _Embedder) and extra > 0:
+            blocks = np.concatenate([blocks, _blocks_of(want[blocks.shape[0]:], fmt)])
+        got = np.asarray(dequantize_blocks(jnp.asarray(blocks), fmt))
+        if got.shape != want.shape or not np.array_equal(got[:want.shape[0] - max(extra, 0)],
+                                                         want[:want.shape[0] - max(extra, 0)]):
+            detail = (f"shape {got.shape} vs {want.shape}" if got.shape != want.shape
+                      else f"max difference {np.abs(got - want).max():.3g}")
+            raise ValueError(f"{gguf_name} in {Path(gguf_path).name} is not this model's {type(parent).__name__}.{name} "
+                             f"({detail}); pack the model that was loaded from this GGUF file")
+        return _packed(layer, fmt, blocks)
+
+    new_model = nnx.clone(model)
+    changes = [(parent, name, pack(parent, name, layer)) for parent, name, layer in _layers(new_model)]
+    for parent, name, packed in changes:
+        setattr(parent, name, packed)
+    new_model.quantization = "gguf"
+    return new_model
+
+
+def packed_bytes(model: nnx.Module) -> dict[str, int]:
     """Bytes of the packed weights and scales, and of the float state left (norms, adapters, untied input table)."""
     packed = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, Quantized)))
     rest = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Not(Quantized))) if hasattr(x, "nbytes"))
     return {"packed": int(packed), "float": int(rest)}
-
-
-def is_quantized(model: nnx.Module) -> Optional[str]:
-    """'int8' for a `quantize_for_decoding` copy, else None."""
-    return getattr(model, "quantization", None)
