@@ -211,3 +211,12 @@ def test_eval_set_and_models_are_checked():
         run_decode_speed(config, model, progress=False, eval_set=decode_speed.EvalSet(((5,) * 4, (5,)), ((6,), (6,))))
     with pytest.raises(ValueError, match="as many references as prompts"):
         decode_speed.EvalSet(((5,),), ())
+
+
+def test_summary_and_figure_page_for_a_notebook(table, tmp_path):
+    frame, _ = table
+    summary = decode_speed.speed_summary(frame)
+    assert summary["backend"] == "cpu" and summary["device"] and len(summary["rows"]) == len(frame)
+    assert summary["max_speedup_vs_ar"] == pytest.approx(frame["speedup_vs_ar"].max())
+    speed_figure(frame, html=tmp_path / "speed.html")
+    assert "Plotly.newPlot" in (tmp_path / "speed.html").read_text()  # plotly.js inlined: it works offline

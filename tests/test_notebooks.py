@@ -330,6 +330,24 @@ def test_cells_after_setup_and_parameters_are_calls_and_displays(name):
                                          ast.ClassDef)), f"{name}: move this into workbench:\n{ast.unparse(node)[:300]}"
 
 
+CODE_LINE_BUDGET = 250  # issue 24: all notebooks together, beyond their setup and parameters cells
+
+
+def code_lines(nb) -> int:
+    """Non-blank, non-comment lines of the code cells after the setup cell, the parameters cell left out."""
+    code = [c for c in nb.cells if c.cell_type == "code"][1:]
+    return sum(1 for c in code if "parameters" not in c.metadata.get("tags", [])
+               for line in c.source.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+def test_notebooks_stay_within_their_code_line_budget():
+    """Notebooks are stories of calls: logic longer than a few lines lives in the package, tested."""
+    counts = {name: code_lines(read(name)) for name in EXPECTED}
+    assert sum(counts.values()) <= CODE_LINE_BUDGET, (
+        f"{sum(counts.values())} code lines beyond setup and parameters, budget {CODE_LINE_BUDGET}: {counts}; "
+        f"move repeated or multi-line logic into workbench")
+
+
 @pytest.mark.slow
 def test_convert_pretrained_at_a_small_setting(tmp_path):
     """Notebook 07 end to end on a tiny Llama-layout model exported with a byte-level BPE tokenizer

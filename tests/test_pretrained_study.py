@@ -85,3 +85,9 @@ def test_prepare_needs_a_tokenizer(imported):
 
     with pytest.raises(ValueError, match="loaded without a tokenizer"):
         pretrained_study.prepare_for_diffusion(dataclasses.replace(imported, tokenizer=None))
+
+
+def test_describe_names_the_model_its_shape_and_special_ids(imported):
+    name, specials = pretrained_study.describe(imported).split("\n")
+    assert f"{imported.config.num_layers} layers, d_model {imported.config.d_model}, vocabulary 400" in name
+    assert specials == f"special ids: {imported.tokenizer.specials.describe()}"

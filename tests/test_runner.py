@@ -100,3 +100,12 @@ def test_metrics_do_not_depend_on_batch_size(finetuned, method, tmp_path):
         preds = (tmp_path / f"b{batch_size}" / "predictions.jsonl").read_text()
         results.append((summary["f1"], summary["exact_match"], preds))
     assert results[0] == results[1]
+
+
+def test_predictions_load_as_a_table(tmp_path):
+    from workbench.evaluation.runner import load_predictions
+
+    rows = [{"id": "007", "outputs": ["a"], "reference": "b"}, {"id": "8", "outputs": ["c", "d"], "reference": "e"}]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = load_predictions(tmp_path)
+    assert list(table["id"]) == ["007", "8"] and list(table["outputs"]) == [["a"], ["c", "d"]]

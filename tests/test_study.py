@@ -63,3 +63,22 @@ def test_tokenizer_home_is_the_given_folder_the_run_s_parent_or_the_default(tmp_
     assert study.tokenizer_home(tmp_path / "a" / "run", None, tmp_path) == (tmp_path / "a").resolve()
     with pytest.raises(FileNotFoundError, match="no tokenizer/ in .*pass tokenizer_dir="):
         study.tokenizer_home(tmp_path / "b" / "run", None, tmp_path)
+
+
+def test_short_run_is_the_notebooks_training_preset():
+    config = study.short_run(0, 1e-2, seed=3, log_every=1, warmup_steps=0)
+    assert (config.steps, config.seed, config.log_every, config.checkpoint_every) == (0, 3, 1, 1)
+    assert not config.progress and not config.tensorboard and config.loss.kind == "ar"
+    assert (config.optimizer.learning_rate, config.optimizer.schedule, config.optimizer.warmup_steps) == (
+        1e-2, "constant", 0)
+    loss = study.loss_config(TOKENIZER, "uniform")
+    assert study.short_run(20, 1e-3, loss=loss) == study.with_loss(study.short_run(20, 1e-3), loss)
+    assert study.short_run(20, 1e-3).checkpoint_every == 20
+
+
+def test_pretrain_numbers_come_from_the_run_directory(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "loss": 4.5}\n{"step": 5, "eval_loss": 4.75}\n')
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=100))
+    result = stages.PretrainResult(SimpleNamespace(run_dir=tmp_path, step=5, model=model), None, 4.25)
+    assert result.numbers() == {"steps": 5, "final_loss": 4.5, "held_out_loss": 4.75, "unigram_entropy": 4.25,
+                                "vocab_size": 100}

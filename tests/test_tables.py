@@ -188,3 +188,10 @@ def test_render_tables_counts_the_project_cells_per_table(tmp_path):
     rendered, summary = tables.render_tables([2], tables.load_runs([run]))
     assert len(rendered) == 1 and "<table" in rendered[0]
     assert summary["2"]["project_cells"] == 1
+
+
+def test_render_tables_writes_one_page_when_asked(tmp_path):
+    run = _run(tmp_path, "r", [_entry(method="AR", num_steps=None, num_samples=None, score=50.0)])
+    rendered, _ = tables.render_tables([1, 2], tables.load_runs([run]), html=tmp_path / "tables.html")
+    page = (tmp_path / "tables.html").read_text(encoding="utf-8")
+    assert page.startswith("<html>") and all(table in page for table in rendered)

@@ -4,6 +4,7 @@ import numpy as np
 
 from workbench.data.special import SpecialIds
 from workbench.sampling.diffusion import DiffusionOutput
+from workbench.viz import trajectory
 from workbench.viz.trajectory import final_accuracy, trajectory_from_output
 
 
@@ -45,3 +46,14 @@ def test_a_reference_filling_the_canvas_has_no_padding_accuracy():
     traj = trajectory_from_output(output_of([[5, 7, 1]]), DigitTokenizer(), 0, reference="57")
     assert np.isnan(traj.quality_padding).all() and final_accuracy(traj)["final_accuracy_padding"] is None
     assert final_accuracy(trajectory_from_output(output_of([[5, 7, 1]]), DigitTokenizer(), 0))["final_accuracy"] is None
+
+
+def test_records_of_a_trajectory_and_of_a_page_of_them():
+    out = output_of([[0] * 8, [5, 7, 1, 0, 0, 0, 0, 0]])
+    traj = trajectory_from_output(out, DigitTokenizer(), 0, prompt="1" * 300, reference="57")
+    record = trajectory.record(traj)
+    assert record["prompt"] == "1" * 200 and record["chosen_sample"] == 0 and record["steps"] == 1
+    assert record["final_accuracy"] == 5 / 8 and record["final_accuracy_text"] == 0.0
+    assert record["rewritten_per_step"] == [0.0] and record["final_text"] == "" and record["chosen_score"] == 0.0
+    assert trajectory.page_record([traj, traj], "page.html") == {"html": "page.html", "examples": 2,
+                                                                 "final_accuracy": [5 / 8, 5 / 8]}

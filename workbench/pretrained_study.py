@@ -1,6 +1,6 @@
 """AR2Diff from a real pretrained model, as the calls notebook 07 makes.
 
-load (`workbench.pretrained.load_pretrained`) -> AR answers to chat prompts (`ar_answers`) ->
+load (`workbench.pretrained.load_pretrained`; `describe`) -> AR answers to chat prompts (`ar_answers`) ->
 a mask token, the diffusion attention and the target shift (`prepare_for_diffusion`) -> the
 adaptation stage through `study.adapt`, the same call as for a workbench-trained model ->
 diffusion answers with their denoising trajectory (`diffusion_answers`). AR vs diffusion
@@ -24,6 +24,13 @@ from workbench.pretrained import Pretrained, with_mask_token
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.diffusion import DiffusionSamplingConfig, diffusion_sample
 from workbench.viz.trajectory import Trajectory, trajectory_from_output
+
+
+def describe(pretrained: Pretrained) -> str:
+    """An imported model in two lines: its name, kind, license and shape; its tokenizer's special ids."""
+    source, config, tokenizer = pretrained.source, pretrained.config, pretrained.tokenizer
+    return (f"{source.name} ({source.kind}, {source.license}): {config.num_layers} layers, d_model {config.d_model}, "
+            f"vocabulary {tokenizer.vocab_size}\nspecial ids: {tokenizer.specials.describe()}")
 
 
 def prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:

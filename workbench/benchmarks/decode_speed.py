@@ -331,8 +331,10 @@ def write_results(table: pd.DataFrame, config: DecodeSpeedConfig, models: dict, 
     return path
 
 
-def speed_figure(table: pd.DataFrame, title: str = "Decode time at equal output length"):
-    """Figure 3 of the paper: seconds vs output length (log-log), and diffusion's speed-up over AR."""
+def speed_figure(table: pd.DataFrame, title: str = "Decode time at equal output length",
+                 html: Optional[Path | str] = None):
+    """Figure 3 of the paper: seconds vs output length (log-log), and diffusion's speed-up over AR;
+    also written to `html` as a self-contained page when given."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -359,7 +361,17 @@ def speed_figure(table: pd.DataFrame, title: str = "Decode time at equal output 
     fig.update_yaxes(type="log", title_text="seconds (median)", row=1, col=1)
     fig.update_yaxes(type="log", title_text="AR seconds / diffusion seconds", row=1, col=2)
     fig.update_layout(title=title, height=480, width=1100, legend={"font": {"size": 11}})
+    if html is not None:
+        fig.write_html(html, include_plotlyjs=True)
     return fig
+
+
+def speed_summary(table: pd.DataFrame) -> dict:
+    """What a metrics.json records of a decode-speed table: the device, every row, and the largest
+    speed-up over AR among the rows that ran."""
+    done = table[table["status"] == "ok"]
+    return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "rows": table.to_dict(orient="records"), "max_speedup_vs_ar": float(done["speedup_vs_ar"].max())}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -396,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                threshold=args.threshold, process=args.process, temperature=args.temperature)
     table = run_decode_speed(config, out_dir=args.out)
     out = Path(args.out)
-    speed_figure(table).write_html(out / "decode_speed.html", include_plotlyjs=True)
+    speed_figure(table, html=out / "decode_speed.html")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["label", "length", "seconds", "ms_per_token", "tokens_per_s", "nfe_per_token", "speedup_vs_ar",
                      "speedup_vs_full", "exact_match", "token_accuracy", "status"]].dropna(axis=1, how="all")

@@ -165,6 +165,13 @@ def score_outputs(task: TaskSpec | str, records: list[dict], outputs: list[list[
     return result
 
 
+def load_predictions(out_dir: Path | str):
+    """The predictions.jsonl `evaluate` wrote to `out_dir` as a table: id, outputs, reference."""
+    import pandas as pd
+
+    return pd.read_json(Path(out_dir) / "predictions.jsonl", lines=True, dtype={"id": str})
+
+
 def evaluate(model, tokenizer, config: EvalConfig, out_dir: Path | str, *, data_dir=None, extra: Optional[dict] = None,
              progress: bool = True, mesh: Optional[Mesh] = None) -> dict:
     """Decode and score one task; write metrics.json, predictions.jsonl and run_info.json.

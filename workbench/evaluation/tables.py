@@ -378,10 +378,11 @@ def to_html(wide: pd.DataFrame, title: str = "", precision: int = 2) -> str:
     )
 
 
-def render_tables(tables: Iterable[int], project: pd.DataFrame, decoding: tuple[int, int] = (10, 8)
-                  ) -> tuple[list[str], dict]:
+def render_tables(tables: Iterable[int], project: pd.DataFrame, decoding: tuple[int, int] = (10, 8),
+                  html: Optional[str | Path] = None) -> tuple[list[str], dict]:
     """Each paper table beside the project's results as HTML, and a summary per table (its
-    rows, the project's columns and how many project cells are filled)."""
+    rows, the project's columns and how many project cells are filled); all of them also written to
+    `html` as one page when given."""
     rendered, summary = [], {}
     for table in tables:
         wide = compare(table, project, decoding=tuple(decoding))
@@ -389,4 +390,7 @@ def render_tables(tables: Iterable[int], project: pd.DataFrame, decoding: tuple[
         project_columns = [c for c in wide.columns if c[1].startswith("project")]
         summary[str(table)] = {"rows": list(map(str, wide.index)), "project_columns": ["/".join(c) for c in project_columns],
                                "project_cells": int(wide[project_columns].notna().sum().sum()) if project_columns else 0}
+    if html is not None:
+        Path(html).write_text("<html><head><meta charset='utf-8'></head><body>" + "\n".join(rendered) + "</body></html>",
+                              encoding="utf-8")
     return rendered, summary

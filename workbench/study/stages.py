@@ -18,9 +18,11 @@ from workbench.evaluation.runner import evaluate
 from workbench.evaluation.tasks import get_task
 from workbench.models import ModelConfig, build_model, default_compute_dtype, get_preset
 from workbench.objectives.losses import LossConfig
-from workbench.training import LMSource, Seq2SeqSource, TrainConfig, fit_pairs, held_out_loss, train, validation_batches
+from workbench.training import (LMSource, OptimizerConfig, Seq2SeqSource, TrainConfig, fit_pairs, held_out_loss, train,
+                                validation_batches)
 from workbench.training.ar2diff import adaptation_config, ar2diff
 from workbench.training.trainer import TrainResult
+from workbench.viz.report import run_numbers
 
 
 def tokenizer_for(run_dir: Path | str, preset: str = "tiny", data_dir=None) -> Tokenizer:
@@ -99,6 +101,12 @@ class PretrainResult:
     @property
     def model(self):
         return self.result.model
+
+    def numbers(self) -> dict:
+        """What a notebook records of it: steps, last training and held-out loss, the unigram entropy and
+        the vocabulary size (the held-out loss of a uniform guess is its log)."""
+        logged = run_numbers(self.result.run_dir, self.result.step, final_loss="loss", held_out_loss="eval_loss")
+        return {**logged, "unigram_entropy": self.unigram_entropy, "vocab_size": self.model.config.vocab_size}
 
 
 def lm_source(tokenizer: Tokenizer, dataset: str, split: str, *, seq_len: int, batch_size: int, objective: str,
@@ -190,6 +198,16 @@ def diffusion_loss_config(tokenizer: Tokenizer, kind: str = "uniform", *, model_
 
 def with_loss(config: TrainConfig, loss) -> TrainConfig:
     return dataclasses.replace(config, loss=loss)
+
+
+def short_run(steps: int, learning_rate: float, *, seed: int = 0, loss: LossConfig = LossConfig(), log_every: int = 10,
+              **optimizer) -> TrainConfig:
+    """The notebooks' training preset: a constant learning rate (the runs are short, and equal optimizer
+    settings let every stage reuse compiled steps from JAX's persistent cache), one checkpoint at the end,
+    no progress bar or TensorBoard. `optimizer` sets other OptimizerConfig fields."""
+    return TrainConfig(steps=steps, loss=loss, seed=seed, log_every=log_every, checkpoint_every=max(steps, 1),
+                       progress=False, tensorboard=False,
+                       optimizer=OptimizerConfig(learning_rate=learning_rate, schedule="constant", **optimizer))
 
 
 def loss_config(tokenizer: Tokenizer, kind: str, **kw) -> LossConfig:

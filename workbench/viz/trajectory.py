@@ -146,6 +146,22 @@ def final_accuracy(traj: Trajectory) -> dict:
             "final_accuracy_padding": last(traj.quality_padding)}
 
 
+def record(traj: Trajectory) -> dict:
+    """What a metrics.json records of one trajectory: the prompt (its first 200 characters), the chosen
+    sample, its score and final text, its accuracy (`final_accuracy`) and the fraction of positions each
+    step rewrote."""
+    return {"prompt": traj.prompt[:200], "chosen_sample": traj.chosen, "chosen_score": float(traj.scores[traj.chosen]),
+            "steps": traj.num_steps, "final_text": traj.texts[traj.chosen][-1], **final_accuracy(traj),
+            "rewritten_per_step": traj.changed[traj.chosen].mean(axis=-1).round(3).tolist()}
+
+
+def page_record(trajectories: Sequence[Trajectory], html: str) -> dict:
+    """What a metrics.json records of a page of trajectories (`write_trajectories_html`): its file name,
+    how many it shows, and each one's final accuracy overall."""
+    return {"html": html, "examples": len(trajectories),
+            "final_accuracy": [final_accuracy(traj)["final_accuracy"] for traj in trajectories]}
+
+
 def _check(traj: Trajectory, sample: int, step: int) -> None:
     if not 0 <= sample < traj.num_samples:
         raise IndexError(f"sample={sample}; this trajectory has samples 0..{traj.num_samples - 1}")
