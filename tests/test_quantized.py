@@ -26,6 +26,8 @@ from workbench.models.transformer import build_model
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
 
+from test_speculative import MASK, NO_EOS, V, _perturb, _prompts  # the tiny models' vocabulary and helpers
+
 U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53
 
@@ -227,30 +229,8 @@ def test_quantize_refuses_bad_weights():
 
 # -- models ---------------------------------------------------------------------------------------------------
 
-V = 17
-MASK = 16
-NO_EOS = 10_000
-
-
 def _tiny(tie: bool, seed: int = 0):
     return build_model(get_preset("tiny", vocab_size=V, dtype="float32", max_len=64, tie_embeddings=tie), seed)
-
-
-def _perturb(model, seed, scale):
-    state = nnx.state(model, nnx.Param)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                                for x, k in zip(leaves, keys)]))
-
-
-def _prompts(n, width, seed):
-    rng = np.random.default_rng(seed)
-    lengths = np.asarray([1 + i % width for i in range(n)], np.int32)
-    prompts = np.zeros((n, width), np.int32)
-    for i, length in enumerate(lengths):
-        prompts[i, :length] = rng.integers(4, 16, size=length)
-    return prompts, lengths
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -422,3 +402,31 @@ def test_speculative_greedy_on_the_packed_drafter_equals_packed_ar(smollm2):
         block_size=4, max_new_tokens=24, eos_id=None, pad_id=specials.pad, mask_id=specials.mask))
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ar.tokens))
     assert int(out.accepted_at.sum()) > 0
+
+
+def test_speed_benchmark_rows_on_a_tiny_model(drafter):
+    """The benchmark's table logic without SmolLM2: per-token ratios to float32 AR of the same run, the
+    equality column of self-speculation against AR on the same packed base, the step table."""
+    from workbench.benchmarks import quantized_speed as qs
+
+    base, model = drafter
+    models = {"f32": base, "int8": quantize_for_decoding(base), "int8_drafter": quantize_for_decoding(model)}
+    config = qs.QuantizedSpeedConfig(batch_sizes=(2,), lengths=(6,), repeats=1, step_repeats=1, step_positions=(1, 2),
+                                     context=8, methods=("int8_ar", "int8_speculative"))
+    prompts, lengths = _prompts(2, 5, 4)
+    ids_list = [list(map(int, p[:n])) for p, n in zip(prompts, lengths)]
+    rows = qs.decode_rows(config, models, ids_list, qs.Ids(eos=None, pad=0, mask=MASK), progress=False)
+    assert rows["method"].tolist() == ["f32_ar", "int8_ar", "int8_speculative"]
+    for _, row in rows.iterrows():
+        same = rows[(rows["method"] == "f32_ar") & (rows["batch_size"] == row["batch_size"])].iloc[0]
+        assert row["time_vs_f32"] == pytest.approx(row["ms_per_token"] / same["ms_per_token"])
+        assert row["ms_per_token"] == pytest.approx(1e3 * row["seconds"] * row["batch_size"]
+                                                    / (row["prompts"] * row["new_tokens"]))
+    spec = rows[rows["method"] == "int8_speculative"]
+    assert (spec["equals_packed_ar"] == 1.0).all() and spec["tokens_per_iteration"].between(1, 4).all()
+    assert rows[rows["method"] != "f32_ar"]["agreement_with_f32"].between(0, 1).all()
+    steps = qs.step_costs(config, models)
+    assert steps[["batch_size", "positions"]].values.tolist() == [[2, 1], [2, 2]]
+    assert (steps["int8_speedup"] == steps["f32_ms"] / steps["int8_ms"]).all()
+    with pytest.raises(ValueError, match=r"methods \['int4_ar'\] are not rows of this benchmark"):
+        qs.QuantizedSpeedConfig(methods=("int4_ar",))

@@ -9,19 +9,13 @@
 // float32 for both formats, and Q4_1's + m rounds once, fused or not), so the product is the float32
 // model's own weights, summed in another order. Q4_1 is 0.625 bytes per weight, a fifth of float32's.
 //
-// Layout of the work as in int8_matmul.cc: output channels in chunks over XLA's pool (common.h), rows
-// in blocks of kRowBlock, tiles of NB channels x MB rows in registers; a row's result does not
-// depend on the other rows.
+// Layout of the work as in int8_matmul.cc: output channels in chunks over XLA's pool, row blocks and
+// register tiles of NB channels x MB rows (common.h); a row's result does not depend on the other rows.
 
 #include <string>
 #include <vector>
 
 #include "common.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define WB_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
-#endif
 
 namespace {
 
@@ -101,63 +95,37 @@ void ChunkPortable(const Problem& p, int64_t n0, int64_t n1) {
 // ---------------------------------------------------------------- AVX-512 path
 
 #if defined(__x86_64__)
-template <class F, int NB, int MB>
-WB_AVX512 void Tile(const Problem& p, int64_t n, int64_t r, float* out) {
-  __m512 acc[NB][MB];
-  for (int j = 0; j < NB; ++j)
-    for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_setzero_ps();
-  const int64_t blocks = p.k / 32;
-  const float* x = p.x + r * p.k;
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int j = 0; j < NB; ++j) {
-      __m512 lo, hi;
-      F::Load(p.w + (n + j) * p.row_bytes + b * F::kBytes, lo, hi);
-      for (int i = 0; i < MB; ++i) {
-        acc[j][i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * p.k + b * 32), lo, acc[j][i]);
-        acc[j][i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * p.k + b * 32 + 16), hi, acc[j][i]);
+template <class F>
+struct BlockTiles {
+  // NB channels x MB rows, starting at channel n and row r, into out[i * kChannelChunk + j].
+  template <int NB, int MB>
+  WB_AVX512 static void Tile(const Problem& p, int64_t n, int64_t r, float* out) {
+    __m512 acc[NB][MB];
+    for (int j = 0; j < NB; ++j)
+      for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_setzero_ps();
+    const int64_t blocks = p.k / 32;
+    const float* x = p.x + r * p.k;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int j = 0; j < NB; ++j) {
+        __m512 lo, hi;
+        F::Load(p.w + (n + j) * p.row_bytes + b * F::kBytes, lo, hi);
+        for (int i = 0; i < MB; ++i) {
+          acc[j][i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * p.k + b * 32), lo, acc[j][i]);
+          acc[j][i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * p.k + b * 32 + 16), hi, acc[j][i]);
+        }
       }
     }
+    for (int j = 0; j < NB; ++j)
+      for (int i = 0; i < MB; ++i) out[i * kChannelChunk + j] = _mm512_reduce_add_ps(acc[j][i]);
   }
-  for (int j = 0; j < NB; ++j)
-    for (int i = 0; i < MB; ++i) out[i * kChannelChunk + j] = _mm512_reduce_add_ps(acc[j][i]);
-}
-
-template <class F, int NB>
-WB_AVX512 void Rows(const Problem& p, int64_t n, int64_t r0, int64_t r1, float* out) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) Tile<F, NB, 4>(p, n, r, out + (r - r0) * kChannelChunk);
-  float* rest = out + (r - r0) * kChannelChunk;
-  switch (r1 - r) {
-    case 3: Tile<F, NB, 3>(p, n, r, rest); break;
-    case 2: Tile<F, NB, 2>(p, n, r, rest); break;
-    case 1: Tile<F, NB, 1>(p, n, r, rest); break;
-    default: break;
-  }
-}
-
-template <class F>
-WB_AVX512 void ChunkAvx512(const Problem& p, int64_t n0, int64_t n1) {
-  alignas(64) float out[kRowBlock * kChannelChunk];  // see int8_matmul.cc: y's rows alias in L1
-  for (int64_t r0 = 0; r0 < p.m; r0 += kRowBlock) {
-    const int64_t r1 = std::min(p.m, r0 + kRowBlock);
-    int64_t n = n0;
-    if (r1 - r0 == 1) {
-      for (; n + 8 <= n1; n += 8) Tile<F, 8, 1>(p, n, r0, out + (n - n0));
-    }
-    for (; n + 4 <= n1; n += 4) Rows<F, 4>(p, n, r0, r1, out + (n - n0));
-    for (; n < n1; ++n) Rows<F, 1>(p, n, r0, r1, out + (n - n0));
-    for (int64_t r = r0; r < r1; ++r) {
-      std::copy(out + (r - r0) * kChannelChunk, out + (r - r0) * kChannelChunk + (n1 - n0), p.y + r * p.n + n0);
-    }
-  }
-}
+};
 #endif
 
 template <class F>
 void Chunk(const Problem& p, int64_t n0, int64_t n1) {
 #if defined(__x86_64__)
   if (UseAvx512()) {
-    ChunkAvx512<F>(p, n0, n1);
+    TileChunk<BlockTiles<F>>(p, n0, n1);
     return;
   }
 #endif
@@ -177,41 +145,17 @@ ffi::Error BlockMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   const auto rows = RowsOf(x, k, F::kName);
   if (rows.has_error()) return rows.error();
   const int64_t m = rows.value();
-  if (y->element_count() != static_cast<size_t>(m * n)) {
-    return ffi::Error::InvalidArgument(name + ": output must be [M, N]");
-  }
-  if (m == 0 || n == 0) return ffi::Error::Success();
-  if (k == 0) {
-    std::fill(y->typed_data(), y->typed_data() + m * n, 0.0f);
-    return ffi::Error::Success();
-  }
   const Problem p{x.typed_data(), w.typed_data(), y->typed_data(), m, k, n, row_bytes};
-  ForChannelChunks(pool, n, m * n * k, [&p](int64_t n0, int64_t n1) { Chunk<F>(p, n0, n1); });
-  return ffi::Error::Success();
+  return RunOverChannels(pool, y, name, m, n, k, [&p](int64_t n0, int64_t n1) { Chunk<F>(p, n0, n1); });
 }
 
-ffi::Error Q4_1Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> w,
-                    ffi::ResultBuffer<ffi::F32> y) {
-  return BlockMatmulImpl<Q4_1>(pool, x, w, y);
-}
-
-ffi::Error Q8_0Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> w,
-                    ffi::ResultBuffer<ffi::F32> y) {
-  return BlockMatmulImpl<Q8_0>(pool, x, w, y);
+// What both block formats' handlers take: the pool, x [..., K] float32, the blocks uint8 [N, bytes].
+auto BlockBinding() {
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::U8>>().Ret<
+      ffi::Buffer<ffi::F32>>();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(WorkbenchQ4_1Matmul, Q4_1Impl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(WorkbenchQ8_0Matmul, Q8_0Impl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WorkbenchQ4_1Matmul, BlockMatmulImpl<Q4_1>, BlockBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WorkbenchQ8_0Matmul, BlockMatmulImpl<Q8_0>, BlockBinding());

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from workbench.kernels.cpu.library import load_library
+from workbench.kernels.cpu.library import call_on_rows
 
 BLOCK = 32  # weights per block, both formats
 BLOCK_BYTES = {"q4_1": 20, "q8_0": 34}  # fp16 d (+ fp16 m) + the packed weights
@@ -25,16 +25,7 @@ def gguf_matmul(x_MxK: jax.Array, blocks_NxB: jax.Array, kind: str) -> jax.Array
     n, k = blocks_NxB.shape[0], blocks_NxB.shape[1] // size * BLOCK
     if x_MxK.shape[-1] != k:
         raise ValueError(f"gguf_matmul: x has shape {x_MxK.shape}; its last dimension must be the weights' K={k}")
-    platform = jax.default_backend()
-    if platform != "cpu":
-        raise ValueError(f"gguf_matmul runs on CPU only (an XLA:CPU custom call); the default backend is "
-                         f"{platform!r}: decode the float model there")
-    load_library()
-    lead = x_MxK.shape[:-1]
-    rows = x_MxK.reshape(-1, k).astype(jnp.float32)
-    out = jax.ffi.ffi_call(TARGETS[kind], jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                           vmap_method="sequential")(rows, blocks_NxB)
-    return out.reshape(lead + (n,))
+    return call_on_rows(TARGETS[kind], x_MxK, k, n, blocks_NxB)
 
 
 def dequantize_blocks(blocks_NxB: jax.Array, kind: str) -> jax.Array:

@@ -6,20 +6,15 @@
 // this XLA FFI custom call. The weights stay output-major [N, K] (a tied embedding table
 // [V, D] is already in that layout); each output channel n has one float32 scale.
 //
-// Work split: output channels in chunks over XLA's intra-op thread pool (common.h). Within a
-// chunk, rows go in blocks of up to kRowBlock (x's block stays in L2 while the chunk's weights
-// stream past once), and within a row block a tile of NB channels x MB rows accumulates in
-// registers, each weight vector loaded and widened to float32 once per row tile.
+// Work split: output channels in chunks over XLA's intra-op thread pool; within a chunk, row
+// blocks and register tiles of NB channels x MB rows (common.h), each weight vector loaded and
+// widened to float32 once per row tile.
 //
 // Accumulation is float32 (fused multiply-adds of x and the int8 weights, widened exactly to
 // float32), then one multiply by the scale. A row's result does not depend on the other rows. AVX-512 (F, BW, VL) is used when the CPU has it (runtime check); the
 // portable loop is the fallback.
 
 #include "common.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
@@ -53,87 +48,55 @@ void ChunkPortable(const Problem& p, int64_t n0, int64_t n1) {
 // ---------------------------------------------------------------- AVX-512 path
 
 #if defined(__x86_64__)
-#define WB_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
 WB_AVX512 inline __m512 LoadWeights(const int8_t* w, __mmask16 mask) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w)));
 }
 
-// NB channels x MB rows, starting at channel n and row r, into out[i * kChannelChunk + j] (the
-// chunk's output tile); K in steps of 16 (masked tail).
-template <int NB, int MB>
-WB_AVX512 void Tile(const Problem& p, int64_t n, int64_t r, float* out) {
-  __m512 acc[NB][MB];
-  for (int j = 0; j < NB; ++j)
-    for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_setzero_ps();
-  const int8_t* w = p.w + n * p.k;
-  const float* x = p.x + r * p.k;
-  const int64_t k = p.k;
-  int64_t c = 0;
-  for (; c + 16 <= k; c += 16) {
-    __m512 xs[MB];
-    for (int i = 0; i < MB; ++i) xs[i] = _mm512_loadu_ps(x + i * k + c);
+struct Int8Tiles {
+  // NB channels x MB rows, starting at channel n and row r, into out[i * kChannelChunk + j]; K in steps
+  // of 16 (masked tail).
+  template <int NB, int MB>
+  WB_AVX512 static void Tile(const Problem& p, int64_t n, int64_t r, float* out) {
+    __m512 acc[NB][MB];
+    for (int j = 0; j < NB; ++j)
+      for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_setzero_ps();
+    const int8_t* w = p.w + n * p.k;
+    const float* x = p.x + r * p.k;
+    const int64_t k = p.k;
+    int64_t c = 0;
+    for (; c + 16 <= k; c += 16) {
+      __m512 xs[MB];
+      for (int i = 0; i < MB; ++i) xs[i] = _mm512_loadu_ps(x + i * k + c);
+      for (int j = 0; j < NB; ++j) {
+        const __m512 wv = LoadWeights(w + j * k + c, 0xFFFF);
+        for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_fmadd_ps(xs[i], wv, acc[j][i]);
+      }
+    }
+    if (c < k) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1u);
+      __m512 xs[MB];
+      for (int i = 0; i < MB; ++i) xs[i] = _mm512_maskz_loadu_ps(mask, x + i * k + c);
+      for (int j = 0; j < NB; ++j) {
+        const __m512 wv = LoadWeights(w + j * k + c, mask);
+        for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_fmadd_ps(xs[i], wv, acc[j][i]);
+      }
+    }
     for (int j = 0; j < NB; ++j) {
-      const __m512 wv = LoadWeights(w + j * k + c, 0xFFFF);
-      for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_fmadd_ps(xs[i], wv, acc[j][i]);
+      const float s = p.scale[n + j];
+      for (int i = 0; i < MB; ++i) out[i * kChannelChunk + j] = _mm512_reduce_add_ps(acc[j][i]) * s;
     }
   }
-  if (c < k) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1u);
-    __m512 xs[MB];
-    for (int i = 0; i < MB; ++i) xs[i] = _mm512_maskz_loadu_ps(mask, x + i * k + c);
-    for (int j = 0; j < NB; ++j) {
-      const __m512 wv = LoadWeights(w + j * k + c, mask);
-      for (int i = 0; i < MB; ++i) acc[j][i] = _mm512_fmadd_ps(xs[i], wv, acc[j][i]);
-    }
-  }
-  for (int j = 0; j < NB; ++j) {
-    const float s = p.scale[n + j];
-    for (int i = 0; i < MB; ++i) out[i * kChannelChunk + j] = _mm512_reduce_add_ps(acc[j][i]) * s;
-  }
-}
-
-template <int NB>
-WB_AVX512 void Rows(const Problem& p, int64_t n, int64_t r0, int64_t r1, float* out) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) Tile<NB, 4>(p, n, r, out + (r - r0) * kChannelChunk);
-  float* rest = out + (r - r0) * kChannelChunk;
-  switch (r1 - r) {
-    case 3: Tile<NB, 3>(p, n, r, rest); break;
-    case 2: Tile<NB, 2>(p, n, r, rest); break;
-    case 1: Tile<NB, 1>(p, n, r, rest); break;
-    default: break;
-  }
-}
-
-WB_AVX512 void ChunkAvx512(const Problem& p, int64_t n0, int64_t n1) {
-  // The chunk's outputs gather here and are copied out row by row: y's rows are N floats apart,
-  // often a multiple of 4 KiB, and scattered stores into them alias in the L1 cache.
-  alignas(64) float out[kRowBlock * kChannelChunk];
-  for (int64_t r0 = 0; r0 < p.m; r0 += kRowBlock) {
-    const int64_t r1 = std::min(p.m, r0 + kRowBlock);
-    int64_t n = n0;
-    if (r1 - r0 == 1) {  // one row: more channels in flight hide the loads' latency
-      for (; n + 8 <= n1; n += 8) Tile<8, 1>(p, n, r0, out + (n - n0));
-    }
-    for (; n + 4 <= n1; n += 4) Rows<4>(p, n, r0, r1, out + (n - n0));
-    for (; n < n1; ++n) Rows<1>(p, n, r0, r1, out + (n - n0));
-    for (int64_t r = r0; r < r1; ++r) {
-      std::copy(out + (r - r0) * kChannelChunk, out + (r - r0) * kChannelChunk + (n1 - n0), p.y + r * p.n + n0);
-    }
-  }
-}
-
-#else
-void ChunkAvx512(const Problem& p, int64_t n0, int64_t n1) { ChunkPortable(p, n0, n1); }
+};
 #endif
 
 void Chunk(const Problem& p, int64_t n0, int64_t n1) {
+#if defined(__x86_64__)
   if (UseAvx512()) {
-    ChunkAvx512(p, n0, n1);
-  } else {
-    ChunkPortable(p, n0, n1);
+    TileChunk<Int8Tiles>(p, n0, n1);
+    return;
   }
+#endif
+  ChunkPortable(p, n0, n1);
 }
 
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
@@ -149,17 +112,8 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (scale.element_count() != static_cast<size_t>(n)) {
     return ffi::Error::InvalidArgument("int8_matmul: scale must have N elements");
   }
-  if (y->element_count() != static_cast<size_t>(m * n)) {
-    return ffi::Error::InvalidArgument("int8_matmul: output must be [M, N]");
-  }
-  if (m == 0 || n == 0) return ffi::Error::Success();
-  if (k == 0) {
-    std::fill(y->typed_data(), y->typed_data() + m * n, 0.0f);
-    return ffi::Error::Success();
-  }
   const Problem p{x.typed_data(), w.typed_data(), scale.typed_data(), y->typed_data(), m, k, n};
-  ForChannelChunks(pool, n, m * n * k, [&p](int64_t n0, int64_t n1) { Chunk(p, n0, n1); });
-  return ffi::Error::Success();
+  return RunOverChannels(pool, y, "int8_matmul", m, n, k, [&p](int64_t n0, int64_t n1) { Chunk(p, n0, n1); });
 }
 
 }  // namespace

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from workbench.kernels.cpu.library import load_library
+from workbench.kernels.cpu.library import call_on_rows
 
 TARGET = "workbench_int8_matmul"
 
@@ -24,13 +24,4 @@ def int8_matmul(x_MxK: jax.Array, w_NxK: jax.Array, scale_N: jax.Array) -> jax.A
         raise ValueError(f"int8_matmul: scale has shape {scale_N.shape}; expected ({n},), one per output channel")
     if x_MxK.shape[-1] != k:
         raise ValueError(f"int8_matmul: x has shape {x_MxK.shape}; its last dimension must be the weights' K={k}")
-    platform = jax.default_backend()
-    if platform != "cpu":
-        raise ValueError(f"int8_matmul runs on CPU only (an XLA:CPU custom call); the default backend is "
-                         f"{platform!r}: decode the float model there")
-    load_library()
-    lead = x_MxK.shape[:-1]
-    rows = x_MxK.reshape(-1, k).astype(jnp.float32)
-    out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                           vmap_method="sequential")(rows, w_NxK, scale_N.astype(jnp.float32))
-    return out.reshape(lead + (n,))
+    return call_on_rows(TARGET, x_MxK, k, n, w_NxK, scale_N.astype(jnp.float32))

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 SOURCE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SOURCE_DIR.parent.parent
@@ -71,3 +72,18 @@ def force_portable(on: bool) -> None:
 def set_min_parallel_work(work: int) -> None:
     """Split products of at least `work` multiply-adds (M * N * K) over XLA's thread pool (0: every one)."""
     load_library().workbench_cpu_set_min_parallel_work(int(work))
+
+
+def call_on_rows(target: str, x: jax.Array, k: int, n: int, *weights: jax.Array) -> jax.Array:
+    """The FFI custom call `target` on x's rows ([..., K] -> [M, K] float32) and the weight operands:
+    float32 [..., N]. Loads the library first; refuses other backends (these are XLA:CPU calls)."""
+    platform = jax.default_backend()
+    if platform != "cpu":
+        raise ValueError(f"{target} runs on CPU only (an XLA:CPU custom call); the default backend is "
+                         f"{platform!r}: decode the float model there")
+    load_library()
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, k).astype(jnp.float32)
+    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                           vmap_method="sequential")(rows, *weights)
+    return out.reshape(lead + (n,))

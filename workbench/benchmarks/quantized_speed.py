@@ -30,7 +30,6 @@ times one cached decoding pass of n positions (n = 1, and the verify pass's bloc
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -43,12 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from workbench.benchmarks.speculative_speed import (Ids, _cut, _groups, _pass_fn, chat_prompt_ids, load_load,
-                                                    smollm2_models)
+from workbench.benchmarks.speculative_speed import (Ids, _cut, _pass_fn, chat_prompt_ids, decode_arguments, decode_cases,
+                                                    load_load, smollm2_models)
 from workbench.config import save_json
 from workbench.evaluation.metrics import token_sequence_scores
 from workbench.models.quantized import pack_gguf_blocks, packed_bytes, quantize_for_decoding
-from workbench.sampling.ar import ARSamplingConfig, generate
+from workbench.sampling.ar import generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
 
 FORMATS = ("f32", "int8", "gguf")  # float32; int8 per channel; the GGUF's Q4_1 / Q8_0 blocks
@@ -106,63 +105,52 @@ def decode_rows(config: QuantizedSpeedConfig, models: dict, prompts: list[list[i
     """The rows of `config.methods` (float32 AR always; see the module docstring). `models`: {"f32", "int8",
     "gguf": the AR model and its packed copies; "int8_drafter", "gguf_drafter": the drafter's packed copies}."""
     eos = ids.eos if config.stop_at_eos else None
-    stops = {ids.pad} | ({eos} if eos is not None else set())
-    width = -(-max(len(p) for p in prompts) // 16) * 16
     methods = ["f32_ar"] + [m for m in METHODS if m in config.methods and m != "f32_ar"]
     rows = []
-    for batch in config.batch_sizes:
-        count = config.batch1_prompts if batch == 1 else batch
-        if count > len(prompts):
-            raise ValueError(f"batch {batch} needs {count} prompts; {len(prompts)} given")
-        groups = _groups(prompts[:count], batch, ids.pad, width)
-        for length in sorted(config.lengths):
-            ar = ARSamplingConfig(max_new_tokens=length, temperature=0.0, pad_id=ids.pad,
-                                  eos_id=-1 if eos is None else eos)
-            spec = SpeculativeConfig(block_size=config.block_size, max_new_tokens=length, eos_id=eos,
-                                     pad_id=ids.pad, mask_id=ids.mask)
+    for batch, count, length, groups, ar, stops in decode_cases(config, prompts, ids):
+        spec = SpeculativeConfig(block_size=config.block_size, max_new_tokens=length, eos_id=eos,
+                                 pad_id=ids.pad, mask_id=ids.mask)
 
-            def run_of(method):
-                fmt, kind = method.split("_", 1)
-                if kind == "ar":
-                    return lambda p, n: generate(models[fmt], p, n, ar)
-                return lambda p, n: speculative_generate(models[f"{fmt}_drafter"], p, n, spec)
+        def run_of(method):
+            fmt, kind = method.split("_", 1)
+            if kind == "ar":
+                return lambda p, n: generate(models[fmt], p, n, ar)
+            return lambda p, n: speculative_generate(models[f"{fmt}_drafter"], p, n, spec)
 
-            timed = interleaved({m: run_of(m) for m in methods}, groups, config.repeats)
-            tokens = {m: np.concatenate([np.asarray(o.tokens) for o in timed[m][1]]) for m in methods}
-            refs = {m: [_cut(r, stops) for r in tokens[m]] for m in methods if m.endswith("_ar")}
-            for method in methods:
-                times, outputs = timed[method]
-                lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
-                median = statistics.median(times)
-                row = {"method": method, "label": LABELS[method], "batch_size": batch, "prompts": count,
-                       "length": length, "seconds": median, "seconds_min": min(times), "seconds_max": max(times),
-                       "new_tokens": float(lengths.mean()), "tokens_per_s": float(lengths.sum()) / median,
-                       "ms_per_token": 1e3 * median * batch / max(float(lengths.sum()), 1.0)}
-                if method != "f32_ar":
-                    scores = token_sequence_scores(tokens[method], refs["f32_ar"], stops)
-                    row["agreement_with_f32"] = scores["token_accuracy"]
-                    row["exact_with_f32"] = scores["exact_match"]
-                if method.endswith("_speculative"):
-                    iterations = np.concatenate([np.asarray(o.iterations) for o in outputs])
-                    row["tokens_per_iteration"] = float(lengths.sum() / max(iterations.sum(), 1))
-                    same_base = refs.get(method.replace("_speculative", "_ar"))
-                    if same_base is not None:
-                        row["equals_packed_ar"] = token_sequence_scores(tokens[method], same_base, stops)["exact_match"]
-                rows.append(row)
-                if progress:
-                    print(f"batch {batch} length {length:>4} {LABELS[method]:<27} {median * 1e3:9.1f} ms "
-                          f"(load {load_load()[0]})", file=sys.stderr, flush=True)
+        timed = interleaved({m: run_of(m) for m in methods}, groups, config.repeats)
+        tokens = {m: np.concatenate([np.asarray(o.tokens) for o in timed[m][1]]) for m in methods}
+        refs = {m: [_cut(r, stops) for r in tokens[m]] for m in methods if m.endswith("_ar")}
+        for method in methods:
+            times, outputs = timed[method]
+            lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
+            median = statistics.median(times)
+            row = {"method": method, "label": LABELS[method], "batch_size": batch, "prompts": count,
+                   "length": length, "seconds": median, "seconds_min": min(times), "seconds_max": max(times),
+                   "new_tokens": float(lengths.mean()), "tokens_per_s": float(lengths.sum()) / median,
+                   "ms_per_token": 1e3 * median * batch / max(float(lengths.sum()), 1.0)}
+            if method != "f32_ar":
+                scores = token_sequence_scores(tokens[method], refs["f32_ar"], stops)
+                row["agreement_with_f32"] = scores["token_accuracy"]
+                row["exact_with_f32"] = scores["exact_match"]
+            if method.endswith("_speculative"):
+                iterations = np.concatenate([np.asarray(o.iterations) for o in outputs])
+                row["tokens_per_iteration"] = float(lengths.sum() / max(iterations.sum(), 1))
+                same_base = refs.get(method.replace("_speculative", "_ar"))
+                if same_base is not None:
+                    row["equals_packed_ar"] = token_sequence_scores(tokens[method], same_base, stops)["exact_match"]
+            rows.append(row)
+            if progress:
+                print(f"batch {batch} length {length:>4} {LABELS[method]:<27} {median * 1e3:9.1f} ms "
+                      f"(load {load_load()[0]})", file=sys.stderr, flush=True)
     return with_ratios(pd.DataFrame(rows))
 
 
 def with_ratios(table: pd.DataFrame) -> pd.DataFrame:
     """Each row's time per token as a ratio to float32 AR's of the same batch size and length (same run)."""
-    table = table.copy()
-    base = table[table["method"] == "f32_ar"].set_index(["batch_size", "length"])
-    keys = list(zip(table["batch_size"], table["length"]))
-    table["time_vs_f32"] = [t / base.loc[k, "ms_per_token"] for k, t in zip(keys, table["ms_per_token"])]
-    table["speedup_vs_f32"] = 1.0 / table["time_vs_f32"]
-    return table
+    f32 = table[table["method"] == "f32_ar"].set_index(["batch_size", "length"])["ms_per_token"]
+    reference = table.join(f32.rename("f32_ms_per_token"), on=["batch_size", "length"])["f32_ms_per_token"]
+    table = table.assign(time_vs_f32=table["ms_per_token"] / reference)
+    return table.assign(speedup_vs_f32=1.0 / table["time_vs_f32"])
 
 
 def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
@@ -264,18 +252,10 @@ def format_tables(result: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     defaults = QuantizedSpeedConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--adapter", default=None, help="a saved drafter adapter folder (default: the shipped one "
-                                                        "if present, else a fresh zero adapter)")
-    parser.add_argument("--batch", type=int, nargs="+", default=list(defaults.batch_sizes))
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths))
-    parser.add_argument("--repeats", type=int, default=defaults.repeats)
-    parser.add_argument("--batch1-prompts", type=int, default=defaults.batch1_prompts)
+    parser = decode_arguments(__doc__, defaults)
     parser.add_argument("--step-repeats", type=int, default=defaults.step_repeats)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(defaults.methods),
                         help="rows besides float32 AR (which always runs)")
-    parser.add_argument("--no-eos", action="store_true", help="never stop at EOS (every row generates --lengths)")
     args = parser.parse_args(argv)
     config = QuantizedSpeedConfig(batch_sizes=tuple(args.batch), lengths=tuple(args.lengths), repeats=args.repeats,
                                   batch1_prompts=args.batch1_prompts, step_repeats=args.step_repeats,

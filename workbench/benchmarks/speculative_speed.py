@@ -275,63 +275,71 @@ def _cut(row, stops) -> list[int]:
     return row
 
 
-def decode_rows(config: SpeculativeSpeedConfig, ar_model, drafter, prompts: list[list[int]], ids: Ids,
-                drafter_source: str = "", progress: bool = True) -> pd.DataFrame:
-    """The AR, lossy and self-speculation rows for every batch size and length (see the module docstring)."""
+def decode_cases(config, prompts: list[list[int]], ids: Ids):
+    """(batch size, prompt count, length, prompt groups, greedy AR config, stop ids) for every batch size and
+    length of `config` (a config with batch_sizes, lengths, batch1_prompts and stop_at_eos), the prompts
+    right-padded to a multiple of 16 (one compiled shape per batch size)."""
     eos = ids.eos if config.stop_at_eos else None
     stops = {ids.pad} | ({eos} if eos is not None else set())
     width = -(-max(len(p) for p in prompts) // 16) * 16
-    rows = []
     for batch in config.batch_sizes:
         count = config.batch1_prompts if batch == 1 else batch
         if count > len(prompts):
             raise ValueError(f"batch {batch} needs {count} prompts; {len(prompts)} given")
         groups = _groups(prompts[:count], batch, ids.pad, width)
         for length in sorted(config.lengths):
-            ar_config = ARSamplingConfig(max_new_tokens=length, temperature=0.0, pad_id=ids.pad,
-                                         eos_id=-1 if eos is None else eos)
-            median, low, high, outs = _timed(lambda p, n: generate(ar_model, p, n, ar_config), groups,
+            yield batch, count, length, groups, ARSamplingConfig(max_new_tokens=length, temperature=0.0, pad_id=ids.pad,
+                                                                 eos_id=-1 if eos is None else eos), stops
+
+
+def decode_rows(config: SpeculativeSpeedConfig, ar_model, drafter, prompts: list[list[int]], ids: Ids,
+                drafter_source: str = "", progress: bool = True) -> pd.DataFrame:
+    """The AR, lossy and self-speculation rows for every batch size and length (see the module docstring)."""
+    eos = ids.eos if config.stop_at_eos else None
+    rows = []
+    for batch, count, length, groups, ar_config, stops in decode_cases(config, prompts, ids):
+        median, low, high, outs = _timed(lambda p, n: generate(ar_model, p, n, ar_config), groups,
+                                         config.repeats)
+        ar_tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
+        ar_lengths = np.concatenate([np.asarray(o.lengths) for o in outs])
+        references = [_cut(r, stops) for r in ar_tokens]
+        common = {"batch_size": batch, "prompts": count, "length": length, "block_size": config.block_size,
+                  "drafter": drafter_source}
+        rows.append({"method": "ar", "label": LABELS["ar"], **common, "seconds": median, "seconds_min": low,
+                     "seconds_max": high, "new_tokens": float(ar_lengths.mean()),
+                     "tokens_per_s": float(ar_lengths.sum()) / median,
+                     "passes_per_token": float(np.mean((1 + ar_lengths) / np.maximum(ar_lengths, 1)))})
+        if progress:
+            print(f"batch {batch} length {length:>4} {LABELS['ar']:<30} {median * 1e3:9.1f} ms", file=sys.stderr,
+                  flush=True)
+        for method, verify in (("lossy", False), ("speculative", True)):
+            spec = SpeculativeConfig(block_size=config.block_size, draft_steps=config.draft_steps, verify=verify,
+                                     max_new_tokens=length, eos_id=eos, pad_id=ids.pad, mask_id=ids.mask)
+            median, low, high, outs = _timed(lambda p, n: speculative_generate(drafter, p, n, spec), groups,
                                              config.repeats)
-            ar_tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
-            ar_lengths = np.concatenate([np.asarray(o.lengths) for o in outs])
-            references = [_cut(r, stops) for r in ar_tokens]
-            common = {"batch_size": batch, "prompts": count, "length": length, "block_size": config.block_size,
-                      "drafter": drafter_source}
-            rows.append({"method": "ar", "label": LABELS["ar"], **common, "seconds": median, "seconds_min": low,
-                         "seconds_max": high, "new_tokens": float(ar_lengths.mean()),
-                         "tokens_per_s": float(ar_lengths.sum()) / median,
-                         "passes_per_token": float(np.mean((1 + ar_lengths) / np.maximum(ar_lengths, 1)))})
+            tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
+            lengths = np.concatenate([np.asarray(o.lengths) for o in outs])
+            iterations = np.concatenate([np.asarray(o.iterations) for o in outs])
+            accepted = sum(np.asarray(o.accepted_at) for o in outs)
+            offered = sum(np.asarray(o.drafted_at) for o in outs)
+            scores = token_sequence_scores(tokens, references, stops)
+            row = {"method": method, "label": LABELS[method], **common, "seconds": median, "seconds_min": low,
+                   "seconds_max": high, "new_tokens": float(lengths.mean()),
+                   "tokens_per_s": float(lengths.sum()) / median,
+                   "passes_per_token": float(np.mean((1 + iterations * (config.draft_steps + 1))
+                                                     / np.maximum(lengths, 1))),
+                   "tokens_per_iteration": float(lengths.sum() / max(iterations.sum(), 1)),
+                   **{f"accept_at_{i}": float(a / max(o, 1))
+                      for i, (a, o) in enumerate(zip(accepted, offered), start=1)}}
+            if verify:
+                row["equals_ar"] = scores["exact_match"]
+            else:
+                row["agreement_with_ar"] = scores["token_accuracy"]
+                row["exact_with_ar"] = scores["exact_match"]
+            rows.append(row)
             if progress:
-                print(f"batch {batch} length {length:>4} {LABELS['ar']:<30} {median * 1e3:9.1f} ms", file=sys.stderr,
-                      flush=True)
-            for method, verify in (("lossy", False), ("speculative", True)):
-                spec = SpeculativeConfig(block_size=config.block_size, draft_steps=config.draft_steps, verify=verify,
-                                         max_new_tokens=length, eos_id=eos, pad_id=ids.pad, mask_id=ids.mask)
-                median, low, high, outs = _timed(lambda p, n: speculative_generate(drafter, p, n, spec), groups,
-                                                 config.repeats)
-                tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
-                lengths = np.concatenate([np.asarray(o.lengths) for o in outs])
-                iterations = np.concatenate([np.asarray(o.iterations) for o in outs])
-                accepted = sum(np.asarray(o.accepted_at) for o in outs)
-                offered = sum(np.asarray(o.drafted_at) for o in outs)
-                scores = token_sequence_scores(tokens, references, stops)
-                row = {"method": method, "label": LABELS[method], **common, "seconds": median, "seconds_min": low,
-                       "seconds_max": high, "new_tokens": float(lengths.mean()),
-                       "tokens_per_s": float(lengths.sum()) / median,
-                       "passes_per_token": float(np.mean((1 + iterations * (config.draft_steps + 1))
-                                                         / np.maximum(lengths, 1))),
-                       "tokens_per_iteration": float(lengths.sum() / max(iterations.sum(), 1)),
-                       **{f"accept_at_{i}": float(a / max(o, 1))
-                          for i, (a, o) in enumerate(zip(accepted, offered), start=1)}}
-                if verify:
-                    row["equals_ar"] = scores["exact_match"]
-                else:
-                    row["agreement_with_ar"] = scores["token_accuracy"]
-                    row["exact_with_ar"] = scores["exact_match"]
-                rows.append(row)
-                if progress:
-                    print(f"batch {batch} length {length:>4} {LABELS[method]:<30} {median * 1e3:9.1f} ms",
-                          file=sys.stderr, flush=True)
+                print(f"batch {batch} length {length:>4} {LABELS[method]:<30} {median * 1e3:9.1f} ms",
+                      file=sys.stderr, flush=True)
     return with_ratios(pd.DataFrame(rows))
 
 
@@ -430,22 +438,29 @@ def format_tables(result: dict) -> str:
     return "\n".join(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    defaults = SpeculativeSpeedConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def decode_arguments(doc: str, defaults) -> argparse.ArgumentParser:
+    """The options every SmolLM2 decoding benchmark takes (--out, --adapter, --batch, --lengths, --repeats,
+    --batch1-prompts, --no-eos), with `defaults`' values (a config with those fields)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--adapter", default=None, help="a saved drafter adapter folder (default: the shipped one "
                                                         "if present, else a fresh zero adapter)")
-    parser.add_argument("--stand-in", default=None, help="random weights with this architecture "
-                                                         "(workbench.benchmarks.stand_in), random prompts")
     parser.add_argument("--batch", type=int, nargs="+", default=list(defaults.batch_sizes))
     parser.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths))
-    parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--batch1-prompts", type=int, default=defaults.batch1_prompts)
+    parser.add_argument("--no-eos", action="store_true", help="never stop at EOS (every row generates --lengths)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    defaults = SpeculativeSpeedConfig()
+    parser = decode_arguments(__doc__, defaults)
+    parser.add_argument("--stand-in", default=None, help="random weights with this architecture "
+                                                         "(workbench.benchmarks.stand_in), random prompts")
+    parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--pass-positions", type=int, nargs="+", default=list(defaults.pass_positions))
     parser.add_argument("--pass-repeats", type=int, default=defaults.pass_repeats)
-    parser.add_argument("--no-eos", action="store_true", help="never stop at EOS (every row generates --lengths)")
     args = parser.parse_args(argv)
     config = SpeculativeSpeedConfig(batch_sizes=tuple(args.batch), lengths=tuple(args.lengths),
                                     block_size=args.block_size, repeats=args.repeats,
