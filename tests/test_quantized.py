@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from workbench.kernels.cpu import KernelLibraryMissing, dequantize_blocks, gguf_matmul, int8_matmul, library
 from workbench.models.config import LoRAConfig, get_preset
 from workbench.models.lora import adapter_gate, with_lora
-from workbench.models.quantized import (PackedEmbedder, PackedLinear, PackedLoRALinear, dequantize_int8, fake_quantize,
+from workbench.models.quantized import (GEMM_ROWS, PackedEmbedder, PackedLinear, PackedLoRALinear, dequantize_int8, fake_quantize,
                                         pack_gguf_blocks, quantize_for_decoding, quantize_int8)
 from workbench.models.transformer import build_model
 from workbench.sampling.ar import ARSamplingConfig, generate
@@ -244,6 +244,16 @@ def test_every_projection_and_the_head_are_int8(tie):
                                   np.asarray(fake_quantize(model).blocks[0].mlp.down.kernel[...]))
     with pytest.raises(ValueError, match=r"bits=4; expected one of \(8,\)"):
         quantize_for_decoding(model, bits=4)
+
+
+@pytest.mark.parametrize("rows", [1, 7, GEMM_ROWS + 3])
+def test_a_packed_layer_computes_with_its_dequantized_weights(rows):
+    """Few rows run the kernel, many (a prompt pass) XLA's GEMM on the unpacked weights: both within the
+    float32 accumulation bound of x @ (q * scale).T."""
+    rng = np.random.default_rng(rows)
+    layer = PackedLinear.int8(rng.standard_normal((96, 40)).astype(np.float32), bias=None, dtype=jnp.float32)
+    x = rng.standard_normal((rows, 96)).astype(np.float32)
+    _check_bound(layer(jnp.asarray(x)), x, np.asarray(layer.weight[...]), np.asarray(layer.scale[...]))
 
 
 @pytest.mark.parametrize("tie", [True, False])
