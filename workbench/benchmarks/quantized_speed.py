@@ -19,10 +19,10 @@ Every packed row has its greedy token agreement with float32 AR (positional,
 `token_sequence_scores`) and the fraction of outputs identical to it. Rows may generate different
 numbers of tokens (EOS), so speed is compared per token: `ms_per_token` is a repeat's time over the
 tokens each row generated (prompt processing included; at batch 1 the prompts run one at a time),
-and `speedup_vs_f32` is the ratio of tokens/s to float32 AR's in the same run. The **step table**
-times one cached decoding pass of n positions (n = 1, and the verify pass's block size) against
-`context` cached tokens for each weight format, without the prompt. llama.cpp's figure (Q4_1 GGUF,
-2 threads, the same machine idle, measured for issue 22; not rerun here) is printed beside it.
+and `speedup_vs_f32` is the ratio of tokens/s to float32 AR's in the same run. The **step table** times
+one cached decoding pass of n positions (n = 1, and the verify pass's block size) against `context`
+cached tokens for each weight format, and the prompt pass of `context` positions itself. llama.cpp's
+figure (Q4_1 GGUF, 2 threads, the same machine idle, measured for issue 22; not rerun here) is printed beside it.
 
     python -m workbench.benchmarks.quantized_speed --out runs/bench   # ~10 min on the loaded 2-core CPU
     python -m workbench.benchmarks.quantized_speed --out runs/bench --batch 1 --lengths 64 --methods gguf_ar
@@ -179,14 +179,28 @@ def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
                     started = time.perf_counter()
                     call()
                     times[name].append(time.perf_counter() - started)
-            row = {"batch_size": batch, "positions": n}
-            for name in calls:
-                row[f"{name}_ms"] = 1e3 * statistics.median(times[name])
-            for name in calls:
-                if name != "f32":
-                    row[f"{name}_speedup"] = row["f32_ms"] / row[f"{name}_ms"]
-            rows.append({**row, "load": load_load()[0]})
+            rows.append(_step_row(batch, n, times))
+        # the prompt pass itself: `context` positions into an empty cache
+        calls = {name: (lambda f, s, c: lambda: jax.block_until_ready(f(s, prompt, jnp.zeros((batch,), jnp.int32), c)[0]))(
+            cached_pass, state, models[name].init_cache(batch, config.context)) for name, (cached_pass, state) in passes.items()}
+        times = {name: [] for name in calls}
+        for _ in range(max(3, config.step_repeats // 3)):
+            for name, call in calls.items():
+                started = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - started)
+        rows.append(_step_row(batch, config.context, times, prompt=True))
     return pd.DataFrame(rows)
+
+
+def _step_row(batch: int, positions: int, times: dict, prompt: bool = False) -> dict:
+    row = {"batch_size": batch, "positions": positions, "pass": "prompt" if prompt else "decode"}
+    for name in times:
+        row[f"{name}_ms"] = 1e3 * statistics.median(times[name])
+    for name in times:
+        if name != "f32":
+            row[f"{name}_speedup"] = row["f32_ms"] / row[f"{name}_ms"]
+    return {**row, "load": load_load()[0]}
 
 
 def run(config: QuantizedSpeedConfig, *, adapter=None, out_dir=None, progress: bool = True) -> dict:
@@ -244,8 +258,8 @@ def format_tables(result: dict) -> str:
             f"(AVX-512 kernel path: {payload['avx512']}); load average before {payload['load_average']['before']}, "
             f"after {payload['load_average']['after']}",
             rows[[c for c in ROW_COLUMNS if c in rows.columns]].to_string(index=False, float_format=fmt),
-            f"\none cached decoding pass of n positions against {payload['config']['context']} cached tokens "
-            f"(ms, median of {payload['config']['step_repeats']}, the formats alternating)",
+            f"\none cached decoding pass of n positions against {payload['config']['context']} cached tokens, and the "
+            f"prompt pass of {payload['config']['context']} positions (ms, medians, the formats alternating)",
             result["steps"].to_string(index=False, float_format=fmt),
             f"\nllama.cpp: {payload['llama_cpp']['ms_per_token']} ms per token ({payload['llama_cpp']['what']})"])
 
