@@ -109,3 +109,17 @@ def test_ar2diff_converts_an_ar_checkpoint_to_block_diffusion(tmp_path):
     assert any(not np.array_equal(x, y) for x, y in zip(params(ar_model), params(result.model)))
     with pytest.raises(ValueError, match="block_size"):
         ar2diff(tmp_path / "ar", tmp_path / "bad", source(), stage, attention="block_causal")
+
+
+def test_ar2diff_with_the_joint_loss_logs_its_ar_term(tmp_path):
+    """The joint loss is an option of the same stage: block diffusion + 0.3 x the AR loss under the
+    decoder's AR attention; the log holds both terms and the loss is their sum."""
+    from tests.test_training import CONFIG, source
+    ar_model = build_model(CONFIG, 0)
+    train(ar_model, TrainConfig(steps=2, progress=False, tensorboard=False), source(), tmp_path / "ar")
+    stage = TrainConfig(steps=2, progress=False, tensorboard=False, log_every=1,
+                        loss=LossConfig(kind="absorbing", special_ids=(0, 1, 2, 3), mask_id=3, ar_weight=0.3))
+    ar2diff(tmp_path / "ar", tmp_path / "joint", source(), stage, attention="block_causal", block_size=4)
+    record = read_metrics(tmp_path / "joint", "loss")[-1]
+    assert np.isfinite(record["ar_loss"]) and record["ar_loss"] > 0
+    assert record["loss"] > 0.3 * record["ar_loss"]

@@ -8,7 +8,8 @@ from flax import nnx
 
 from workbench.models import ModelConfig, build_model
 from workbench.objectives.batch import seq2seq_batch
-from workbench.objectives.losses import LossConfig, ar_loss, diffusion_loss
+from workbench.models.transformer import with_attention
+from workbench.objectives.losses import LossConfig, ar_loss, diffusion_loss, loss_fn
 from workbench.processes import UniformProcess, cross_entropy
 from workbench.objectives.pretraining import (
     SpanCorruptionConfig,
@@ -176,3 +177,48 @@ def test_loss_metrics_combine_is_the_mean_over_all_tokens():
         LossMetrics.of(losses[0], weights[0], loss=(values[0], weights[0]))
     with pytest.raises(TypeError, match="must return \\(loss, LossMetrics\\)"):
         LossMetrics.combine([{"loss": 1.0, "target_tokens": 1.0}])
+
+
+@pytest.mark.parametrize("attention", ["prefix_diffusion", "bidirectional"])
+def test_joint_loss_adds_the_ar_loss_of_the_same_weights_under_ar_attention(attention):
+    """Joint loss = diffusion loss (same key) + ar_weight x the AR loss of the same parameters under
+    prefix-LM attention, computed here by hand from the model's plain forward; its gradient is the
+    same combination of the two gradients, so the AR term trains the shared weights."""
+    model = build_model(tiny(attention=attention), 0)
+    batch = _diffusion_batch()
+    key = jax.random.key(3)
+    joint = LossConfig(kind="absorbing", mask_id=3, ar_weight=0.3)
+    loss, metrics = loss_fn(model, batch, key, joint)
+    diffusion, _ = diffusion_loss(model, batch, key, LossConfig(kind="absorbing", mask_id=3))
+    # the AR loss by hand: the same parameters under prefix-LM attention, next-token cross-entropy on targets
+    logits = with_attention(model, "prefix_lm")(batch.tokens, prefix_len=batch.prefix_len, lengths=batch.lengths)
+    logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+    mask = np.asarray(batch.target_mask)
+    picked = [-logp[b, p - 1, int(batch.tokens[b, p])] for b in range(mask.shape[0]) for p in range(1, mask.shape[1])
+              if mask[b, p]]
+    ar = float(np.mean(picked))
+    np.testing.assert_allclose(float(metrics.record()["ar_loss"]), ar, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(diffusion) + 0.3 * ar, rtol=1e-5)
+    assert float(metrics.loss) == float(loss)
+
+    grads = lambda config: nnx.state(nnx.grad(lambda m: loss_fn(m, batch, key, config)[0])(model), nnx.Param)
+    g_joint = jax.tree.leaves(grads(joint))
+    g_diff = jax.tree.leaves(grads(LossConfig(kind="absorbing", mask_id=3)))
+    ar_model = with_attention(model, "prefix_lm")
+    g_ar = jax.tree.leaves(nnx.state(nnx.grad(lambda m: ar_loss(m, batch, None, LossConfig())[0])(ar_model),
+                                     nnx.Param))
+    for j, d, a in zip(g_joint, g_diff, g_ar, strict=True):
+        np.testing.assert_allclose(np.asarray(j), np.asarray(d) + 0.3 * np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_joint_loss_is_refused_where_there_is_no_diffusion_loss():
+    with pytest.raises(ValueError, match="ar_weight=0.3 adds the AR loss to a diffusion loss; loss kind 'ar'"):
+        LossConfig(kind="ar", ar_weight=0.3)
+    with pytest.raises(ValueError, match="ar_weight=-1.0 must be >= 0"):
+        LossConfig(kind="absorbing", ar_weight=-1.0)
+    model = build_model(tiny(attention="bidirectional"), 0)
+    batch = _diffusion_batch()
+    # ar_weight=0 is the diffusion loss itself, bit for bit
+    a, _ = loss_fn(model, batch, jax.random.key(0), LossConfig(kind="absorbing", mask_id=3))
+    b, _ = diffusion_loss(model, batch, jax.random.key(0), LossConfig(kind="absorbing", mask_id=3))
+    assert float(a) == float(b)

@@ -6,6 +6,10 @@
   process corrupts the targets and computes its own loss through the model's denoiser.
   Under `block_causal` attention the denoiser is block diffusion's (`block_denoise`: each
   noisy block sees the clean blocks before it), for every process.
+* `ar_weight > 0` with a diffusion process: the joint loss, diffusion + ar_weight x the AR
+  loss on the clean sequence under the architecture's AR attention (`arch_spec.ar_attention`),
+  on the same parameters, so a converted model stays a good AR model (Nemotron-Labs
+  Diffusion uses 0.3). The AR term is logged as `ar_loss`.
 
 Losses never ask which architecture they hold: the model's `target_view`, `denoise` and
 `teacher_forced` give the layout (see `workbench.models`). Losses are means over target
@@ -20,6 +24,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from workbench.models.transformer import with_attention
 from workbench.objectives.batch import Batch
 from workbench.objectives.drafting import DraftConfig, draft_loss
 from workbench.processes.loss_metrics import LossMetrics
@@ -36,6 +41,7 @@ class LossConfig:
     mask_id: int = 3  # the absorbing token
     pad_id: int = 0  # target padding (the tokenizer's fixed pad id); only splits the accuracy metric
     draft: Optional[DraftConfig] = None  # kind="draft": a block drafter on a frozen AR model (objectives.drafting)
+    ar_weight: float = 0.0  # diffusion kinds: add ar_weight x the AR loss under AR attention (the joint loss)
 
     @classmethod
     def for_tokenizer(cls, tokenizer, kind: str = "ar", *, model_vocab_size=None, **options) -> "LossConfig":
@@ -54,6 +60,11 @@ class LossConfig:
                              f"(draft=DraftConfig(block_size=4, ...)) and the other kinds none")
         if self.unroll_temperature < 0:
             raise ValueError(f"unroll_temperature={self.unroll_temperature} must be >= 0")
+        if not self.ar_weight >= 0:
+            raise ValueError(f"ar_weight={self.ar_weight} must be >= 0 (0: the diffusion loss alone)")
+        if self.ar_weight and self.kind in ("ar", "draft"):
+            raise ValueError(f"ar_weight={self.ar_weight} adds the AR loss to a diffusion loss; loss kind "
+                             f"{self.kind!r} is not one (use a diffusion process kind, or ar_weight=0)")
 
 
 def ar_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
@@ -75,7 +86,20 @@ def diffusion_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
     return process.loss(lambda tokens: model.denoise(batch, tokens), clean, weights, rng, config)
 
 
+def joint_loss(model, batch: Batch, rng: jax.Array, config: LossConfig):
+    """The diffusion loss plus `ar_weight` x the AR loss of the same parameters under the
+    architecture's AR attention; metrics are the diffusion loss's, with `ar_loss` added."""
+    loss, metrics = diffusion_loss(model, batch, rng, config)
+    logits, labels, weights = with_attention(model, model.config.arch_spec.ar_attention).teacher_forced(batch)
+    ar = weighted_mean(cross_entropy(logits, labels), weights)
+    return loss + config.ar_weight * ar, metrics.replace(
+        loss=loss + config.ar_weight * ar, sums={**metrics.sums, "ar_loss": ar * jnp.sum(weights)},
+        weights={**metrics.weights, "ar_loss": jnp.sum(weights)})
+
+
 def loss_fn(model, batch: Batch, rng: jax.Array, config: LossConfig):
     if config.kind == "draft":
         return draft_loss(model, batch, rng, config)
-    return (ar_loss if config.kind == "ar" else diffusion_loss)(model, batch, rng, config)
+    if config.kind == "ar":
+        return ar_loss(model, batch, rng, config)
+    return (joint_loss if config.ar_weight else diffusion_loss)(model, batch, rng, config)
