@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from workbench.kernels.cpu import KernelLibraryMissing, dequantize_blocks, gguf_matmul, int8_matmul, library
 from workbench.models.config import LoRAConfig, get_preset
 from workbench.models.lora import adapter_gate, with_lora
-from workbench.models.quantized import (GEMM_ROWS, PackedEmbedder, PackedLinear, PackedLoRALinear, dequantize_int8, fake_quantize,
-                                        pack_gguf_blocks, quantize_for_decoding, quantize_int8)
+from workbench.models.quantized import (GEMM_ROWS, PackedEmbedder, PackedLinear, PackedLoRALinear, dequantize_int8,
+                                        fake_quantize, pack_gguf_blocks, quantize_for_decoding, quantize_int8)
 from workbench.models.transformer import build_model
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
@@ -436,7 +436,8 @@ def test_speed_benchmark_rows_on_a_tiny_model(drafter):
     assert (spec["equals_packed_ar"] == 1.0).all() and spec["tokens_per_iteration"].between(1, 4).all()
     assert rows[rows["method"] != "f32_ar"]["agreement_with_f32"].between(0, 1).all()
     steps = qs.step_costs(config, models)
-    assert steps[["batch_size", "positions", "pass"]].values.tolist() == [[2, 1, "decode"], [2, 2, "decode"], [2, 8, "prompt"]]
+    assert steps[["batch_size", "positions", "pass"]].values.tolist() == [[2, 1, "decode"], [2, 2, "decode"],
+                                                                          [2, 8, "prompt"]]
     assert (steps["int8_speedup"] == steps["f32_ms"] / steps["int8_ms"]).all()
     with pytest.raises(ValueError, match=r"methods \['int4_ar'\] are not rows of this benchmark"):
         qs.QuantizedSpeedConfig(methods=("int4_ar",))

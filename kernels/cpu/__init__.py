@@ -8,4 +8,5 @@ from workbench.kernels.cpu.gguf_matmul import BLOCK_BYTES, dequantize_blocks, gg
 from workbench.kernels.cpu.int8_matmul import int8_matmul
 from workbench.kernels.cpu.library import BUILD_COMMAND, LIBRARY_PATH, KernelLibraryMissing, has_avx512, load_library
 
-__all__ = ["int8_matmul", "gguf_matmul", "dequantize_blocks", "BLOCK_BYTES", "BUILD_COMMAND", "LIBRARY_PATH", "KernelLibraryMissing", "has_avx512", "load_library"]
+__all__ = ["int8_matmul", "gguf_matmul", "dequantize_blocks", "BLOCK_BYTES", "BUILD_COMMAND", "LIBRARY_PATH",
+           "KernelLibraryMissing", "has_avx512", "load_library"]

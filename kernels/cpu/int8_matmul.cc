@@ -11,8 +11,8 @@
 // widened to float32 once per row tile.
 //
 // Accumulation is float32 (fused multiply-adds of x and the int8 weights, widened exactly to
-// float32), then one multiply by the scale. A row's result does not depend on the other rows. AVX-512 (F, BW, VL) is used when the CPU has it (runtime check); the
-// portable loop is the fallback.
+// float32), then one multiply by the scale. A row's result does not depend on the other rows.
+// AVX-512 (F, BW, VL) is used when the CPU has it (runtime check); the portable loop is the fallback.
 
 #include "common.h"
 

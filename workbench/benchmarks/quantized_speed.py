@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from workbench.benchmarks.speculative_speed import (Ids, _cut, _pass_fn, chat_prompt_ids, decode_arguments, decode_cases,
-                                                    load_load, smollm2_models)
+from workbench.benchmarks.speculative_speed import (Ids, _cut, _pass_fn, chat_prompt_ids, decode_arguments,
+                                                    decode_cases, load_load, smollm2_models)
 from workbench.config import save_json
 from workbench.evaluation.metrics import token_sequence_scores
 from workbench.models.quantized import pack_gguf_blocks, packed_bytes, quantize_for_decoding
@@ -181,8 +181,10 @@ def step_costs(config: QuantizedSpeedConfig, models: dict) -> pd.DataFrame:
                     times[name].append(time.perf_counter() - started)
             rows.append(_step_row(batch, n, times))
         # the prompt pass itself: `context` positions into an empty cache
-        calls = {name: (lambda f, s, c: lambda: jax.block_until_ready(f(s, prompt, jnp.zeros((batch,), jnp.int32), c)[0]))(
-            cached_pass, state, models[name].init_cache(batch, config.context)) for name, (cached_pass, state) in passes.items()}
+        zeros = jnp.zeros((batch,), jnp.int32)
+        calls = {name: (lambda f, s, c: lambda: jax.block_until_ready(f(s, prompt, zeros, c)[0]))(
+            cached_pass, state, models[name].init_cache(batch, config.context))
+            for name, (cached_pass, state) in passes.items()}
         times = {name: [] for name in calls}
         for _ in range(max(3, config.step_repeats // 3)):
             for name, call in calls.items():
@@ -226,9 +228,9 @@ def run(config: QuantizedSpeedConfig, *, adapter=None, out_dir=None, progress: b
     payload = {"config": dataclasses.asdict(config), "model": "smollm2-135m", "drafter": source,
                "device": {"platform": device.platform, "kind": device.device_kind}, "avx512": has_avx512(),
                "load_average": {"before": load_before, "after": load_load()}, "jax": jax.__version__,
-               "gguf": str(gguf), "weight_bytes": {"f32": int(sum(x.nbytes for x in jax.tree.leaves(_params(ar_model)))),
-                                                   "int8": packed_bytes(models["int8"]),
-                                                   "gguf": packed_bytes(models["gguf"])},
+               "gguf": str(gguf),
+               "weight_bytes": {"f32": int(sum(x.nbytes for x in jax.tree.leaves(_params(ar_model)))),
+                                "int8": packed_bytes(models["int8"]), "gguf": packed_bytes(models["gguf"])},
                "prompt_tokens": [len(p) for p in prompts], "llama_cpp": LLAMA_CPP,
                "rows": rows.to_dict(orient="records"), "steps": steps.to_dict(orient="records")}
     if out_dir is not None:

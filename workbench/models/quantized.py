@@ -18,7 +18,7 @@ What changes: every `nnx.Linear` and the frozen base of every `LoRALinear` (its 
 float32 and still obeys `adapter_gate`, so a drafter adapter runs on top), and the output head
 (the tied embedding table [V, D] is already output-major); a tied table's input lookup reads the
 same packed rows. Norms, rotary positions, attention and the KV cache are unchanged. A projection
-over `GEMM_ROWS` rows or more (a prompt pass) unpacks its weights and runs XLA's float32 GEMM.
+over `GEMM_ROWS` rows or more (a long or batched prompt pass) unpacks its weights and runs XLA's float32 GEMM.
 `fake_quantize` is the float32 model with the int8 copy's weights (its reference). The copies are
 for decoding (any sampler that calls the model's forward); they have no gradients.
 """
@@ -39,11 +39,11 @@ from workbench.models.lora import LoRALinear, LoRAParam, add_adapter, current_ga
 from workbench.models.transformer import _Embedder
 
 BITS = (8,)
-# From this many rows a projection unpacks its weights (the same float32 values) and runs XLA's float32 GEMM:
-# measured on the 2-core CPU, 96 rows of a 576 x 1536 Q4_1 projection took 1.40 ms in the kernel, 1.13 ms
-# unpacked + GEMM (float32 weights: 0.84), and 768 rows 9.7 against 6.1 ms. Not the output head: unpacking
-# its 28M weights cost more than the kernel at 96 rows (91 against 37 ms).
-GEMM_ROWS = 64
+# From this many rows a projection unpacks its weights (the same float32 values) and runs XLA's float32 GEMM.
+# SmolLM2-135M's prompt pass, idle 2-core CPU: 100 rows took 154 ms with the kernels, 216 ms unpacking
+# (float32 weights: 103 ms); 800 rows (batch 8) 1068 ms with the kernels, 838 ms unpacking (float32: 646).
+# The output head always runs the kernel (unpacking its 28M weights costs more).
+GEMM_ROWS = 256
 FORMATS = ("int8", "q4_1", "q8_0")  # per-channel int8; GGUF blocks
 
 
@@ -260,8 +260,8 @@ class GGUFBlocks:
         tensor = self.tensors[gguf_name]
         fmt = tensor.tensor_type.name.lower()
         if fmt not in BLOCK_BYTES:
-            raise ValueError(f"{self.source.path.name}: {gguf_name} is {tensor.tensor_type.name}; packed decoding reads "
-                             f"{sorted(BLOCK_BYTES)} blocks (use quantize_for_decoding(model, bits=8) instead)")
+            raise ValueError(f"{self.source.path.name}: {gguf_name} is {tensor.tensor_type.name}; packed decoding "
+                             f"reads {sorted(BLOCK_BYTES)} blocks (use quantize_for_decoding(model, bits=8) instead)")
         data = np.asarray(tensor.data, np.uint8)
         heads = {"attn_q": self.source.hf_config["num_attention_heads"],
                  "attn_k": self.source.hf_config["num_key_value_heads"]}.get(gguf_name.split(".")[-2])
@@ -291,7 +291,8 @@ def pack_gguf_blocks(model: nnx.Module, gguf_path: str | Path) -> nnx.Module:
     the tensor). Rows the model has beyond the file's (an appended mask token's embedding) are quantized to
     the table's format here."""
     if not model.config.arch_spec.decoder_only:
-        raise ValueError(f"pack_gguf_blocks takes a decoder-only model imported from a GGUF; got arch={model.config.arch!r}")
+        raise ValueError(f"pack_gguf_blocks takes a decoder-only model imported from a GGUF; got "
+                         f"arch={model.config.arch!r}")
     source = GGUFBlocks(gguf_path)
 
     def pack(parent, name, layer):
@@ -302,12 +303,13 @@ def pack_gguf_blocks(model: nnx.Module, gguf_path: str | Path) -> nnx.Module:
         if isinstance(layer, _Embedder) and extra > 0:
             blocks = np.concatenate([blocks, _blocks_of(want[blocks.shape[0]:], fmt)])
         got = np.asarray(dequantize_blocks(jnp.asarray(blocks), fmt))
-        if got.shape != want.shape or not np.array_equal(got[:want.shape[0] - max(extra, 0)],
-                                                         want[:want.shape[0] - max(extra, 0)]):
+        in_file = want.shape[0] - max(extra, 0)  # rows the file holds (the rest were quantized just above)
+        if got.shape != want.shape or not np.array_equal(got[:in_file], want[:in_file]):
             detail = (f"shape {got.shape} vs {want.shape}" if got.shape != want.shape
-                      else f"max difference {np.abs(got - want).max():.3g}")
-            raise ValueError(f"{gguf_name} in {Path(gguf_path).name} is not this model's {type(parent).__name__}.{name} "
-                             f"({detail}); pack the model that was loaded from this GGUF file")
+                      else f"max difference {np.abs(got[:in_file] - want[:in_file]).max():.3g}")
+            raise ValueError(f"{gguf_name} in {Path(gguf_path).name} is not this model's "
+                             f"{type(parent).__name__}.{name} ({detail}); pack the model that was loaded from this "
+                             f"GGUF file")
         return _packed(layer, fmt, blocks)
 
     new_model = nnx.clone(model)
