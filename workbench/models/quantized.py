@@ -36,7 +36,7 @@ from flax import nnx
 
 from workbench.kernels.cpu import BLOCK_BYTES, dequantize_blocks, gguf_matmul, int8_matmul
 from workbench.models.lora import LoRALinear, LoRAParam, add_adapter, current_gate
-from workbench.models.transformer import _Embedder
+from workbench.models.transformer import Embedder
 
 BITS = (8,)
 # From this many rows a projection unpacks its weights (the same float32 values) and runs XLA's float32 GEMM.
@@ -131,11 +131,11 @@ class PackedLoRALinear(PackedLinear):
         return add_adapter(super().__call__(x), x, self.lora_a[...], self.lora_b[...], self.lora_scale, self.dtype)
 
 
-class PackedEmbedder(_Embedder):
+class PackedEmbedder(Embedder):
     """The embedder with a packed output head (the tied table, or the untied `lm_head`). A tied table's
     input lookup unpacks the rows it reads; an untied model keeps its float32 input table."""
 
-    def __init__(self, embedder: _Embedder, fmt: str, weight, scale=None):
+    def __init__(self, embedder: Embedder, fmt: str, weight, scale=None):
         self.config = embedder.config
         self.tied = embedder.lm_head is None
         self.fmt = fmt
@@ -158,21 +158,13 @@ class PackedEmbedder(_Embedder):
         return x.astype(self.config.dtype)
 
     def logits(self, x_BxTxD):
-        logits = packed_matmul(x_BxTxD, self.fmt, self.head[...], self._scale())
-        gate = current_gate()
-        if self.row_delta is not None and self.tied and gate is not False:  # as `_Embedder.logits`
-            ids = jnp.asarray(self.config.lora.trainable_rows, jnp.int32)
-            extra = jnp.einsum("btd,rd->btr", x_BxTxD, self.row_delta[...].astype(x_BxTxD.dtype),
-                               preferred_element_type=jnp.float32)
-            if gate is not None and gate is not True:
-                extra = extra * jnp.asarray(gate, jnp.float32)[..., None]
-            logits = logits.at[..., ids].add(extra)
-        return logits * self.config.d_model**-0.5 if self.config.scale_logits else logits
+        return self.finish_logits(x_BxTxD, packed_matmul(x_BxTxD, self.fmt, self.head[...], self._scale()),
+                                  tied=self.tied)
 
 
 def _weight_NxK(layer) -> np.ndarray:
     """A layer's float32 weights, output channels first ([N, K]; a table [V, D] as it is)."""
-    if isinstance(layer, _Embedder):
+    if isinstance(layer, Embedder):
         return np.asarray((layer.embedding if layer.lm_head is None else layer.lm_head)[...], np.float32)
     return np.asarray(layer.kernel[...], np.float32).T
 
@@ -191,7 +183,7 @@ def _layers(model) -> list[tuple[nnx.Module, str, nnx.Module]]:
     for _, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Module):
             for name, value in vars(node).items():
-                if isinstance(value, (nnx.Linear, LoRALinear, _Embedder)):
+                if isinstance(value, (nnx.Linear, LoRALinear, Embedder)):
                     found.append((node, name, value))
     if not found:
         raise ValueError(f"{type(model).__name__} has no nnx.Linear, LoRALinear or embedder to pack")
@@ -227,7 +219,7 @@ def fake_quantize(model: nnx.Module, bits: int = 8) -> nnx.Module:
     new = nnx.clone(model)
     for _, _, layer in _layers(new):
         w = dequantize_int8(*quantize_int8(_weight_NxK(layer)))
-        if isinstance(layer, _Embedder):
+        if isinstance(layer, Embedder):
             (layer.embedding if layer.lm_head is None else layer.lm_head).set_value(w)
         else:
             layer.kernel.set_value(w.T)
@@ -269,7 +261,7 @@ class GGUFBlocks:
 
 
 def _gguf_name(model, parent, name: str, layer) -> str:
-    if isinstance(layer, _Embedder):
+    if isinstance(layer, Embedder):
         return "token_embd.weight" if layer.lm_head is None else "output.weight"
     for i, block in enumerate(model.blocks):
         for (owner, attr), gguf in GGUF_NAMES.items():
@@ -300,7 +292,7 @@ def pack_gguf_blocks(model: nnx.Module, gguf_path: str | Path) -> nnx.Module:
         fmt, blocks = source.blocks(gguf_name)
         want = _weight_NxK(layer)
         extra = want.shape[0] - blocks.shape[0]
-        if isinstance(layer, _Embedder) and extra > 0:
+        if isinstance(layer, Embedder) and extra > 0:
             blocks = np.concatenate([blocks, _blocks_of(want[blocks.shape[0]:], fmt)])
         got = np.asarray(dequantize_blocks(jnp.asarray(blocks), fmt))
         in_file = want.shape[0] - max(extra, 0)  # rows the file holds (the rest were quantized just above)

@@ -85,7 +85,7 @@ def check_lengths(name: str, values, limit: int, what: str) -> None:
         )
 
 
-class _Embedder(nnx.Module):
+class Embedder(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.config = config
         self.embedding = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.d_model), jnp.float32))
@@ -113,12 +113,17 @@ class _Embedder(nnx.Module):
 
     def logits(self, x_BxTxD):
         table = self.embedding if self.lm_head is None else self.lm_head
-        # Scaled by 1/sqrt(d) so unit-variance embeddings give O(1) logits (not for imported
-        # models, trained without it); float32 for the softmax.
         w = table[...].astype(x_BxTxD.dtype)
-        logits = jnp.einsum("btd,vd->btv", x_BxTxD, w, preferred_element_type=jnp.float32)
+        product = jnp.einsum("btd,vd->btv", x_BxTxD, w, preferred_element_type=jnp.float32)
+        return self.finish_logits(x_BxTxD, product, tied=self.lm_head is None)
+
+    def finish_logits(self, x_BxTxD, product_BxTxV, *, tied: bool):
+        """The head's product x W^T plus what every head adds: when tied, the trained rows'
+        deltas' own logits (under the adapter gate); the 1/sqrt(d) scale for models trained
+        with it (not imported ones); float32 for the softmax."""
+        logits = product_BxTxV
         gate = current_gate()
-        if self.row_delta is not None and self.lm_head is None and gate is not False:  # tied: the rows' logits too
+        if self.row_delta is not None and tied and gate is not False:
             ids = jnp.asarray(self.config.lora.trainable_rows, jnp.int32)
             extra = jnp.einsum("btd,rd->btr", x_BxTxD, self.row_delta[...].astype(x_BxTxD.dtype),
                                preferred_element_type=jnp.float32)
@@ -156,7 +161,7 @@ class DecoderOnly(nnx.Module):
         if config.arch != "decoder":
             raise ValueError(f"DecoderOnly needs arch='decoder', got {config.arch!r}")
         self.config = config
-        self.embedder = _Embedder(config, rngs)
+        self.embedder = Embedder(config, rngs)
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, compute_dtype(config))
         if config.lora is not None:
@@ -381,7 +386,7 @@ class EncoderDecoder(nnx.Module):
         if config.arch != "encoder_decoder":
             raise ValueError(f"EncoderDecoder needs arch='encoder_decoder', got {config.arch!r}")
         self.config = config
-        self.embedder = _Embedder(config, rngs)
+        self.embedder = Embedder(config, rngs)
         self.encoder = nnx.List([Block(config, rngs) for _ in range(config.encoder_layers)])
         self.encoder_norm = RMSNorm(config.d_model, config.norm_eps, compute_dtype(config))
         self.decoder = nnx.List([Block(config, rngs, cross=True) for _ in range(config.num_layers)])
