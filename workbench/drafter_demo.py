@@ -174,7 +174,8 @@ def provenance(record: dict) -> str:
     if recipe:
         lines.append(f"recipe: objective {recipe['objective']}, block {recipe['block_size']}, lr {recipe['learning_rate']}, "
                      f"batch {recipe['batch_size']}, step {record.get('step')} of {recipe['steps']}; data: "
-                     f"{data.get('training_rows', '?')} AR answers to training prompts (hash {data.get('prompts_hash', '?')})")
+                     f"{data.get('answer_tokens', '?')} answer tokens, the AR model's greedy answers to {data.get('kept', '?')} "
+                     f"training prompts (hash {data.get('prompts_hash', '?')})")
     if metrics:
         keys = ("train_minutes", "target_tokens", "agreement@32", "agreement@64", "passes_per_token",
                 "tokens_per_iteration", "squad_f1_ar", "squad_f1_drafted")
