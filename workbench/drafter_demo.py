@@ -65,12 +65,12 @@ def draft_trajectory(out, tokenizer, row: int = 0) -> pd.DataFrame:
 
 
 def load_drafter(pretrained, adapter_dir):
-    """(drafter, its tokenizer with the mask token, the adapter's workbench record): the adapter saved in
-    `adapter_dir` on the imported model (refused by fingerprint on any other base)."""
+    """(drafter, its tokenizer with the mask token, the adapter's workbench record, {} for an adapter saved
+    elsewhere): the adapter in `adapter_dir` on the imported model (refused by fingerprint on any other base)."""
     from workbench.pretrained import load_adapter, with_mask_token
     from workbench.pretrained.peft import read_adapter_config
 
-    record = read_adapter_config(adapter_dir)[0]["workbench"]
+    record = read_adapter_config(adapter_dir)[0].get("workbench", {})
     masked = with_mask_token(pretrained)
     return load_adapter(masked.model, adapter_dir), masked.tokenizer, record
 

@@ -116,22 +116,21 @@ def zero_adapter(masked_model, mask_id: int, seed: int = 0):
 
 def smollm2_models(adapter: Optional[str | Path] = None, base: str = "smollm2-135m"):
     """(AR model as imported, drafter, tokenizer with the mask token, Ids, the drafter's description)."""
-    from workbench.drafter_demo import SHIPPED_ADAPTER
-    from workbench.pretrained import load_adapter, load_pretrained, with_mask_token
-    from workbench.pretrained.peft import read_adapter_config
+    from workbench.drafter_demo import SHIPPED_ADAPTER, load_drafter
+    from workbench.pretrained import load_pretrained, with_mask_token
 
     pretrained = load_pretrained(base, dtype="float32")
-    masked = with_mask_token(pretrained)
-    tokenizer = masked.tokenizer
     chosen = Path(adapter) if adapter is not None else SHIPPED_ADAPTER
     if adapter is not None or chosen.is_dir():
         if not chosen.is_dir():
             raise FileNotFoundError(f"--adapter {chosen}: no such folder")
-        drafter = load_adapter(masked.model, chosen)
-        recipe = read_adapter_config(chosen)[0].get("workbench", {}).get("recipe", {})
+        drafter, tokenizer, record = load_drafter(pretrained, chosen)
+        recipe = record.get("recipe", {})
         trained = f", trained at b={recipe['block_size']}" if "block_size" in recipe else ""
         source = f"adapter {chosen}{' (shipped)' if adapter is None else ''}{trained}"
     else:
+        masked = with_mask_token(pretrained)
+        tokenizer = masked.tokenizer
         drafter = zero_adapter(masked.model, tokenizer.specials.mask)
         source = "fresh zero adapter (untrained: the base guessing under masks)"
     ids = Ids(eos=tokenizer.specials.eos, pad=tokenizer.specials.pad, mask=tokenizer.specials.mask)
