@@ -15,7 +15,7 @@ REPO_ROOT = SOURCE_DIR.parent.parent
 # WORKBENCH_CPU_KERNELS names another build of the library (e.g. one built outside the checkout).
 LIBRARY_PATH = Path(os.environ.get("WORKBENCH_CPU_KERNELS", REPO_ROOT / "build" / "kernels" / "libworkbench_cpu.so"))
 BUILD_COMMAND = "make cpu-kernels"  # also run by `make env`
-DEFAULT_MIN_PARALLEL_WORK = 1 << 22  # as common.h's min_parallel_work
+DEFAULT_MIN_PARALLEL_WORK = 1 << 16  # as common.h's min_parallel_work
 TARGETS = {  # FFI target name -> exported handler symbol
     "workbench_int8_matmul": "WorkbenchInt8Matmul",
     "workbench_q4_1_matmul": "WorkbenchQ4_1Matmul",
