@@ -11,14 +11,13 @@ encoder and the cross-attention keys/values) and returns the per-token step.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from workbench.models.transformer import DecoderOnly, EncoderDecoder, check_lengths
+from workbench.sampling.jit import sampler_jit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +97,7 @@ def _loop(first_logits, step_fn, cache, rng, example_ids, config: ARSamplingConf
     return Generation(out, lengths, t)
 
 
-@partial(nnx.jit, static_argnames=("config",))
+@sampler_jit(static_argnames=("config",))
 def _generate(model, prompts, prompt_lengths, rng, example_ids, config: ARSamplingConfig) -> Generation:
     first, cache, step = model.start_decoding(prompts, prompt_lengths, config.max_new_tokens, config.pad_id)
     return _loop(first, step, cache, rng, example_ids, config)

@@ -25,18 +25,17 @@ including EOS) is kept, as the full-canvas sampler reranks.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from workbench.models.denoiser import CachedRowDenoiser
 from workbench.objectives.batch import Batch
 from workbench.sampling.block_cache import block_denoiser, check_block_decoding
 from workbench.sampling.config import SamplerConfig
 from workbench.sampling.diffusion import mean_nll
+from workbench.sampling.jit import sampler_jit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +59,7 @@ class BlockOutput(NamedTuple):
     chosen: Any = None  # [B] the sample kept
 
 
-@partial(nnx.jit, static_argnames=("config", "target_len"))
+@sampler_jit(static_argnames=("config", "target_len"))
 def _block_sample(model, batch: Batch, rng, config: BlockSamplingConfig, target_len: int) -> BlockOutput:
     num_b, num_s = batch.tokens.shape[0], config.num_samples
     batch = jax.tree.map(lambda x: jnp.repeat(x, num_s, axis=0), batch)  # [B*S], sample-major per example

@@ -20,19 +20,18 @@ is keyed by (example id, sample, step), so an example decodes the same alone or 
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from workbench.distributed import constrain_batch, mesh_context, shard_batch
 from workbench.models import DecoderOnly, EncoderDecoder
 from workbench.objectives.batch import Batch
 from workbench.sampling.config import SamplerConfig
+from workbench.sampling.jit import sampler_jit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +61,7 @@ def _repeat(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), batch)
 
 
-@partial(nnx.jit, static_argnames=("config", "target_len", "mesh"))
+@sampler_jit(static_argnames=("config", "target_len", "mesh"))
 def _sample(model, batch: Batch, rng, config: DiffusionSamplingConfig, target_len: int,
             mesh: Optional[Mesh] = None) -> DiffusionOutput:
     num_b, num_s, steps = batch.tokens.shape[0], config.num_samples, config.num_steps

@@ -29,17 +29,16 @@ are keyed by (example id, iteration, purpose), so an example decodes the same in
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from workbench.attention import mask_for_kind
 from workbench.models.lora import adapter_gate
 from workbench.objectives.drafting import check_drafter
 from workbench.sampling.ar import prepare_prompts
+from workbench.sampling.jit import sampler_jit
 
 _NEG = -1e9
 
@@ -132,7 +131,7 @@ def _draft(model, cache, tokens_BxB, start_B, config: SpeculativeConfig, keys_B)
     return canvas, draft_logits
 
 
-@partial(nnx.jit, static_argnames=("config",))
+@sampler_jit(static_argnames=("config",))
 def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: SpeculativeConfig) -> SpeculativeOutput:
     size, width = prompts.shape
     b, limit = config.block_size, config.max_new_tokens
