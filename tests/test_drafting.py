@@ -311,3 +311,15 @@ def test_draft_noise_rates():
                                   DraftConfig(block_size=4, all_masked=0.5)))
     blocks = full.reshape(400, 10, 4)[:, :, 1:].all(-1).mean()
     assert 0.5 < blocks < 0.75  # 0.5 all masked, plus the blocks the rate masks entirely (E = 1/4 * 0.5)
+
+
+def test_study_cli_builds_the_recipe_it_is_given(monkeypatch, tmp_path):
+    from workbench import drafter_study
+
+    seen = {}
+    monkeypatch.setattr(drafter_study, "run_recipe", lambda recipe, run_dir, **kw: seen.update(recipe=recipe, dir=run_dir))
+    drafter_study.main(["run", "--name", "more_data", "--root", str(tmp_path), "--train-prompts", "4000",
+                        "--block-size", "2", "--steps", "7", "--objective", "ce"])
+    recipe = seen["recipe"]
+    assert (recipe.train_prompts, recipe.block_size, recipe.steps, recipe.objective) == (4000, 2, 7, "ce")
+    assert seen["dir"] == tmp_path / "more_data"

@@ -331,6 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--objective", default="distill")
     parser.add_argument("--block-size", type=int, default=4)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--train-prompts", type=int, default=DrafterRecipe.train_prompts,
+                        help="training prompts the AR model answers (the answers are the training data)")
     parser.add_argument("--allow-config-change", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.root)
@@ -340,14 +342,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             run_recipe(recipe, root / name, cache_dir=root.parent / "drafter_data")
     elif args.command == "run":
         recipe = DrafterRecipe(objective=args.objective, block_size=args.block_size, steps=args.steps,
-                               eval_every=args.eval_every)
+                               eval_every=args.eval_every, train_prompts=args.train_prompts)
         run_recipe(recipe, root / args.name, cache_dir=root.parent / "drafter_data",
                    allow_config_change=args.allow_config_change)
     elif args.command == "export":
         from workbench.drafter_demo import SHIPPED_ADAPTER
 
         command = (f"python -m workbench.drafter_study run --name {args.name} --objective {args.objective} "
-                   f"--block-size {args.block_size} --steps {args.steps} --eval-every {args.eval_every} && "
+                   f"--block-size {args.block_size} --steps {args.steps} --eval-every {args.eval_every} "
+                   f"--train-prompts {args.train_prompts} && "
                    f"python -m workbench.drafter_study export --name {args.name} --step {args.step}")
         folder = export_adapter(root / args.name, args.to or SHIPPED_ADAPTER, step=args.step, command=command)
         print(f"adapter written to {folder}")
