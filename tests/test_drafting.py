@@ -323,3 +323,29 @@ def test_study_cli_builds_the_recipe_it_is_given(monkeypatch, tmp_path):
     recipe = seen["recipe"]
     assert (recipe.train_prompts, recipe.block_size, recipe.steps, recipe.objective) == (4000, 2, 7, "ce")
     assert seen["dir"] == tmp_path / "more_data"
+
+
+def test_study_curve_and_figure_from_a_run_directory(tmp_path):
+    """`curve` turns a run's log into points (training minutes from the log windows' rates, target tokens from
+    the steps and the mean answer length); `figure` draws every evaluated run under the root."""
+    import json
+
+    from workbench import drafter_study
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    recipe = {"batch_size": 2, "train_prompt_tokens": 6, "answer_len": 4}
+    (run / "run_info.json").write_text(json.dumps({"recipe": recipe, "data": {"drafter": {"train": {
+        "training_answer_tokens": 30, "training_rows": 10}}}}))
+    records = [{"step": 10, "tokens_per_s": 20.0},  # 10 steps x 2 rows x 10 tokens at 20/s = 10 s
+               {"step": 10, "eval_agreement@32": 0.25, "eval_tokens_per_iteration": 2.0},
+               {"step": 20, "tokens_per_s": 5.0},  # the window holds the evaluation: the previous rate counts
+               {"step": 20, "eval_agreement@32": 0.5, "eval_tokens_per_iteration": 2.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    points = drafter_study.curve(run)
+    assert [(p["step"], p["train_minutes"], p["target_tokens"]) for p in points] == [(10, round(10 / 60, 2), 60),
+                                                                                     (20, round(20 / 60, 2), 120)]
+    assert [p["agreement@32"] for p in points] == [0.25, 0.5]
+    out = tmp_path / "curve.html"
+    drafter_study.main(["figure", "--root", str(tmp_path / "runs"), "--to", str(out)])
+    assert out.exists() and "r1" in out.read_text()

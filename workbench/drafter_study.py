@@ -322,8 +322,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Train and evaluate block drafters on SmolLM2-135M (CPU budget).")
-    parser.add_argument("command", choices=("pilots", "run", "summary", "export"))
-    parser.add_argument("--to", default=None, help="export: the adapter folder (default: the shipped one)")
+    parser.add_argument("command", choices=("pilots", "run", "summary", "export", "figure"))
+    parser.add_argument("--to", default=None, help="export: the adapter folder (default: the shipped one); "
+                                                   "figure: the HTML file (default: docs/drafter_curve.html)")
     parser.add_argument("--step", type=int, default=None, help="export: the checkpoint step (default: the last)")
     parser.add_argument("--root", default="runs/drafter")
     parser.add_argument("--name", default="best")
@@ -354,6 +355,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    f"python -m workbench.drafter_study export --name {args.name} --step {args.step}")
         folder = export_adapter(root / args.name, args.to or SHIPPED_ADAPTER, step=args.step, command=command)
         print(f"adapter written to {folder}")
+        return
+    elif args.command == "figure":
+        from workbench.viz.drafter_curve import curve_figure
+
+        runs = [d for d in sorted(root.iterdir()) if (d / "run_info.json").exists() and curve(d)]
+        if not runs:
+            raise SystemExit(f"no evaluated drafter runs under {root}")
+        to = Path(args.to or "docs/drafter_curve.html")
+        curve_figure({d.name: curve(d) for d in runs}).write_html(to, include_plotlyjs="cdn")
+        print(f"{len(runs)} runs drawn in {to}")
         return
     rows = summary(root)
     print(json.dumps(rows, indent=1))
