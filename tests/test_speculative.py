@@ -347,3 +347,49 @@ def test_bad_configs_are_refused_by_name(models):
     speculative_generate(drafter, prompts, lengths, SpeculativeConfig(block_size=4, max_new_tokens=57, mask_id=MASK))
     with pytest.raises(ValueError, match="mask_id=17"):
         speculative_generate(drafter, prompts, lengths, SpeculativeConfig(block_size=4, max_new_tokens=8, mask_id=V))
+
+
+def test_frontier_rows_decode_with_their_own_setting(models):
+    """`drafter_study.frontier` on a hand-built setup: each (block size, draft steps) row keeps the AR
+    model's greedy output exactly when verifying, costs what its setting must cost when lossy (a prompt
+    pass, then draft_steps + 1 passes per block of b tokens), and scores the lossy output of that
+    very setting (recomputed here by a direct call)."""
+    from types import SimpleNamespace
+
+    from workbench.drafter_study import DrafterRecipe, DrafterSetup, frontier
+    from workbench.models.transformer import with_config
+
+    base, drafter = models
+    drafter = with_config(drafter, max_len=128)  # the study pads prompts to a width of 64
+    count, new = 10, 12
+    prompts, lengths = _prompts(40, 6, 7)
+    want, _ = _greedy_reference(base, prompts, lengths, new, NO_EOS)
+    keep = np.flatnonzero((want != 0).all(1))[:count]  # the study's references never hold the padding id
+    assert len(keep) == count
+    prompts, lengths, want = prompts[keep], lengths[keep], want[keep]
+    inputs = [[int(t) for t in prompts[i, : lengths[i]]] for i in range(count)]
+    references = [[int(t) for t in row] for row in want]
+    tokenizer = SimpleNamespace(specials=SimpleNamespace(eos=NO_EOS, pad=0, mask=MASK))
+    setup_ = DrafterSetup(DrafterRecipe(block_size=4, answer_len=new), base, drafter, tokenizer, MASK, ([], []),
+                          [SimpleNamespace(task="plain")] * count, (inputs, references), {})
+    settings = ((2, 1), (4, 1), (8, 7))
+    rows = frontier(setup_, drafter, settings, count=count, batch_size=count)  # one batch: the direct calls reuse its compilations
+    assert [(r["block_size"], r["draft_steps"]) for r in rows] == list(settings)
+    seen = set()
+    for row in rows:
+        b, steps = row["block_size"], row["draft_steps"]
+        assert row["verified_equals_ar"] == 1.0
+        assert "masked_agreement" not in row
+        assert row["passes_per_token"] == pytest.approx((1 + -(-new // b) * (steps + 1)) / new)
+        assert 1.0 <= row["tokens_per_iteration"] <= b
+        padded = np.zeros((count, 64), np.int32)
+        padded[:, : prompts.shape[1]] = prompts
+        lossy = np.asarray(speculative_generate(drafter, padded, lengths, SpeculativeConfig(
+            block_size=b, draft_steps=steps, verify=False, max_new_tokens=new, eos_id=NO_EOS, mask_id=MASK)).tokens)
+        agreement = []
+        for out, ref in zip(lossy, references):
+            cut = list(out[: int(np.argmax(out == 0))]) if (out == 0).any() else list(out)
+            agreement.append(sum(a == r for a, r in zip(cut, ref)) / max(len(cut), len(ref)))
+        assert row["agreement@32"] == pytest.approx(np.mean(agreement))
+        seen.add(round(row["agreement@32"], 6))
+    assert len(seen) > 1  # the settings decode differently: each row really used its own

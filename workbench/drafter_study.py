@@ -127,15 +127,17 @@ def _decode(model, tokenizer, inputs, config: SpeculativeConfig, batch_size: int
 
 
 def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None, batch_size: int = 20,
-                    draft_steps: int = 1) -> dict:
-    """The curve's measurements on the first `count` held-out prompts (all by default)."""
+                    draft_steps: int = 1, block_size: Optional[int] = None, masked: bool = True) -> dict:
+    """The curve's measurements on the first `count` held-out prompts (all by default), decoding in
+    blocks of `block_size` (default: the recipe's) with `draft_steps` drafter passes per block;
+    `masked=False` leaves out the masked-token agreement (it scores the recipe's block size)."""
     recipe, tok = setup_.recipe, setup_.tokenizer
     inputs, references = setup_.held_out_pairs
     prompts = setup_.held_out
     count = len(inputs) if count is None else min(count, len(inputs))
     inputs, references, prompts = inputs[:count], references[:count], prompts[:count]
     model = with_config(model, dtype="float32") if model.config.dtype != "float32" else model
-    base = dict(block_size=recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len)
+    base = dict(block_size=block_size or recipe.block_size, draft_steps=draft_steps, max_new_tokens=recipe.answer_len)
     stops = {tok.specials.eos, tok.specials.pad}
     # the AR answers end with their EOS; decoded rows are scored cut at it, so compare without it
     references = [list(r[: r.index(tok.specials.eos)]) if tok.specials.eos in r else list(r) for r in references]
@@ -149,9 +151,10 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
         result[f"exact@{n}"] = scores["exact_match"]
     result["passes_per_token"] = float(np.mean(passes / np.maximum(lengths, 1)))
     exact_config = SpeculativeConfig.for_tokenizer(tok, verify=True, **base)
-    exact, lengths_v, iterations_v, _, accepted, offered = _decode(model, tok, inputs, exact_config, batch_size)
+    exact, lengths_v, iterations_v, passes_v, accepted, offered = _decode(model, tok, inputs, exact_config, batch_size)
     result["verified_equals_ar"] = token_sequence_scores(exact, references, stops)["exact_match"]
     result["tokens_per_iteration"] = float(np.sum(lengths_v) / max(np.sum(iterations_v), 1))
+    result["verified_passes_per_token"] = float(np.mean(passes_v / np.maximum(lengths_v, 1)))
     for i, (a, o) in enumerate(zip(accepted, offered), start=1):
         result[f"accept_at_{i}"] = float(a / max(o, 1))
     squad_rows = [i for i, p in enumerate(prompts) if p.task == "squad"]
@@ -164,9 +167,26 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
         result["squad_f1_ar"] = float(np.mean([squad_f1(t, g) for t, g in zip(ar_text, golds)]))
         result["squad_f1_drafted"] = float(np.mean([squad_f1(t, g) for t, g in zip(drafted_text, golds)]))
         result["squad_questions"] = len(squad_rows)
-    result["masked_agreement"] = masked_agreement(setup_, model, count)
+    if masked:
+        result["masked_agreement"] = masked_agreement(setup_, model, count)
     result["eval_seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+FRONTIER_SETTINGS = ((2, 1), (4, 1), (4, 2), (4, 3), (8, 1), (8, 3), (8, 7))  # (block size, draft steps)
+
+
+def frontier(setup_: DrafterSetup, model, settings=FRONTIER_SETTINGS, *, count: int = 40,
+             batch_size: int = 20) -> list[dict]:
+    """One drafter's quality against its cost at other block sizes and draft steps than it was trained
+    with: per (b, draft steps), the lossy answers' agreement with the AR model's and their forward
+    passes per token, and self-speculation's tokens per iteration and passes per token."""
+    rows = []
+    for block_size, draft_steps in settings:
+        metrics = drafter_metrics(setup_, model, count=count, batch_size=batch_size, draft_steps=draft_steps,
+                                  block_size=block_size, masked=False)
+        rows.append({"block_size": block_size, "draft_steps": draft_steps, **metrics})
+    return rows
 
 
 def masked_agreement(setup_: DrafterSetup, model, count: int) -> dict:
@@ -260,13 +280,10 @@ def curve(run_dir) -> list[dict]:
     return points
 
 
-def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = "") -> Path:
-    """Save the drafter of `run_dir` at `step` (default: its last checkpoint) as a PEFT-layout
-    adapter folder `to`, with its recipe, seed, data hashes, base fingerprint, the metrics of
-    that step, the run's curve and the command that regenerates it."""
+def restore(run_dir, step: Optional[int] = None) -> tuple[DrafterSetup, int]:
+    """The run's setup (its recipe, data and held-out prompts) with its drafter at checkpoint `step`
+    (default: the last), and that step."""
     from workbench.config import from_dict
-    from workbench.data.files import file_sha256
-    from workbench.pretrained import save_adapter
     from workbench.training.checkpoint import CheckpointStore
 
     run_dir = Path(run_dir)
@@ -278,6 +295,18 @@ def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = ""
         step = store.restore(setup_.model, step=step)
     finally:
         store.close()
+    return setup_, step
+
+
+def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = "") -> Path:
+    """Save the drafter of `run_dir` at `step` (default: its last checkpoint) as a PEFT-layout
+    adapter folder `to`, with its recipe, seed, data hashes, base fingerprint, the metrics of
+    that step, the run's curve and the command that regenerates it."""
+    from workbench.data.files import file_sha256
+    from workbench.pretrained import save_adapter
+
+    run_dir = Path(run_dir)
+    setup_, step = restore(run_dir, step)
     points = curve(run_dir)
     at = [p for p in points if p["step"] == step]
     data = {split: {k: v for k, v in report.items() if k != "answers_file"} | {
@@ -322,10 +351,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Train and evaluate block drafters on SmolLM2-135M (CPU budget).")
-    parser.add_argument("command", choices=("pilots", "run", "summary", "export", "figure"))
+    parser.add_argument("command", choices=("pilots", "run", "summary", "export", "figure", "frontier"))
     parser.add_argument("--to", default=None, help="export: the adapter folder (default: the shipped one); "
                                                    "figure: the HTML file (default: docs/drafter_curve.html)")
-    parser.add_argument("--step", type=int, default=None, help="export: the checkpoint step (default: the last)")
+    parser.add_argument("--step", type=int, default=None, help="export, frontier: the checkpoint step (default: the last)")
+    parser.add_argument("--prompts", type=int, default=40, help="frontier: held-out prompts scored per setting")
     parser.add_argument("--root", default="runs/drafter")
     parser.add_argument("--name", default="best")
     parser.add_argument("--steps", type=int, default=40)
@@ -355,6 +385,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    f"python -m workbench.drafter_study export --name {args.name} --step {args.step}")
         folder = export_adapter(root / args.name, args.to or SHIPPED_ADAPTER, step=args.step, command=command)
         print(f"adapter written to {folder}")
+        return
+    elif args.command == "frontier":
+        setup_, step = restore(root / args.name, args.step)
+        rows = []
+        for block_size, draft_steps in FRONTIER_SETTINGS:
+            row = frontier(setup_, setup_.model, ((block_size, draft_steps),), count=args.prompts)[0]
+            print(f"b={block_size} draft steps={draft_steps}: agreement@32 {row['agreement@32']:.3f} "
+                  f"@64 {row['agreement@64']:.3f}, {row['passes_per_token']:.2f} passes/token (lossy); "
+                  f"self-speculation {row['tokens_per_iteration']:.2f} tokens/iteration, "
+                  f"{row['verified_passes_per_token']:.2f} passes/token", flush=True)
+            rows.append(row)
+        out = root / args.name / f"frontier_step{step}.json"
+        out.write_text(json.dumps({"run": args.name, "step": step, "prompts": args.prompts, "rows": rows}, indent=1))
+        print(f"written to {out}")
         return
     elif args.command == "figure":
         from workbench.viz.drafter_curve import curve_figure
