@@ -349,3 +349,13 @@ def test_study_curve_and_figure_from_a_run_directory(tmp_path):
     out = tmp_path / "curve.html"
     drafter_study.main(["figure", "--root", str(tmp_path / "runs"), "--to", str(out)])
     assert out.exists() and "r1" in out.read_text()
+
+
+def test_frontier_refuses_an_adapter_without_a_drafter_recipe(models, tmp_path):
+    from workbench import drafter_study
+    from workbench.pretrained.peft import save_adapter
+
+    _, drafter = models
+    folder = save_adapter(drafter, tmp_path / "plain_adapter", base_name="tiny", extra={"step": 3})
+    with pytest.raises(ValueError, match="records no drafter recipe.*drafter_study export"):
+        drafter_study.restore_adapter(folder, tmp_path / "cache")

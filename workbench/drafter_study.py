@@ -298,6 +298,23 @@ def restore(run_dir, step: Optional[int] = None) -> tuple[DrafterSetup, int]:
     return setup_, step
 
 
+def restore_adapter(adapter_dir, cache_dir) -> tuple[DrafterSetup, int]:
+    """The setup of the recipe recorded in an exported adapter (its data and held-out prompts, from
+    `cache_dir`) with that adapter as the drafter, and the step it was exported at."""
+    from workbench.config import from_dict
+    from workbench.pretrained import load_adapter, load_pretrained, with_mask_token
+    from workbench.pretrained.peft import read_adapter_config
+
+    record = read_adapter_config(adapter_dir)[0].get("workbench", {})
+    if "recipe" not in record:
+        raise ValueError(f"{adapter_dir}: its adapter_config.json records no drafter recipe; pass an adapter written "
+                         f"by `python -m workbench.drafter_study export`")
+    recipe = from_dict(DrafterRecipe, record["recipe"])
+    setup_ = setup(recipe, cache_dir, progress=False)
+    model = load_adapter(with_mask_token(load_pretrained(recipe.base, dtype="float32")).model, adapter_dir)
+    return dataclasses.replace(setup_, model=model), int(record.get("step", -1))
+
+
 def export_adapter(run_dir, to, *, step: Optional[int] = None, command: str = "") -> Path:
     """Save the drafter of `run_dir` at `step` (default: its last checkpoint) as a PEFT-layout
     adapter folder `to`, with its recipe, seed, data hashes, base fingerprint, the metrics of
@@ -356,6 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                    "figure: the HTML file (default: docs/drafter_curve.html)")
     parser.add_argument("--step", type=int, default=None, help="export, frontier: the checkpoint step (default: the last)")
     parser.add_argument("--prompts", type=int, default=40, help="frontier: held-out prompts scored per setting")
+    parser.add_argument("--adapter", default=None, help="frontier: an exported adapter folder (its recorded recipe "
+                                                        "and data) instead of a run's checkpoint")
     parser.add_argument("--root", default="runs/drafter")
     parser.add_argument("--name", default="best")
     parser.add_argument("--steps", type=int, default=40)
@@ -387,7 +406,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"adapter written to {folder}")
         return
     elif args.command == "frontier":
-        setup_, step = restore(root / args.name, args.step)
+        if args.adapter:
+            setup_, step = restore_adapter(args.adapter, root.parent / "drafter_data")
+            out = root / f"frontier_{Path(args.adapter).name}_step{step}.json"
+        else:
+            setup_, step = restore(root / args.name, args.step)
+            out = root / args.name / f"frontier_step{step}.json"
         rows = []
         for block_size, draft_steps in FRONTIER_SETTINGS:
             row = frontier(setup_, setup_.model, ((block_size, draft_steps),), count=args.prompts)[0]
@@ -396,8 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   f"self-speculation {row['tokens_per_iteration']:.2f} tokens/iteration, "
                   f"{row['verified_passes_per_token']:.2f} passes/token", flush=True)
             rows.append(row)
-        out = root / args.name / f"frontier_step{step}.json"
-        out.write_text(json.dumps({"run": args.name, "step": step, "prompts": args.prompts, "rows": rows}, indent=1))
+        out.write_text(json.dumps({"run": args.adapter or args.name, "step": step, "prompts": args.prompts, "rows": rows}, indent=1))
         print(f"written to {out}")
         return
     elif args.command == "figure":
