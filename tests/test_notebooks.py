@@ -372,7 +372,10 @@ def test_convert_pretrained_at_a_small_setting(tmp_path):
     assert (tmp_path / "out" / "ar2diff").is_dir()
     drafter = m["drafter"]
     assert len(drafter["answers"]) == 3 and all(row["speculative == ar"] for row in drafter["answers"])
-    assert {row["method"].split(",")[0] for row in drafter["speed"]} == {"ar (KV cache)", "drafted", "self-speculative"}
+    assert [row["method"] for row in drafter["speed"]] == ["ar (KV cache)", "drafted, b=3 (lossy)",
+                                                            "self-speculative, b=3 (exact)", "drafted, b=2 (lossy)"]
+    assert all(0 <= row["agreement, b=2"] <= 1 and isinstance(row["drafted, b=2 (lossy)"], str)
+               for row in drafter["answers"])
     assert drafter["adapter_step"] == 7
 
 

@@ -104,8 +104,10 @@ class DrafterTables:
 
 
 def drafter_tables(pretrained, adapter_dir, prompts: Sequence[str], *, max_new_tokens: int,
-                   repeats: int = 2) -> DrafterTables:
-    """Answers, trajectory and decode times of the drafter saved in `adapter_dir` on `pretrained`."""
+                   repeats: int = 2, smaller_blocks: Sequence[int] = (2,)) -> DrafterTables:
+    """Answers, trajectory and decode times of the drafter saved in `adapter_dir` on `pretrained`; lossy
+    answers also in `smaller_blocks` (fewer tokens drafted at once: closer to AR, more passes per token;
+    `python -m workbench.drafter_study frontier` measures that trade on held-out prompts)."""
     from workbench.data.special import ar_ids
     from workbench.sampling.ar import ARSamplingConfig, generate
 
@@ -123,6 +125,10 @@ def drafter_tables(pretrained, adapter_dir, prompts: Sequence[str], *, max_new_t
         f"self-speculative, b={block} (exact)": lambda: speculative_generate(
             drafter, rows, lengths, config(True)),
     }
+    smaller = [b for b in smaller_blocks if 2 <= b < block]
+    for b in smaller:
+        runs[f"drafted, b={b} (lossy)"] = lambda b=b: speculative_generate(
+            drafter, rows, lengths, dataclasses.replace(config(False), block_size=b))
     outputs, seconds = {}, {}
     for name, run in runs.items():
         outputs[name] = jax.block_until_ready(run())  # compiles
@@ -132,19 +138,22 @@ def drafter_tables(pretrained, adapter_dir, prompts: Sequence[str], *, max_new_t
             jax.block_until_ready(run())
             times.append(time.perf_counter() - started)
         seconds[name] = float(np.median(times))
-    ar_name, lossy_name, exact_name = list(runs)
+    ar_name, lossy_name, exact_name = list(runs)[:3]
     ar_tokens = np.asarray(outputs[ar_name].tokens)
     stops = {tokenizer.specials.eos, tokenizer.specials.pad}
     references = [row[: int(np.argmax(np.isin(row, list(stops))))] if np.isin(row, list(stops)).any() else row
                   for row in ar_tokens.tolist()]
     lossy, exact = outputs[lossy_name], outputs[exact_name]
-    agreement = [token_sequence_scores(np.asarray(lossy.tokens)[i : i + 1], [references[i]], stops)["token_accuracy"]
-                 for i in range(len(prompts))]
+    agreement = lambda out: np.round([token_sequence_scores(np.asarray(out.tokens)[i : i + 1], [references[i]], stops)[
+        "token_accuracy"] for i in range(len(prompts))], 3)
     answers = pd.DataFrame({
         "prompt": list(prompts),
         "ar": tokenizer.decode_batch(ar_tokens),
         "drafted (lossy)": tokenizer.decode_batch(np.asarray(lossy.tokens)),
-        "agreement_with_ar": np.round(agreement, 3),
+        "agreement_with_ar": agreement(lossy),
+        **{key: value for b in smaller for key, value in (
+            (f"drafted, b={b} (lossy)", tokenizer.decode_batch(np.asarray(outputs[f"drafted, b={b} (lossy)"].tokens))),
+            (f"agreement, b={b}", agreement(outputs[f"drafted, b={b} (lossy)"])))},
         "speculative == ar": [bool(np.array_equal(a, b)) for a, b in zip(np.asarray(exact.tokens), ar_tokens)],
         "speculative tokens/iteration": np.round(np.asarray(exact.lengths) / np.maximum(np.asarray(exact.iterations), 1),
                                                  2),

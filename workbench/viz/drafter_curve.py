@@ -16,7 +16,7 @@ def curve_figure(curves: Mapping[str, Sequence[dict]]) -> go.Figure:
     """One line per run: each metric of `METRICS` against trained target tokens (top x axis: the
     run's training minutes are in the hover text)."""
     figure = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[title for _, title in METRICS])
-    palette = plotly.colors.qualitative.Plotly
+    palette = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24  # 34 runs before a colour repeats
     for index, (name, points) in enumerate(curves.items()):
         colour = palette[index % len(palette)]  # one colour per run in every panel
         for col, (key, _) in enumerate(METRICS, start=1):
@@ -25,5 +25,5 @@ def curve_figure(curves: Mapping[str, Sequence[dict]]) -> go.Figure:
                 line={"color": colour}, marker={"color": colour}, name=name, legendgroup=name, showlegend=col == 1,
                 text=[f"step {p['step']}, {p['train_minutes']} training minutes" for p in points]), row=1, col=col)
             figure.update_xaxes(title_text="adaptation target tokens", row=1, col=col)
-    figure.update_layout(height=380, width=980, margin=dict(t=50, b=40))
+    figure.update_layout(height=480, width=1080, margin=dict(t=50, b=40))
     return figure
