@@ -92,6 +92,17 @@ def test_half_written_checkpoint_is_never_loaded(tmp_path):
     assert CheckpointStore(tmp_path).latest_step() == 5
 
 
+def test_restoring_a_missing_step_names_the_steps_there(tmp_path):
+    model = build_model(CONFIG, 0)
+    store = CheckpointStore(tmp_path)
+    store.save(5, model)
+    store.save(8, model)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 300 .* holds steps \[5, 8\]"):
+        store.restore(model, step=300)
+    assert store.restore(model, step=5) == 5
+    store.close()
+
+
 @pytest.mark.parametrize("checkpoint_every", [1, 100])
 def test_nan_loss_stops_with_step_batch_and_no_good_checkpoint(tmp_path, checkpoint_every):
     """The loss is checked one step late (no host stall) but always before a checkpoint:
