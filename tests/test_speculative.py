@@ -393,3 +393,58 @@ def test_frontier_rows_decode_with_their_own_setting(models):
         assert row["agreement@32"] == pytest.approx(np.mean(agreement))
         seen.add(round(row["agreement@32"], 6))
     assert len(seen) > 1  # the settings decode differently: each row really used its own
+
+
+def test_lenient_verification_keeps_what_its_rule_keeps(models):
+    """`leniency` < 1: each iteration keeps the longest drafted prefix whose tokens the AR model gives at
+    least `leniency` times its top token's probability (recomputed here from a full causal forward of the
+    committed text and the drafted block); 1 is the exact greedy decoder, 0 keeps every draft as
+    verify=False does."""
+    base, drafter = models
+    b, max_new = 4, 12
+    prompts, lengths = _prompts(6, 6, 11)
+    config = lambda **kw: SpeculativeConfig(block_size=b, max_new_tokens=max_new, eos_id=None, mask_id=MASK, **kw)
+    exact = speculative_generate(drafter, prompts, lengths, config())
+    ar, _ = _greedy_reference(base, prompts, lengths, max_new, NO_EOS)
+    np.testing.assert_array_equal(np.asarray(exact.tokens), ar)
+    lossy = speculative_generate(drafter, prompts, lengths, config(verify=False))
+    everything = speculative_generate(drafter, prompts, lengths, config(leniency=0.0))
+    np.testing.assert_array_equal(np.asarray(everything.tokens), np.asarray(lossy.tokens))
+
+    leniency = 0.3
+    out = speculative_generate(drafter, prompts, lengths, config(leniency=leniency))
+    tokens, drafts, committed = np.asarray(out.tokens), np.asarray(out.drafts), np.asarray(out.committed)
+    checked = lenient_only = 0
+    for r in range(len(prompts)):
+        prompt, done = list(prompts[r, : lengths[r]]), 0
+        for it in range(int(np.asarray(out.iterations)[r])):
+            block = list(drafts[r, it])
+            logits = np.asarray(base(jnp.asarray([prompt + list(tokens[r, :done]) + block], jnp.int32))[0],
+                                np.float64)
+            logits[:, MASK] = -np.inf
+            log_p = logits - logits.max(-1, keepdims=True)
+            log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+            kept, margins = 0, []
+            for i in range(1, b):  # draft token i is judged at the position before it
+                row = log_p[len(prompt) + done + i - 1]
+                margin = row[block[i]] - (row.max() + np.log(leniency))
+                margins.append(margin)
+                if margin < 0:
+                    break
+                kept += 1
+                lenient_only += int(block[i] != int(np.argmax(row)))
+            assert list(tokens[r, done : done + committed[r, it]]) == block[: committed[r, it]], (r, it)
+            if min(abs(m) for m in margins) >= 1e-4:  # else too close to the threshold to judge across two forwards
+                assert committed[r, it] == min(1 + kept, max_new - done), (r, it)
+                checked += 1
+            done += int(committed[r, it])
+    assert checked >= 10 and lenient_only > 0  # the rule was exercised, including drafts AR would not pick
+
+
+def test_leniency_is_refused_outside_greedy_verification():
+    with pytest.raises(ValueError, match="leniency=1.5"):
+        SpeculativeConfig(leniency=1.5)
+    with pytest.raises(ValueError, match="leniency=0.5 applies to greedy verification only.*temperature=0.7"):
+        SpeculativeConfig(leniency=0.5, temperature=0.7)
+    with pytest.raises(ValueError, match="leniency=0.5 applies.*verify=False"):
+        SpeculativeConfig(leniency=0.5, verify=False)

@@ -127,10 +127,12 @@ def _decode(model, tokenizer, inputs, config: SpeculativeConfig, batch_size: int
 
 
 def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None, batch_size: int = 20,
-                    draft_steps: int = 1, block_size: Optional[int] = None, masked: bool = True) -> dict:
+                    draft_steps: int = 1, block_size: Optional[int] = None, masked: bool = True,
+                    leniency: float = 1.0) -> dict:
     """The curve's measurements on the first `count` held-out prompts (all by default), decoding in
     blocks of `block_size` (default: the recipe's) with `draft_steps` drafter passes per block;
-    `masked=False` leaves out the masked-token agreement (it scores the recipe's block size)."""
+    `masked=False` leaves out the masked-token agreement (it scores the recipe's block size); `leniency` < 1
+    verifies leniently (`SpeculativeConfig.leniency`), whose answers are then scored against AR's too."""
     recipe, tok = setup_.recipe, setup_.tokenizer
     inputs, references = setup_.held_out_pairs
     prompts = setup_.held_out
@@ -150,9 +152,12 @@ def drafter_metrics(setup_: DrafterSetup, model, *, count: Optional[int] = None,
         result[f"agreement@{n}"] = scores["token_accuracy"]
         result[f"exact@{n}"] = scores["exact_match"]
     result["passes_per_token"] = float(np.mean(passes / np.maximum(lengths, 1)))
-    exact_config = SpeculativeConfig.for_tokenizer(tok, verify=True, **base)
+    exact_config = SpeculativeConfig.for_tokenizer(tok, verify=True, leniency=leniency, **base)
     exact, lengths_v, iterations_v, passes_v, accepted, offered = _decode(model, tok, inputs, exact_config, batch_size)
     result["verified_equals_ar"] = token_sequence_scores(exact, references, stops)["exact_match"]
+    for n in (32, 64):
+        result[f"verified_agreement@{n}"] = token_sequence_scores(exact[:, :n], [r[:n] for r in references],
+                                                                  stops)["token_accuracy"]
     result["tokens_per_iteration"] = float(np.sum(lengths_v) / max(np.sum(iterations_v), 1))
     result["verified_passes_per_token"] = float(np.mean(passes_v / np.maximum(lengths_v, 1)))
     for i, (a, o) in enumerate(zip(accepted, offered), start=1):
@@ -177,15 +182,15 @@ FRONTIER_SETTINGS = ((2, 1), (4, 1), (4, 2), (4, 3), (8, 1), (8, 3), (8, 7))  # 
 
 
 def frontier(setup_: DrafterSetup, model, settings=FRONTIER_SETTINGS, *, count: int = 40,
-             batch_size: int = 20) -> list[dict]:
+             batch_size: int = 20, leniency: float = 1.0) -> list[dict]:
     """One drafter's quality against its cost at other block sizes and draft steps than it was trained
     with: per (b, draft steps), the lossy answers' agreement with the AR model's and their forward
     passes per token, and self-speculation's tokens per iteration and passes per token."""
     rows = []
     for block_size, draft_steps in settings:
         metrics = drafter_metrics(setup_, model, count=count, batch_size=batch_size, draft_steps=draft_steps,
-                                  block_size=block_size, masked=False)
-        rows.append({"block_size": block_size, "draft_steps": draft_steps, **metrics})
+                                  block_size=block_size, masked=False, leniency=leniency)
+        rows.append({"block_size": block_size, "draft_steps": draft_steps, "leniency": leniency, **metrics})
     return rows
 
 
@@ -373,6 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                    "figure: the HTML file (default: docs/drafter_curve.html)")
     parser.add_argument("--step", type=int, default=None, help="export, frontier: the checkpoint step (default: the last)")
     parser.add_argument("--prompts", type=int, default=40, help="frontier: held-out prompts scored per setting")
+    parser.add_argument("--leniency", type=float, nargs="+", default=None,
+                        help="frontier: verify leniently at these values instead (the recipe's block size, one draft "
+                             "step; SpeculativeConfig.leniency)")
     parser.add_argument("--adapter", default=None, help="frontier: an exported adapter folder (its recorded recipe "
                                                         "and data) instead of a run's checkpoint")
     parser.add_argument("--root", default="runs/drafter")
@@ -408,18 +416,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     elif args.command == "frontier":
         if args.adapter:
             setup_, step = restore_adapter(args.adapter, root.parent / "drafter_data")
-            out = root / f"frontier_{Path(args.adapter).name}_step{step}.json"
+            out = root / f"frontier_{Path(args.adapter).name}_step{step}{'_lenient' if args.leniency else ''}.json"
         else:
             setup_, step = restore(root / args.name, args.step)
-            out = root / args.name / f"frontier_step{step}.json"
+            out = root / args.name / f"frontier_step{step}{'_lenient' if args.leniency else ''}.json"
         rows = []
-        for block_size, draft_steps in FRONTIER_SETTINGS:
-            row = frontier(setup_, setup_.model, ((block_size, draft_steps),), count=args.prompts)[0]
-            print(f"b={block_size} draft steps={draft_steps}: agreement@32 {row['agreement@32']:.3f} "
-                  f"@64 {row['agreement@64']:.3f}, {row['passes_per_token']:.2f} passes/token (lossy); "
-                  f"self-speculation {row['tokens_per_iteration']:.2f} tokens/iteration, "
-                  f"{row['verified_passes_per_token']:.2f} passes/token", flush=True)
-            rows.append(row)
+        settings = FRONTIER_SETTINGS if args.leniency is None else ((setup_.recipe.block_size, 1),)
+        for leniency in [1.0] if args.leniency is None else args.leniency:
+            for block_size, draft_steps in settings:
+                row = frontier(setup_, setup_.model, ((block_size, draft_steps),), count=args.prompts,
+                               leniency=leniency)[0]
+                print(f"b={block_size} draft steps={draft_steps}: agreement@32 {row['agreement@32']:.3f} "
+                      f"@64 {row['agreement@64']:.3f}, {row['passes_per_token']:.2f} passes/token (lossy); "
+                      f"verified (leniency {leniency}): {row['tokens_per_iteration']:.2f} tokens/iteration, "
+                      f"{row['verified_passes_per_token']:.2f} passes/token, agreement@32 "
+                      f"{row['verified_agreement@32']:.3f} @64 {row['verified_agreement@64']:.3f}", flush=True)
+                rows.append(row)
         out.write_text(json.dumps({"run": args.adapter or args.name, "step": step, "prompts": args.prompts, "rows": rows}, indent=1))
         print(f"written to {out}")
         return

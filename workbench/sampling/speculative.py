@@ -22,7 +22,7 @@ equals the AR model's own (`tests/test_speculative.py` checks this against recom
 With `verify=False` every drafted token is kept (lossy block decoding by the drafter, 2
 passes per block of b tokens with one draft step); the verify pass then only commits.
 
-Greedy output with `verify=True` is the AR model's greedy output token for token. Random draws
+Greedy output with `verify=True` (and `leniency=1`) is the AR model's greedy output token for token. Random draws
 are keyed by (example id, iteration, purpose), so an example decodes the same in any batch.
 """
 
@@ -48,6 +48,10 @@ class SpeculativeConfig:
     block_size: int = 4  # tokens per iteration at most: the AR model's next token and block_size - 1 drafted
     draft_steps: int = 1  # drafter passes per block (1: every drafted token at once)
     verify: bool = True  # False: keep every drafted token (lossy block decoding)
+    # Greedy verification keeps a drafted token when the AR model gives it at least `leniency` times the
+    # probability of its own top token: 1 is exactly the AR model's greedy output; below 1 it is lossy
+    # (the greedy form of Medusa's "typical acceptance"); 0 keeps every draft, as verify=False does.
+    leniency: float = 1.0
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     eos_id: Optional[int] = 1  # None: never stop early
@@ -72,6 +76,12 @@ class SpeculativeConfig:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be positive")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+        if not 0.0 <= self.leniency <= 1.0:
+            raise ValueError(f"leniency={self.leniency}: expected 0 .. 1 (1: exactly the AR model's greedy output)")
+        if self.leniency < 1.0 and (self.temperature > 0 or not self.verify):
+            raise ValueError(f"leniency={self.leniency} applies to greedy verification only (temperature=0, "
+                             f"verify=True; got temperature={self.temperature}, verify={self.verify}): with "
+                             f"temperature the speculative-sampling rule decides; set leniency=1.0")
         if self.temperature > 0 and self.draft_steps > 1:
             raise ValueError(f"temperature={self.temperature} with draft_steps={self.draft_steps}: exact speculative "
                              f"sampling needs each drafted token drawn from a distribution that depends on the tokens "
@@ -162,8 +172,12 @@ def _speculate(model, prompts, prompt_lengths, rng, example_ids, config: Specula
         candidates = drafted[:, 1:]
         if not config.verify:
             accept = jnp.ones(candidates.shape, bool)
-        elif config.temperature == 0.0:
+        elif config.temperature == 0.0 and config.leniency == 1.0:
             accept = jnp.argmax(p_logits, -1) == candidates
+        elif config.temperature == 0.0:  # lenient: p(draft) >= leniency * p(top token); log(0) = -inf keeps all
+            log_p = jax.nn.log_softmax(p_logits, -1)
+            drafted_log_p = jnp.take_along_axis(log_p, candidates[..., None], -1)[..., 0]
+            accept = drafted_log_p >= jnp.max(log_p, -1) + jnp.log(jnp.float32(config.leniency))
         else:
             p = jax.nn.softmax(p_logits / config.temperature, -1)
             q = jax.nn.softmax(q_logits[:, 1:] / config.temperature, -1)
