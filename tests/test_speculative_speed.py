@@ -96,6 +96,20 @@ def test_run_writes_rows_pass_costs_and_json(tiny, tmp_path):
     assert "equals_ar" in ss.format_tables(result) and "acceptance_for_1.5x" in ss.format_tables(result)
 
 
+def test_lenient_rows_at_leniency_zero_keep_every_draft(tiny):
+    ar_model, drafter, prompts = tiny
+    config = ss.SpeculativeSpeedConfig(batch_sizes=(1,), lengths=(6,), block_size=3, repeats=1, batch1_prompts=2,
+                                       pass_positions=(1,), pass_batches=(1,), context=10, pass_repeats=1,
+                                       stop_at_eos=False, leniency=0.0)
+    rows = ss.run(config, ar_model, drafter, prompts, ss.Ids(eos=None, pad=0, mask=V), drafter_source="zero",
+                  model_name="tiny", progress=False)["rows"]
+    assert rows["method"].tolist() == ["ar", "lossy", "speculative", "lenient"]
+    lossy, lenient = rows.iloc[1], rows.iloc[3]
+    assert lenient["leniency"] == 0.0 and lenient["tokens_per_iteration"] == pytest.approx(3.0)
+    assert lenient["agreement_with_ar"] == lossy["agreement_with_ar"]
+    assert lenient["equals_ar"] == lossy["exact_with_ar"]
+
+
 def test_equality_column_catches_a_different_output(tiny, monkeypatch):
     """The equality check compares with AR's output: a verifier that disagrees shows below 1.0."""
     ar_model, drafter, prompts = tiny

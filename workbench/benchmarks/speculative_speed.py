@@ -58,8 +58,9 @@ from workbench.evaluation.metrics import token_sequence_scores
 from workbench.sampling.ar import ARSamplingConfig, generate
 from workbench.sampling.speculative import SpeculativeConfig, speculative_generate
 
-METHODS = ("ar", "lossy", "speculative")
-LABELS = {"ar": "AR (KV cache)", "lossy": "lossy blocks (verify=False)", "speculative": "self-speculation (verified)"}
+METHODS = ("ar", "lossy", "speculative")  # and "lenient" when the config sets a leniency
+LABELS = {"ar": "AR (KV cache)", "lossy": "lossy blocks (verify=False)", "speculative": "self-speculation (verified)",
+          "lenient": "lenient verification"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +77,15 @@ class SpeculativeSpeedConfig:
     context: int = 100  # tokens in the KV cache the timed passes attend to
     pass_repeats: int = 9
     target: float = 1.5  # the speed-up whose needed acceptance is shown
+    leniency: Optional[float] = None  # adds rows verified leniently (SpeculativeConfig.leniency; lossy)
     stop_at_eos: bool = True
     seed: int = 0
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"batch_sizes={self.batch_sizes} and lengths={self.lengths} must be positive")
-        SpeculativeConfig(block_size=self.block_size, draft_steps=self.draft_steps)
+        SpeculativeConfig(block_size=self.block_size, draft_steps=self.draft_steps,
+                          leniency=1.0 if self.leniency is None else self.leniency)
         if self.repeats < 1 or self.batch1_prompts < 1 or self.pass_repeats < 1 or self.context < 1:
             raise ValueError("repeats, batch1_prompts, pass_repeats and context must be >= 1")
         if 1 not in self.pass_positions:
@@ -311,9 +314,13 @@ def decode_rows(config: SpeculativeSpeedConfig, ar_model, drafter, prompts: list
         if progress:
             print(f"batch {batch} length {length:>4} {LABELS['ar']:<30} {median * 1e3:9.1f} ms", file=sys.stderr,
                   flush=True)
-        for method, verify in (("lossy", False), ("speculative", True)):
+        methods = [("lossy", False, 1.0), ("speculative", True, 1.0)]
+        if config.leniency is not None:
+            methods.append(("lenient", True, config.leniency))
+        for method, verify, leniency in methods:
             spec = SpeculativeConfig(block_size=config.block_size, draft_steps=config.draft_steps, verify=verify,
-                                     max_new_tokens=length, eos_id=eos, pad_id=ids.pad, mask_id=ids.mask)
+                                     max_new_tokens=length, eos_id=eos, pad_id=ids.pad, mask_id=ids.mask,
+                                     leniency=leniency)
             median, low, high, outs = _timed(lambda p, n: speculative_generate(drafter, p, n, spec), groups,
                                              config.repeats)
             tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
@@ -330,9 +337,11 @@ def decode_rows(config: SpeculativeSpeedConfig, ar_model, drafter, prompts: list
                    "tokens_per_iteration": float(lengths.sum() / max(iterations.sum(), 1)),
                    **{f"accept_at_{i}": float(a / max(o, 1))
                       for i, (a, o) in enumerate(zip(accepted, offered), start=1)}}
+            if method == "lenient":
+                row["leniency"] = leniency
             if verify:
                 row["equals_ar"] = scores["exact_match"]
-            else:
+            if method != "speculative":
                 row["agreement_with_ar"] = scores["token_accuracy"]
                 row["exact_with_ar"] = scores["exact_match"]
             rows.append(row)
@@ -415,7 +424,7 @@ def row_view(result: dict) -> pd.DataFrame:
 
 
 ROW_COLUMNS = ["label", "batch_size", "length", "new_tokens", "seconds", "tokens_per_s", "time_vs_ar",
-               "speedup_vs_ar", "passes_per_token", "tokens_per_iteration", "agreement_with_ar", "equals_ar"]
+               "speedup_vs_ar", "passes_per_token", "tokens_per_iteration", "agreement_with_ar", "equals_ar", "leniency"]
 
 
 def format_tables(result: dict) -> str:
@@ -460,12 +469,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--pass-positions", type=int, nargs="+", default=list(defaults.pass_positions))
     parser.add_argument("--pass-repeats", type=int, default=defaults.pass_repeats)
+    parser.add_argument("--leniency", type=float, default=None,
+                        help="add rows verified leniently at this value (SpeculativeConfig.leniency; lossy)")
     args = parser.parse_args(argv)
     config = SpeculativeSpeedConfig(batch_sizes=tuple(args.batch), lengths=tuple(args.lengths),
                                     block_size=args.block_size, repeats=args.repeats,
                                     batch1_prompts=args.batch1_prompts, pass_positions=tuple(args.pass_positions),
                                     pass_batches=tuple(args.batch), pass_repeats=args.pass_repeats,
-                                    stop_at_eos=not args.no_eos)
+                                    stop_at_eos=not args.no_eos, leniency=args.leniency)
     if args.stand_in:
         if args.adapter:
             parser.error("--stand-in uses a zero adapter; drop --adapter")
