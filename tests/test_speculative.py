@@ -393,6 +393,10 @@ def test_frontier_rows_decode_with_their_own_setting(models):
         assert row["agreement@32"] == pytest.approx(np.mean(agreement))
         seen.add(round(row["agreement@32"], 6))
     assert len(seen) > 1  # the settings decode differently: each row really used its own
+    exact, everything = frontier(setup_, drafter, ((4, 1),), count=count, batch_size=count, leniencies=(1.0, 0.0))
+    assert (exact["leniency"], everything["leniency"]) == (1.0, 0.0)
+    assert exact["verified_agreement@32"] == 1.0 and everything["verified_equals_ar"] < 1.0
+    assert everything["verified_agreement@32"] == everything["agreement@32"]  # leniency 0 keeps every draft
 
 
 def test_lenient_verification_keeps_what_its_rule_keeps(models):

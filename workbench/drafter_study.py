@@ -182,15 +182,24 @@ FRONTIER_SETTINGS = ((2, 1), (4, 1), (4, 2), (4, 3), (8, 1), (8, 3), (8, 7))  # 
 
 
 def frontier(setup_: DrafterSetup, model, settings=FRONTIER_SETTINGS, *, count: int = 40,
-             batch_size: int = 20, leniency: float = 1.0) -> list[dict]:
+             batch_size: int = 20, leniencies: Sequence[float] = (1.0,), progress: bool = False) -> list[dict]:
     """One drafter's quality against its cost at other block sizes and draft steps than it was trained
-    with: per (b, draft steps), the lossy answers' agreement with the AR model's and their forward
-    passes per token, and self-speculation's tokens per iteration and passes per token."""
+    with: per (b, draft steps) and verification leniency, the lossy answers' agreement with the AR
+    model's and their forward passes per token, and the verified decoder's tokens per iteration, passes
+    per token and agreement with AR (1.0 at leniency 1)."""
     rows = []
-    for block_size, draft_steps in settings:
-        metrics = drafter_metrics(setup_, model, count=count, batch_size=batch_size, draft_steps=draft_steps,
-                                  block_size=block_size, masked=False, leniency=leniency)
-        rows.append({"block_size": block_size, "draft_steps": draft_steps, "leniency": leniency, **metrics})
+    for leniency in leniencies:
+        for block_size, draft_steps in settings:
+            metrics = drafter_metrics(setup_, model, count=count, batch_size=batch_size, draft_steps=draft_steps,
+                                      block_size=block_size, masked=False, leniency=leniency)
+            rows.append({"block_size": block_size, "draft_steps": draft_steps, "leniency": leniency, **metrics})
+            if progress:
+                row = rows[-1]
+                print(f"b={block_size} draft steps={draft_steps}: agreement@32 {row['agreement@32']:.3f} "
+                      f"@64 {row['agreement@64']:.3f}, {row['passes_per_token']:.2f} passes/token (lossy); "
+                      f"verified (leniency {leniency}): {row['tokens_per_iteration']:.2f} tokens/iteration, "
+                      f"{row['verified_passes_per_token']:.2f} passes/token, agreement@32 "
+                      f"{row['verified_agreement@32']:.3f} @64 {row['verified_agreement@64']:.3f}", flush=True)
     return rows
 
 
@@ -420,18 +429,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         else:
             setup_, step = restore(root / args.name, args.step)
             out = root / args.name / f"frontier_step{step}{'_lenient' if args.leniency else ''}.json"
-        rows = []
-        settings = FRONTIER_SETTINGS if args.leniency is None else ((setup_.recipe.block_size, 1),)
-        for leniency in [1.0] if args.leniency is None else args.leniency:
-            for block_size, draft_steps in settings:
-                row = frontier(setup_, setup_.model, ((block_size, draft_steps),), count=args.prompts,
-                               leniency=leniency)[0]
-                print(f"b={block_size} draft steps={draft_steps}: agreement@32 {row['agreement@32']:.3f} "
-                      f"@64 {row['agreement@64']:.3f}, {row['passes_per_token']:.2f} passes/token (lossy); "
-                      f"verified (leniency {leniency}): {row['tokens_per_iteration']:.2f} tokens/iteration, "
-                      f"{row['verified_passes_per_token']:.2f} passes/token, agreement@32 "
-                      f"{row['verified_agreement@32']:.3f} @64 {row['verified_agreement@64']:.3f}", flush=True)
-                rows.append(row)
+        if args.leniency is None:
+            rows = frontier(setup_, setup_.model, count=args.prompts, progress=True)
+        else:  # the recipe's block size in one draft step, verified at each leniency
+            rows = frontier(setup_, setup_.model, ((setup_.recipe.block_size, 1),), count=args.prompts,
+                            leniencies=args.leniency, progress=True)
         out.write_text(json.dumps({"run": args.adapter or args.name, "step": step, "prompts": args.prompts, "rows": rows}, indent=1))
         print(f"written to {out}")
         return

@@ -73,10 +73,11 @@ class CheckpointStore:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint under {self.directory}")
-        if step not in self.all_steps():
-            raise FileNotFoundError(f"no checkpoint of step {step} under {self.directory}; it holds steps "
-                                    f"{sorted(self.all_steps())} (older ones are pruned as the run goes on: pass one "
-                                    f"of these, or none for the latest)")
+        held = sorted(self.all_steps())
+        if step not in held:
+            raise FileNotFoundError(f"no checkpoint of step {step} under {self.directory}; it holds steps {held} "
+                                    f"(older ones are pruned as the run goes on: pass one of these, or none for the "
+                                    f"latest)")
         model_state = nnx.state(model, nnx.Param)
         target = {"model": nnx.to_pure_dict(model_state)}
         if optimizer is not None:
