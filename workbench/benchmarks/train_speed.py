@@ -9,7 +9,8 @@ attention, and block diffusion with b = 4) and for the drafter adapter (`kind="d
 median seconds, tokens/s (rows x width per second, and trained target tokens per second), the
 step's FLOPs as XLA counts them for the compiled program (`cost_analysis`), the achieved FLOP/s,
 and that as a share of the peak of the same compute dtype, measured first on matmuls of training
-shapes. A table is printed; JSON goes to --out/train_speed.json.
+shapes. A table is printed; JSON goes to --out/train_speed.json. `--profile` adds each step's time by
+XLA op kind (`workbench.benchmarks.profile`), which is how the README's bfloat16 analysis was made.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def _compiled_flops(fn, *args) -> Optional[float]:
         return None
 
 
-def step_row(name: str, model, loss: LossConfig, batch, steps: int, learning_rate: float = 1e-4) -> dict:
-    """Median seconds of one AdamW step of `model` on `batch` (trainable = nnx.Param), and its FLOPs."""
+def step_row(name: str, model, loss: LossConfig, batch, steps: int, learning_rate: float = 1e-4,
+             profile: bool = False) -> dict:
+    """Median seconds of one AdamW step of `model` on `batch` (trainable = nnx.Param), and its FLOPs;
+    with `profile`, also the step's time by XLA op kind (`workbench.benchmarks.profile`, the 12 largest)."""
     optimizer = nnx.Optimizer(model, optax.adamw(learning_rate), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 
@@ -78,16 +81,22 @@ def step_row(name: str, model, loss: LossConfig, batch, steps: int, learning_rat
         jax.block_until_ready(value)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
+    ops = None
+    if profile:
+        from workbench.benchmarks.profile import op_times
+
+        kinds = op_times(lambda: jitted(state, batch, jax.random.key(0))[1], (), calls=2)
+        ops = dict(list(kinds.items())[:12])
     rows, width = batch.tokens.shape
     targets = int(np.sum(np.asarray(batch.target_mask)))
     return {"step": name, "dtype": model.config.dtype, "batch": f"{rows}x{width}", "seconds": seconds,
             "tokens_per_s": rows * width / seconds, "target_tokens_per_s": targets / seconds,
             "step_gflop": None if flops is None else flops / 1e9,
-            "gflop_per_s": None if flops is None else flops / seconds / 1e9, "loss": float(value)}
+            "gflop_per_s": None if flops is None else flops / seconds / 1e9, "loss": float(value), "ops": ops}
 
 
 def run(out: Optional[Path], steps: int = 3, batch_size: int = 4, prompt_len: int = 64, target_len: int = 64,
-        which: Sequence[str] = ("prefix_full", "block4_full", "draft4_lora")) -> list[dict]:
+        which: Sequence[str] = ("prefix_full", "block4_full", "draft4_lora"), profile: bool = False) -> list[dict]:
     from workbench.models.config import LoRAConfig
     from workbench.models.lora import with_lora
     from workbench.models.transformer import with_attention, with_config
@@ -126,12 +135,14 @@ def run(out: Optional[Path], steps: int = 3, batch_size: int = 4, prompt_len: in
                              f"optionally with _bf16")
         if model.config.dtype != dtype:
             model = with_config(model, dtype=dtype)
-        row = step_row(name, model, loss, use, steps)
+        row = step_row(name, model, loss, use, steps, profile=profile)
         peak = peaks[dtype]["peak_flops"]
         row["peak_gflop_per_s"] = peak / 1e9
         row["share_of_peak"] = None if row["gflop_per_s"] is None else row["gflop_per_s"] * 1e9 / peak
         table.append(row)
         print(_line(row), flush=True)
+        for kind, cost in (row["ops"] or {}).items():
+            print(f"    {kind:<28} {cost['ms']:9.1f} ms  {cost['count']:6.0f} ops per step", flush=True)
     record = {"device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "peaks": peaks, "rows": table}
     if out is not None:
@@ -153,10 +164,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace two steps per row and print their time by XLA op kind (in the JSON too)")
     parser.add_argument("--which", nargs="+", default=["prefix_full", "block4_full", "draft4_lora", "draft4_lora_bf16"])
     args = parser.parse_args(argv)
     print(f"{'step':<18} {'dtype':<9} {'batch':<7} {'median':>9}", flush=True)
-    run(Path(args.out), steps=args.steps, batch_size=args.batch_size, which=args.which)
+    run(Path(args.out), steps=args.steps, batch_size=args.batch_size, which=args.which, profile=args.profile)
 
 
 if __name__ == "__main__":
